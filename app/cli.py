@@ -1,0 +1,167 @@
+"""Command line: the same engines as the editor, no window.
+
+    latent-canvas [IMAGE]                       open the editor
+    latent-canvas fill IMAGE --mask MASK -o OUT [options]
+    latent-canvas expand IMAGE -o OUT [--left PX] [--top PX] [--right PX] [--bottom PX] [options]
+    latent-canvas styles
+
+Every problem with the input ends the run with exit status 1 (2 for bad usage), one line on stderr, and
+no output file written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from app.core.geometry import Rect, canvas_from_margins
+from app.core.imageio import ImageLoadError, ImageSaveError, load_image, save_image
+from app.core.styles import StyleError, load_styles
+from app.engine.events import CancelToken, EngineError, EngineEvent, EventKind
+from app.engine.registry import EngineRegistry
+from app.engine.runner import run_job
+from app.job_builder import DEVICES, JobSettings, build_expand_request, build_fill_request
+
+COMMANDS = ("fill", "expand", "styles")
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class UsageError(Exception):
+    """Bad command-line usage; exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UsageError(message)
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, type=Path, help="where to write the result")
+    p.add_argument("--prompt", default="", help="what to paint (empty: continue the surroundings)")
+    p.add_argument("--negative", default="", help="what to avoid")
+    p.add_argument("--style", default="None", help="a style name (see `styles`)")
+    p.add_argument("--model", default="classic", help="classic, classic-ns, a model file/folder or repo id")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="fixed seed (default: random)")
+    p.add_argument("--variants", type=int, default=1, help="number of results (OUT, OUT-2, ...)")
+    p.add_argument("--feather", type=int, default=8, help="soft edge of the fill in px (0-63)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="latent-canvas", description="Generative Fill and Expand without the window.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    fill = sub.add_parser("fill", help="fill the white area of MASK in IMAGE")
+    fill.add_argument("image", type=Path)
+    fill.add_argument("--mask", required=True, type=Path, help="same size as IMAGE, white = fill")
+    _add_generation_options(fill)
+    expand = sub.add_parser("expand", help="extend IMAGE outward and fill the new area")
+    expand.add_argument("image", type=Path)
+    for side in ("left", "top", "right", "bottom"):
+        expand.add_argument(f"--{side}", type=int, default=0, metavar="PX", help=f"pixels added on the {side}")
+    _add_generation_options(expand)
+    sub.add_parser("styles", help="list the styles")
+    return parser
+
+
+def mask_from_image(pixels: np.ndarray) -> np.ndarray:
+    """White = fill. Grey levels are kept as a soft mask; transparent pixels never fill."""
+    rgb = pixels[..., :3].astype(np.uint16)
+    grey = ((rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000).astype(np.uint16)
+    if pixels.shape[2] == 4:
+        grey = (grey * pixels[..., 3] + 127) // 255
+    return grey.astype(np.uint8)
+
+
+def variant_paths(output: Path, count: int) -> list[Path]:
+    return [output] + [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(2, count + 1)]
+
+
+def _check_output(output: Path) -> None:
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"{output}: unsupported output format '{output.suffix}'; use .png, .jpg or .webp")
+    if not output.parent.resolve().is_dir():
+        raise UsageError(f"{output}: the folder {output.parent} does not exist")
+
+
+def _settings(args: argparse.Namespace) -> JobSettings:
+    return JobSettings(prompt=args.prompt, negative_prompt=args.negative, style=args.style,
+                       model=args.model, steps=args.steps, guidance=args.guidance, strength=args.strength,
+                       seed=args.seed, variants=args.variants, device=args.device, feather=args.feather)
+
+
+def _progress(event: EngineEvent) -> None:
+    if event.kind == EventKind.PROGRESS:
+        text = f" {event.message}" if event.message else ""
+        print(f"step {event.step}/{event.total}{text}", file=sys.stderr, flush=True)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    _check_output(args.output)
+    loaded = load_image(args.image)
+    for note in loaded.notes:
+        print(f"note: {args.image.name}: {note}", file=sys.stderr)
+    image = loaded.pixels
+    styles = load_styles()
+    settings = _settings(args)
+    if args.command == "fill":
+        mask_image = load_image(args.mask).pixels
+        if mask_image.shape[:2] != image.shape[:2]:
+            raise UsageError(f"{args.mask}: mask is {mask_image.shape[1]}x{mask_image.shape[0]} but the "
+                             f"image is {image.shape[1]}x{image.shape[0]}; they must be the same size")
+        mask = mask_from_image(mask_image)
+        if not mask.any():
+            raise UsageError(f"{args.mask}: the mask is empty (no white pixels): nothing to fill")
+        request = build_fill_request(image, mask, settings, styles)
+    else:
+        margins = (args.left, args.top, args.right, args.bottom)
+        if any(m < 0 for m in margins):
+            raise UsageError("--left/--top/--right/--bottom must not be negative")
+        if not any(margins):
+            raise UsageError("nothing to expand: give --left, --top, --right or --bottom in pixels")
+        canvas = canvas_from_margins(Rect(0, 0, image.shape[1], image.shape[0]), *margins)
+        if canvas.area > 150_000_000:
+            raise UsageError(f"the expanded canvas {canvas.w}x{canvas.h} is over the 150 megapixel limit")
+        request = build_expand_request(image, canvas, settings, styles)
+
+    engine = EngineRegistry().create(request.model)
+    outcome: list[EngineEvent] = []
+
+    def emit(event: EngineEvent) -> None:
+        _progress(event)
+        if event.kind != EventKind.PROGRESS:
+            outcome.append(event)
+
+    run_job(engine, request, 1, emit, CancelToken())
+    final = outcome[-1]
+    if final.kind == EventKind.ERROR:
+        raise EngineError(final.message)
+    if final.kind != EventKind.RESULT:
+        raise EngineError("the job was cancelled")
+    for path, variant in zip(variant_paths(args.output, len(final.variants)), final.variants):
+        save_image(path, variant.image, variant.parameters)
+        print(f"wrote {path} (seed {variant.seed})", file=sys.stderr)
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "styles":
+            for style in load_styles():
+                print(style.name)
+            return 0
+        return _generate(args)
+    except UsageError as exc:
+        print(f"latent-canvas: error: {exc}", file=sys.stderr)
+        return 2
+    except (ImageLoadError, ImageSaveError, StyleError, EngineError, ValueError) as exc:
+        print(f"latent-canvas: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("latent-canvas: cancelled", file=sys.stderr)
+        return 130

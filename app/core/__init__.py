@@ -1,0 +1,1 @@
+"""Qt-free core: document, geometry, image I/O and pixel operations."""

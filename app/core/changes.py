@@ -1,0 +1,101 @@
+"""Undoable document changes, Qt-free. Each knows how to apply and revert itself and what it costs.
+
+The Qt undo stack (app/history.py) wraps these; keeping the data here lets the stack be rebuilt when it
+is trimmed to its byte budget, and lets the core be tested without Qt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.core.document import Document, DocumentState
+from app.core.geometry import Rect
+
+
+class Change:
+    label: str = "Change"
+
+    @property
+    def nbytes(self) -> int:
+        raise NotImplementedError
+
+    def apply(self, doc: Document) -> None:
+        raise NotImplementedError
+
+    def revert(self, doc: Document) -> None:
+        raise NotImplementedError
+
+    # What a view must repaint/refresh after apply or revert.
+    region: str = "all"   # "mask", "canvas" or "all"
+
+
+@dataclass
+class MaskPatchChange(Change):
+    """A brush stroke, selection, clear or invert: the mask inside `rect` before and after."""
+    rect: Rect
+    before: np.ndarray
+    after: np.ndarray
+    label: str = "Paint mask"
+    region: str = "mask"
+
+    @staticmethod
+    def capture(doc: Document, rect: Rect, before_full: np.ndarray, label: str) -> "MaskPatchChange":
+        """Record a change already made to doc.mask, given a copy of the mask from before it."""
+        rect = rect.intersect(doc.image_rect)
+        rows, cols = rect.slices()
+        return MaskPatchChange(rect, before_full[rows, cols].copy(), doc.mask[rows, cols].copy(), label)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.before.nbytes + self.after.nbytes)
+
+    def is_noop(self) -> bool:
+        return self.rect.is_empty() or bool(np.array_equal(self.before, self.after))
+
+    def apply(self, doc: Document) -> None:
+        rows, cols = self.rect.slices()
+        doc.mask[rows, cols] = self.after
+
+    def revert(self, doc: Document) -> None:
+        rows, cols = self.rect.slices()
+        doc.mask[rows, cols] = self.before
+
+
+@dataclass
+class CanvasChange(Change):
+    """The canvas rectangle dragged or set by a preset."""
+    before: Rect
+    after: Rect
+    label: str = "Resize canvas"
+    region: str = "canvas"
+
+    @property
+    def nbytes(self) -> int:
+        return 64
+
+    def apply(self, doc: Document) -> None:
+        doc.canvas = self.after
+
+    def revert(self, doc: Document) -> None:
+        doc.canvas = self.before
+
+
+@dataclass
+class DocumentChange(Change):
+    """An accepted fill or expand: image, mask and canvas replaced together."""
+    before: DocumentState
+    after: DocumentState
+    label: str = "Accept result"
+    region: str = "all"
+
+    @property
+    def nbytes(self) -> int:
+        # Images are shared between neighbouring states; count each array once per change.
+        return self.before.nbytes + self.after.nbytes
+
+    def apply(self, doc: Document) -> None:
+        doc.restore(self.after)
+
+    def revert(self, doc: Document) -> None:
+        doc.restore(self.before)

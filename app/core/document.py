@@ -1,0 +1,86 @@
+"""The open document: pixels, mask and canvas rectangle. Qt-free.
+
+Coordinates are image pixels: the image occupies Rect(0, 0, width, height); `canvas` may reach beyond it
+(the area Expand outpaints) or crop into it. The mask is image-sized, uint8, 255 = fill, values between
+are a soft edge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.core.geometry import Rect
+
+
+@dataclass
+class Document:
+    image: np.ndarray                 # H x W x 3 (RGB) or 4 (RGBA), uint8
+    mask: np.ndarray                  # H x W uint8
+    canvas: Rect
+    path: Path | None = None
+    parameters: str = ""              # generation settings of the last accepted result
+
+    @staticmethod
+    def from_image(image: np.ndarray, path: Path | None = None, parameters: str = "") -> "Document":
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError("a document image must be H x W x 3 or 4 uint8")
+        h, w = image.shape[:2]
+        return Document(np.ascontiguousarray(image), np.zeros((h, w), np.uint8), Rect(0, 0, w, h),
+                        path, parameters)
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def image_rect(self) -> Rect:
+        return Rect(0, 0, self.width, self.height)
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.image.shape[2] == 4
+
+    def has_mask(self) -> bool:
+        return bool(self.mask.any())
+
+    def is_extended(self) -> bool:
+        """True when the canvas reaches beyond the image on at least one side (Expand has work)."""
+        return not self.image_rect.contains_rect(self.canvas)
+
+    def nbytes(self) -> int:
+        return int(self.image.nbytes + self.mask.nbytes)
+
+    def mask_bounds(self) -> Rect | None:
+        rows = np.flatnonzero(self.mask.any(axis=1))
+        if rows.size == 0:
+            return None
+        cols = np.flatnonzero(self.mask.any(axis=0))
+        return Rect.from_edges(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+    def snapshot(self) -> "DocumentState":
+        return DocumentState(self.image, self.mask.copy(), self.canvas, self.parameters)
+
+    def restore(self, state: "DocumentState") -> None:
+        self.image = state.image
+        self.mask = state.mask.copy()
+        self.canvas = state.canvas
+        self.parameters = state.parameters
+
+
+@dataclass(frozen=True)
+class DocumentState:
+    """Everything an accepted result replaces; images are never mutated in place, so they are shared."""
+    image: np.ndarray
+    mask: np.ndarray
+    canvas: Rect
+    parameters: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.image.nbytes + self.mask.nbytes)

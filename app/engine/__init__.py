@@ -1,0 +1,1 @@
+"""Generation engines. The core (request, events, engines, runner) imports no Qt; worker.py wraps it."""

@@ -1,0 +1,80 @@
+"""The one event type an engine reports through, and the cancel token it watches."""
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.core.geometry import Rect
+
+
+class EventKind(str, enum.Enum):
+    PROGRESS = "progress"
+    RESULT = "result"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Variant:
+    image: np.ndarray         # the whole output (request.output_rect sized), H x W x C uint8
+    seed: int
+    parameters: str          # the PNG `parameters` text describing how it was made
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    kind: EventKind
+    job_id: int = 0
+    step: int = 0
+    total: int = 0
+    # PROGRESS: an optional preview of `preview_rect` (in image coordinates, inside the output rect)
+    preview: np.ndarray | None = None
+    preview_rect: Rect | None = None
+    variants: tuple[Variant, ...] = field(default_factory=tuple)   # RESULT
+    message: str = ""                                              # ERROR (one line) or status text
+
+    @staticmethod
+    def progress(job_id: int, step: int, total: int, preview: np.ndarray | None = None,
+                 preview_rect: Rect | None = None, message: str = "") -> "EngineEvent":
+        return EngineEvent(EventKind.PROGRESS, job_id, step, total, preview, preview_rect, message=message)
+
+    @staticmethod
+    def result(job_id: int, variants: tuple[Variant, ...]) -> "EngineEvent":
+        return EngineEvent(EventKind.RESULT, job_id, variants=variants)
+
+    @staticmethod
+    def error(job_id: int, message: str) -> "EngineEvent":
+        return EngineEvent(EventKind.ERROR, job_id, message=message)
+
+    @staticmethod
+    def cancelled(job_id: int) -> "EngineEvent":
+        return EngineEvent(EventKind.CANCELLED, job_id, message="cancelled")
+
+
+class Cancelled(Exception):
+    """Raised inside an engine when its cancel token is set; the runner turns it into an event."""
+
+
+class EngineError(Exception):
+    """A problem the user can act on; its message is shown as one line."""
+
+
+class CancelToken:
+    """Thread-safe flag the UI sets and the engine checks between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()

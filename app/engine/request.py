@@ -1,0 +1,121 @@
+"""The one request an engine receives: everything a generation depends on, frozen.
+
+Engines never read widgets or settings; the UI and the CLI build a GenerationRequest and hand it over.
+Arrays inside are read-only copies, so the document can change while a job runs.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.core.geometry import Rect
+
+
+class JobKind(str, enum.Enum):
+    FILL = "fill"
+    EXPAND = "expand"
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    steps: int = 25
+    guidance: float = 7.0
+    strength: float = 1.0
+    seed: int = 0
+    variants: int = 1
+    sampler: str = "dpmpp_2m_karras"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= 500:
+            raise ValueError(f"steps must be between 1 and 500, got {self.steps}")
+        if not 0.0 <= self.guidance <= 50.0:
+            raise ValueError(f"guidance must be between 0 and 50, got {self.guidance}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be above 0 and at most 1, got {self.strength}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be between 0 and {2**32 - 1}, got {self.seed}")
+        if not 1 <= self.variants <= 16:
+            raise ValueError(f"variants must be between 1 and 16, got {self.variants}")
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    feather: int = 8      # px of soft edge added outside the painted mask when compositing (< 64)
+    grow: int = 0         # px the mask is dilated before filling
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.feather < 64:
+            raise ValueError(f"feather must be between 0 and 63 px, got {self.feather}")
+        if not 0 <= self.grow <= 256:
+            raise ValueError(f"grow must be between 0 and 256 px, got {self.grow}")
+
+
+@dataclass(frozen=True)
+class OutpaintOptions:
+    """The canvas rectangle in image coordinates; the image itself is Rect(0, 0, w, h)."""
+    canvas: Rect
+
+    @property
+    def margins(self) -> tuple[int, int, int, int]:
+        return -self.canvas.left, -self.canvas.top, self.canvas.right, self.canvas.bottom
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    kind: JobKind
+    image: np.ndarray                     # H x W x 3 or 4, uint8, read-only
+    mask: np.ndarray | None = None        # H x W uint8, 255 = fill (fill jobs)
+    outpaint: OutpaintOptions | None = None  # expand jobs
+    prompt: str = ""
+    negative_prompt: str = ""
+    style: str = "None"
+    model: str = "classic"
+    device: str = "auto"
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    mask_options: MaskOptions = field(default_factory=MaskOptions)
+
+    def __post_init__(self) -> None:
+        image = np.asarray(self.image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError("image must be an H x W x 3 or 4 uint8 array")
+        object.__setattr__(self, "image", _frozen(image))
+        if self.kind == JobKind.FILL:
+            if self.mask is None:
+                raise ValueError("a fill needs a mask")
+            mask = np.asarray(self.mask)
+            if mask.shape != image.shape[:2] or mask.dtype != np.uint8:
+                raise ValueError(f"mask must be a {image.shape[1]}x{image.shape[0]} uint8 array, "
+                                 f"got {mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]}")
+            if not mask.any():
+                raise ValueError("the mask is empty: paint the area to fill first")
+            object.__setattr__(self, "mask", _frozen(mask))
+        elif self.kind == JobKind.EXPAND:
+            if self.outpaint is None:
+                raise ValueError("an expand needs the canvas rectangle")
+            c = self.outpaint.canvas
+            image_rect = Rect(0, 0, image.shape[1], image.shape[0])
+            if c.is_empty() or c.intersect(image_rect).is_empty():
+                raise ValueError("the canvas must overlap the image")
+            if image_rect.contains_rect(c):
+                raise ValueError("nothing to expand: the canvas does not reach beyond the image")
+            if self.mask is not None:
+                object.__setattr__(self, "mask", _frozen(np.asarray(self.mask)))
+        else:
+            raise ValueError(f"unknown job kind {self.kind!r}")
+
+    @property
+    def image_rect(self) -> Rect:
+        return Rect(0, 0, self.image.shape[1], self.image.shape[0])
+
+    @property
+    def output_rect(self) -> Rect:
+        """Where the result lies, in image coordinates: the canvas for Expand, the image for Fill."""
+        return self.outpaint.canvas if self.kind == JobKind.EXPAND else self.image_rect
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    copy = np.array(array, copy=True)
+    copy.setflags(write=False)
+    return copy

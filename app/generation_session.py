@@ -1,0 +1,125 @@
+"""Runs Fill and Expand jobs for the editor: request in, previews on the canvas, variants in the strip.
+
+It sits between the widgets and the EngineController so the main window only wires signals.
+"""
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+
+from app.core.styles import Style
+from app.editor_state import EditorState
+from app.engine.events import EngineEvent, EventKind, Variant
+from app.engine.registry import EngineRegistry
+from app.engine.request import GenerationRequest
+from app.engine.worker import EngineController
+from app.job_builder import JobSettings, build_expand_request, build_fill_request
+
+
+class GenerationSession(QObject):
+    busy_changed = Signal(bool)
+    progress = Signal(int, int)              # step, total
+    status = Signal(str, bool)               # text, is_error
+    variants_ready = Signal(object)          # tuple[Variant, ...]
+
+    def __init__(self, state: EditorState, styles: list[Style], registry: EngineRegistry | None = None,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.styles = styles
+        self.controller = EngineController(registry, parent=self)
+        self.controller.event.connect(self._on_event)
+        self.request: GenerationRequest | None = None      # the job running or whose variants are shown
+        self.variants: tuple[Variant, ...] = ()
+        self._busy = False
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def fill(self, settings: JobSettings) -> bool:
+        doc = self.state.document
+        if doc is None or not doc.has_mask():
+            self.status.emit("Paint a mask over the area to fill first.", True)
+            return False
+        return self._start(lambda: build_fill_request(doc.image, doc.mask, settings, self.styles))
+
+    def expand(self, settings: JobSettings) -> bool:
+        doc = self.state.document
+        if doc is None or not doc.is_extended():
+            self.status.emit("Drag a canvas edge outward (or use the Canvas menu) first.", True)
+            return False
+        return self._start(lambda: build_expand_request(doc.image, doc.canvas, settings, self.styles))
+
+    def _start(self, build) -> bool:
+        self.discard()
+        try:
+            request = build()
+        except ValueError as exc:   # includes StyleError and bad settings
+            self.status.emit(str(exc), True)
+            return False
+        self.request = request
+        self.controller.start(request)
+        self._set_busy(True)
+        self.progress.emit(0, request.sampling.steps)
+        self.status.emit(f"{request.kind.value.capitalize()} started…", False)
+        return True
+
+    def cancel(self) -> None:
+        if self._busy:
+            self.controller.cancel()
+            self.status.emit("Cancelling…", False)
+
+    def select(self, index: int) -> None:
+        if self.request is not None and 0 <= index < len(self.variants):
+            self.state.set_candidate(self.variants[index].image, self.request.output_rect)
+
+    def accept(self, index: int) -> bool:
+        if self.request is None or not 0 <= index < len(self.variants):
+            return False
+        variant = self.variants[index]
+        self.state.accept(variant.image, self.request.output_rect, variant.parameters)
+        self._clear_results()
+        self.status.emit(f"Accepted variant {index + 1} (seed {variant.seed}).", False)
+        return True
+
+    def discard(self) -> None:
+        had = bool(self.variants)
+        self._clear_results()
+        self.state.set_candidate(None, None)
+        if had:
+            self.status.emit("Discarded; the image is as it was.", False)
+
+    def shutdown(self) -> None:
+        self.controller.shutdown()
+
+    def _clear_results(self) -> None:
+        self.variants = ()
+        self.variants_ready.emit(())
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self.busy_changed.emit(busy)
+
+    def _on_event(self, event: EngineEvent) -> None:
+        if event.kind == EventKind.PROGRESS:
+            self.progress.emit(event.step, event.total)
+            if event.preview is not None and event.preview_rect is not None:
+                self.state.set_preview(event.preview, event.preview_rect)
+            if event.message:
+                self.status.emit(event.message, False)
+            return
+        self.state.set_preview(None, None)
+        self._set_busy(False)
+        if event.kind == EventKind.RESULT:
+            self.variants = event.variants
+            self.variants_ready.emit(event.variants)
+            count = len(event.variants)
+            self.status.emit(f"{count} variant{'s' if count != 1 else ''} ready: pick one, then Accept "
+                             "or Discard.", False)
+        elif event.kind == EventKind.CANCELLED:
+            self.progress.emit(0, 1)
+            self.status.emit("Cancelled; the image is as it was.", False)
+        else:
+            self.progress.emit(0, 1)
+            self.status.emit(event.message, True)

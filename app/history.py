@@ -1,0 +1,82 @@
+"""Undo history on QUndoStack, bounded by bytes as well as by count.
+
+QUndoStack can only limit the number of commands. When the byte budget is exceeded, the oldest changes
+are dropped by rebuilding the stack from the core Change objects (without re-applying them); at least
+`min_levels` changes are always kept.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from PySide6.QtGui import QUndoCommand, QUndoStack
+from PySide6.QtCore import QObject
+
+from app.core.changes import Change
+from app.core.document import Document
+
+DEFAULT_BUDGET_BYTES = 1024 * 1024 * 1024
+MIN_LEVELS = 5
+
+
+class _Command(QUndoCommand):
+    def __init__(self, history: "History", change: Change, already_applied: bool) -> None:
+        super().__init__(change.label)
+        self.change = change
+        self._history = history
+        self._skip_redo = already_applied
+
+    def redo(self) -> None:
+        if self._skip_redo:
+            self._skip_redo = False
+            return
+        self.change.apply(self._history.document())
+        self._history.notify(self.change)
+
+    def undo(self) -> None:
+        self.change.revert(self._history.document())
+        self._history.notify(self.change)
+
+
+class History(QObject):
+    def __init__(self, document: Callable[[], Document], notify: Callable[[Change], None],
+                 budget_bytes: int = DEFAULT_BUDGET_BYTES, min_levels: int = MIN_LEVELS,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.stack = QUndoStack(self)
+        self.document = document
+        self.notify = notify
+        self.budget_bytes = budget_bytes
+        self.min_levels = min_levels
+
+    def push(self, change: Change, already_applied: bool = False) -> None:
+        self.stack.push(_Command(self, change, already_applied))
+        self._trim()
+
+    def clear(self) -> None:
+        self.stack.clear()
+
+    def changes(self) -> list[Change]:
+        return [self.stack.command(i).change for i in range(self.stack.count())]
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.changes())
+
+    def _trim(self) -> None:
+        changes = self.changes()
+        total = sum(c.nbytes for c in changes)
+        if total <= self.budget_bytes or len(changes) <= self.min_levels:
+            return
+        # push() leaves the index at the top (nothing to redo), so rebuilding loses no redo branch.
+        drop = 0
+        while total > self.budget_bytes and len(changes) - drop > self.min_levels:
+            total -= changes[drop].nbytes
+            drop += 1
+        clean_index = self.stack.cleanIndex() - drop    # where the saved state lies after the drop
+        self.stack.clear()
+        self.stack.resetClean()
+        for i, change in enumerate(changes[drop:]):
+            if i == clean_index:
+                self.stack.setClean()
+            self.stack.push(_Command(self, change, already_applied=True))
+        if clean_index == len(changes) - drop:
+            self.stack.setClean()

@@ -1,0 +1,1 @@
+"""Qt widgets: thin views bound to app.editor_state.EditorState."""

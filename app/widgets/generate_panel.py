@@ -1,0 +1,168 @@
+"""The generation panel: prompt, style, model, sampling settings, Fill/Expand/Cancel and progress."""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
+                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from app.core.styles import Style
+from app.job_builder import JobSettings
+
+
+def _named(widget: QWidget, name: str, accessible: str) -> QWidget:
+    widget.setObjectName(name)
+    widget.setAccessibleName(accessible)
+    return widget
+
+
+class GeneratePanel(QWidget):
+    fill_requested = Signal()
+    expand_requested = Signal()
+    cancel_requested = Signal()
+
+    def __init__(self, styles: list[Style], engines: list[tuple[str, str]], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("generatePanel")
+        self.prompt_edit = _named(QPlainTextEdit(), "promptEdit", "Prompt")
+        self.prompt_edit.setPlaceholderText("Describe what to paint. Empty: continue the surroundings.")
+        self.prompt_edit.setTabChangesFocus(True)
+        self.prompt_edit.setFixedHeight(80)
+        self.negative_edit = _named(QPlainTextEdit(), "negativePromptEdit", "Negative prompt")
+        self.negative_edit.setPlaceholderText("What to avoid (optional)")
+        self.negative_edit.setTabChangesFocus(True)
+        self.negative_edit.setFixedHeight(50)
+        self.style_combo = _named(QComboBox(), "styleCombo", "Style")
+        for style in styles:
+            self.style_combo.addItem(style.name)
+        self.model_combo = _named(QComboBox(), "modelCombo", "Engine or model")
+        for engine_id, label in engines:
+            self.model_combo.addItem(label, engine_id)
+        self.steps_spin = _named(QSpinBox(), "stepsSpin", "Steps")
+        self.steps_spin.setRange(1, 150)
+        self.steps_spin.setValue(25)
+        self.guidance_spin = _named(QDoubleSpinBox(), "guidanceSpin", "Guidance scale")
+        self.guidance_spin.setRange(0.0, 30.0)
+        self.guidance_spin.setSingleStep(0.5)
+        self.guidance_spin.setValue(7.0)
+        self.strength_spin = _named(QDoubleSpinBox(), "strengthSpin", "Strength")
+        self.strength_spin.setRange(0.05, 1.0)
+        self.strength_spin.setSingleStep(0.05)
+        self.strength_spin.setValue(1.0)
+        self.seed_spin = _named(QSpinBox(), "seedSpin", "Seed")
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.random_seed_check = _named(QCheckBox("Random"), "randomSeedCheck", "Random seed")
+        self.random_seed_check.setChecked(True)
+        self.random_seed_check.toggled.connect(lambda on: self.seed_spin.setEnabled(not on))
+        self.seed_spin.setEnabled(False)
+        self.variants_spin = _named(QSpinBox(), "variantsSpin", "Number of variants")
+        self.variants_spin.setRange(1, 8)
+        self.variants_spin.setValue(3)
+        self.feather_spin = _named(QSpinBox(), "featherSpin", "Edge feather in pixels")
+        self.feather_spin.setRange(0, 63)
+        self.feather_spin.setValue(8)
+        self.feather_spin.setSuffix(" px")
+
+        self.fill_button = _named(QPushButton("Generative Fill"), "fillButton", "Generative Fill")
+        self.fill_button.setToolTip("Fill the masked area (Ctrl+Enter)")
+        self.expand_button = _named(QPushButton("Expand"), "expandButton", "Expand")
+        self.expand_button.setToolTip("Fill the area the canvas was dragged out to (Ctrl+Shift+Enter)")
+        self.cancel_button = _named(QPushButton("Cancel"), "cancelButton", "Cancel")
+        self.progress_bar = _named(QProgressBar(), "progressBar", "Progress")
+        self.progress_bar.setFormat("step %v/%m")
+        self.progress_bar.setValue(0)
+        self.status_label = _named(QLabel(""), "statusLabel", "Status")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.fill_button.clicked.connect(self.fill_requested)
+        self.expand_button.clicked.connect(self.expand_requested)
+        self.cancel_button.clicked.connect(self.cancel_requested)
+
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed_spin, 1)
+        seed_row.addWidget(self.random_seed_check)
+        form = QFormLayout()
+        form.addRow("Style", self.style_combo)
+        form.addRow("Engine", self.model_combo)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Guidance", self.guidance_spin)
+        form.addRow("Strength", self.strength_spin)
+        form.addRow("Seed", seed_row)
+        form.addRow("Variants", self.variants_spin)
+        form.addRow("Feather", self.feather_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.fill_button)
+        buttons.addWidget(self.expand_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Prompt"))
+        layout.addWidget(self.prompt_edit)
+        layout.addWidget(QLabel("Negative prompt"))
+        layout.addWidget(self.negative_edit)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.cancel_button)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+        self.set_state(can_fill=False, can_expand=False, busy=False)
+
+    def set_state(self, can_fill: bool, can_expand: bool, busy: bool) -> None:
+        self.fill_button.setEnabled(can_fill and not busy)
+        self.expand_button.setEnabled(can_expand and not busy)
+        self.cancel_button.setEnabled(busy)
+
+    def set_progress(self, step: int, total: int) -> None:
+        self.progress_bar.setMaximum(max(total, 1))
+        self.progress_bar.setValue(step)
+
+    def set_status(self, text: str, error: bool = False) -> None:
+        self.status_label.setStyleSheet("color: #e06060;" if error else "")
+        self.status_label.setText(text)
+
+    def job_settings(self) -> JobSettings:
+        return JobSettings(
+            prompt=self.prompt_edit.toPlainText().strip(),
+            negative_prompt=self.negative_edit.toPlainText().strip(),
+            style=self.style_combo.currentText() or "None",
+            model=self.model_combo.currentData() or "classic",
+            steps=self.steps_spin.value(),
+            guidance=self.guidance_spin.value(),
+            strength=self.strength_spin.value(),
+            seed=None if self.random_seed_check.isChecked() else self.seed_spin.value(),
+            variants=self.variants_spin.value(),
+            feather=self.feather_spin.value(),
+        )
+
+    # -- persistence (QSettings values come back as strings on some platforms) ----------------------
+    def saved_values(self) -> dict[str, object]:
+        return {"prompt": self.prompt_edit.toPlainText(), "negative": self.negative_edit.toPlainText(),
+                "style": self.style_combo.currentText(), "model": self.model_combo.currentData(),
+                "steps": self.steps_spin.value(), "guidance": self.guidance_spin.value(),
+                "strength": self.strength_spin.value(), "seed": self.seed_spin.value(),
+                "random_seed": self.random_seed_check.isChecked(), "variants": self.variants_spin.value(),
+                "feather": self.feather_spin.value()}
+
+    def restore_values(self, values: dict[str, object]) -> None:
+        def num(key: str, cast, setter) -> None:
+            try:
+                if key in values:
+                    setter(cast(values[key]))
+            except (TypeError, ValueError):
+                pass
+        if "prompt" in values:
+            self.prompt_edit.setPlainText(str(values["prompt"]))
+        if "negative" in values:
+            self.negative_edit.setPlainText(str(values["negative"]))
+        style_index = self.style_combo.findText(str(values.get("style", "")))
+        if style_index >= 0:
+            self.style_combo.setCurrentIndex(style_index)
+        model_index = self.model_combo.findData(values.get("model"))
+        if model_index >= 0:
+            self.model_combo.setCurrentIndex(model_index)
+        num("steps", int, self.steps_spin.setValue)
+        num("guidance", float, self.guidance_spin.setValue)
+        num("strength", float, self.strength_spin.setValue)
+        num("seed", int, self.seed_spin.setValue)
+        num("variants", int, self.variants_spin.setValue)
+        num("feather", int, self.feather_spin.setValue)
+        if "random_seed" in values:
+            self.random_seed_check.setChecked(str(values["random_seed"]).lower() in ("true", "1"))

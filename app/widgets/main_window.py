@@ -1,0 +1,387 @@
+"""The editor window: canvas in the middle, generation panel on the right, variants strip below."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea,
+                               QSlider, QToolBar, QVBoxLayout, QWidget)
+
+from app.core.document import Document
+from app.core.geometry import expand_by_fraction, expand_to_aspect
+from app.core.imageio import ImageLoadError, ImageSaveError, LoadedImage, load_image, save_image
+from app.core.styles import StyleError, load_styles
+from app.editor_state import EditorState
+from app.engine.registry import EngineRegistry
+from app.generation_session import GenerationSession
+from app.widgets.actions import build_actions
+from app.widgets.canvas import CanvasView
+from app.widgets.generate_panel import GeneratePanel
+from app.widgets.qt_image import from_qimage, to_qimage
+from app.widgets.variants_strip import VariantsStrip
+
+OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif);;All files (*)"
+SAVE_FILTER = "PNG (*.png);;JPEG (*.jpg *.jpeg);;WebP (*.webp)"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: QSettings | None = None, registry: EngineRegistry | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("mainWindow")
+        self.setAccessibleName("Latent Canvas")
+        self.settings = settings if settings is not None else QSettings("LatentCanvas", "Latent Canvas")
+        self.last_error = ""
+        self.state = EditorState(self)
+        try:
+            styles = load_styles()
+        except StyleError as exc:
+            from app.core.styles import Style
+            styles = [Style("None", "{prompt}", "")]
+            self.last_error = str(exc)
+        registry = registry or EngineRegistry()
+        self.session = GenerationSession(self.state, styles, registry, self)
+        self.canvas = CanvasView(self.state, self)
+        self.setCentralWidget(self._centre())
+        self.panel = GeneratePanel(styles, registry.entries(), self)
+        dock = QDockWidget("Generate", self)
+        dock.setObjectName("generateDock")
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.panel)
+        dock.setWidget(scroll)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        self.action_set = build_actions(
+            self, self._handlers(), self.state.history.stack.createUndoAction(self, "&Undo"),
+            self.state.history.stack.createRedoAction(self, "&Redo"), self.state.set_tool,
+            self._expand_preset, self._aspect_preset)
+        self.addActions(list(self.action_set.by_name.values()))
+        self._build_toolbar()
+        self.zoom_label = QLabel("")
+        self.cursor_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.cursor_label)
+        self.statusBar().addPermanentWidget(self.zoom_label)
+        self._connect()
+        self.setAcceptDrops(True)
+        self.resize(1400, 900)
+        self._restore_settings()
+        self._refresh()
+        if self.last_error:
+            self.statusBar().showMessage(self.last_error)
+
+    # -- construction -----------------------------------------------------------------------------
+    def _centre(self) -> QWidget:
+        centre = QWidget()
+        layout = QVBoxLayout(centre)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.canvas, 1)
+        self.strip = VariantsStrip(centre)
+        layout.addWidget(self.strip)
+        return centre
+
+    def _handlers(self) -> dict:
+        c = self.canvas
+        return {"open": self.open_dialog, "save": self.save, "save_as": self.save_as_dialog,
+                "quit": self.close, "copy": self.copy_image, "paste": self.paste,
+                "clear_mask": self.state.clear_mask, "invert_mask": self.state.invert_mask,
+                "select_all": self._mask_everything, "reset_canvas": self._reset_canvas,
+                "fill": self.fill, "expand": self.expand, "cancel": self._escape,
+                "accept": self.accept_current, "zoom_in": c.zoom_in, "zoom_out": c.zoom_out,
+                "zoom_fit": c.fit, "zoom_100": c.zoom_100}
+
+    def _build_toolbar(self) -> None:
+        bar = QToolBar("Tools", self)
+        bar.setObjectName("toolsToolbar")
+        for action in self.action_set.tools.values():
+            bar.addAction(action)
+        bar.addSeparator()
+        bar.addWidget(QLabel(" Size "))
+        self.size_slider = QSlider(Qt.Orientation.Horizontal)
+        self.size_slider.setObjectName("brushSizeSlider")
+        self.size_slider.setAccessibleName("Brush size")
+        self.size_slider.setRange(1, 512)
+        self.size_slider.setFixedWidth(140)
+        self.size_slider.setValue(self.state.brush_size)
+        self.size_slider.valueChanged.connect(lambda v: self.state.set_brush(size=v))
+        bar.addWidget(self.size_slider)
+        bar.addWidget(QLabel(" Softness "))
+        self.softness_slider = QSlider(Qt.Orientation.Horizontal)
+        self.softness_slider.setObjectName("brushSoftnessSlider")
+        self.softness_slider.setAccessibleName("Brush softness")
+        self.softness_slider.setRange(0, 100)
+        self.softness_slider.setFixedWidth(100)
+        self.softness_slider.setValue(round(self.state.brush_softness * 100))
+        self.softness_slider.valueChanged.connect(lambda v: self.state.set_brush(softness=v / 100))
+        bar.addWidget(self.softness_slider)
+        bar.addSeparator()
+        for name in ("clear_mask", "invert_mask", "undo", "redo", "zoom_fit"):
+            bar.addAction(self.action_set[name])
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
+
+    def _connect(self) -> None:
+        s, p = self.state, self.panel
+        for signal in (s.document_replaced, s.image_changed, s.mask_changed, s.canvas_changed):
+            signal.connect(self._refresh)
+        s.tool_changed.connect(self._tool_changed)
+        s.brush_changed.connect(self._brush_changed)
+        s.history.stack.cleanChanged.connect(self._update_title)
+        p.fill_requested.connect(self.fill)
+        p.expand_requested.connect(self.expand)
+        p.cancel_requested.connect(self.session.cancel)
+        self.session.busy_changed.connect(self._refresh)
+        self.session.progress.connect(p.set_progress)
+        self.session.status.connect(self._show_status)
+        self.session.variants_ready.connect(self.strip.set_variants)
+        self.strip.variant_selected.connect(self.session.select)
+        self.strip.accepted.connect(self.accept_current)
+        self.strip.discarded.connect(self.session.discard)
+        self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
+        self.canvas.cursor_moved.connect(lambda x, y: self.cursor_label.setText(f"{x}, {y}"))
+
+    # -- documents ----------------------------------------------------------------------------------
+    def open_image(self, path: str | Path) -> bool:
+        path = Path(path)
+        try:
+            loaded = load_image(path)
+        except ImageLoadError as exc:
+            self.show_error(str(exc))
+            return False
+        self._set_loaded(loaded, path)
+        return True
+
+    def _set_loaded(self, loaded: LoadedImage, path: Path | None) -> None:
+        self.session.discard()
+        self.state.set_document(Document.from_image(loaded.pixels, path, loaded.parameters))
+        name = path.name if path else "pasted image"
+        notes = "; ".join(loaded.notes)
+        doc = self.state.document
+        self._show_status(f"Opened {name} ({doc.width} x {doc.height})" + (f" — {notes}" if notes else ""),
+                          False)
+        self._update_title()
+
+    def save_image(self, path: str | Path) -> bool:
+        doc = self.state.document
+        if doc is None:
+            return False
+        path = Path(path)
+        try:
+            save_image(path, doc.image, doc.parameters)
+        except ImageSaveError as exc:
+            self.show_error(str(exc))
+            return False
+        doc.path = path
+        self.state.history.stack.setClean()
+        self._show_status(f"Saved {path}", False)
+        self._update_title()
+        return True
+
+    def open_dialog(self) -> None:
+        if not self._confirm_discard_changes():
+            return
+        start = self.settings.value("last_dir", str(Path.home()))
+        path, _ = QFileDialog.getOpenFileName(self, "Open image", str(start), OPEN_FILTER)
+        if path:
+            self.settings.setValue("last_dir", str(Path(path).parent))
+            self.open_image(path)
+
+    def save(self) -> None:
+        doc = self.state.document
+        if doc is not None and doc.path is not None and doc.path.suffix.lower() in (".png", ".jpg",
+                                                                                     ".jpeg", ".webp"):
+            self.save_image(doc.path)
+        else:
+            self.save_as_dialog()
+
+    def save_as_dialog(self) -> bool:
+        doc = self.state.document
+        if doc is None:
+            return False
+        suggested = doc.path.with_suffix(".png") if doc.path else Path(str(
+            self.settings.value("last_dir", str(Path.home())))) / "untitled.png"
+        path, _ = QFileDialog.getSaveFileName(self, "Save image", str(suggested), SAVE_FILTER)
+        if not path:
+            return False
+        if not Path(path).suffix:
+            path += ".png"
+        return self.save_image(path)
+
+    def copy_image(self) -> None:
+        doc = self.state.document
+        if doc is not None:
+            QGuiApplication.clipboard().setImage(to_qimage(doc.image))
+            self._show_status("Image copied to the clipboard.", False)
+
+    def paste(self) -> None:
+        mime = QGuiApplication.clipboard().mimeData()
+        if mime is None:
+            return
+        if mime.hasImage():
+            if not self._confirm_discard_changes():
+                return
+            pixels = from_qimage(mime.imageData())
+            if pixels.size == 0:
+                self.show_error("The clipboard image is empty.")
+                return
+            self._set_loaded(LoadedImage(pixels, "clipboard", "", ()), None)
+        elif mime.hasUrls() and mime.urls()[0].isLocalFile():
+            if self._confirm_discard_changes():
+                self.open_image(mime.urls()[0].toLocalFile())
+        else:
+            self._show_status("The clipboard holds no image.", True)
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        mime = event.mimeData()
+        if (mime.hasUrls() and any(u.isLocalFile() for u in mime.urls())) or mime.hasImage():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        mime = event.mimeData()
+        files = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
+        event.acceptProposedAction()
+        if not self._confirm_discard_changes():
+            return
+        if files:
+            self.open_image(files[0])
+        elif mime.hasImage():
+            self._set_loaded(LoadedImage(from_qimage(mime.imageData()), "drop", "", ()), None)
+
+    # -- generation -----------------------------------------------------------------------------------
+    def fill(self) -> None:
+        self.session.fill(self.panel.job_settings())
+
+    def expand(self) -> None:
+        self.session.expand(self.panel.job_settings())
+
+    def accept_current(self) -> None:
+        self.session.accept(self.strip.list.currentRow())
+
+    def _escape(self) -> None:
+        if self.session.busy:
+            self.session.cancel()
+        elif self.session.variants:
+            self.session.discard()
+
+    # -- canvas and mask helpers -----------------------------------------------------------------------
+    def _expand_preset(self, fraction: float, sides: str) -> None:
+        doc = self.state.document
+        if doc is not None:
+            self.state.set_canvas(expand_by_fraction(doc.image_rect, fraction, sides))
+
+    def _aspect_preset(self, rw: int, rh: int) -> None:
+        doc = self.state.document
+        if doc is not None:
+            self.state.set_canvas(expand_to_aspect(doc.image_rect, rw, rh))
+
+    def _reset_canvas(self) -> None:
+        doc = self.state.document
+        if doc is not None:
+            self.state.set_canvas(doc.image_rect)
+
+    def _mask_everything(self) -> None:
+        doc = self.state.document
+        if doc is not None:
+            self.state.set_mask(np.full_like(doc.mask, 255), "Mask everything")
+
+    # -- view state -------------------------------------------------------------------------------------
+    def _refresh(self, *_args) -> None:
+        doc = self.state.document
+        has_doc = doc is not None
+        for action in self.action_set.document_actions:
+            action.setEnabled(has_doc)
+        busy = self.session.busy
+        can_fill = has_doc and doc.has_mask()
+        can_expand = has_doc and doc.is_extended()
+        self.panel.set_state(can_fill, can_expand, busy)
+        self.action_set["fill"].setEnabled(can_fill and not busy)
+        self.action_set["expand"].setEnabled(can_expand and not busy)
+        self.action_set["cancel"].setEnabled(has_doc)
+        self._update_title()
+
+    def _tool_changed(self, tool: str) -> None:
+        if tool in self.action_set.tools:
+            self.action_set.tools[tool].setChecked(True)
+
+    def _brush_changed(self) -> None:
+        self.size_slider.blockSignals(True)
+        self.size_slider.setValue(min(self.state.brush_size, self.size_slider.maximum()))
+        self.size_slider.blockSignals(False)
+
+    def _update_title(self, *_args) -> None:
+        doc = self.state.document
+        if doc is None:
+            self.setWindowTitle("Latent Canvas")
+            return
+        name = doc.path.name if doc.path else "Untitled"
+        modified = "" if self.state.history.stack.isClean() else " *"
+        self.setWindowTitle(f"{name}{modified} ({doc.width} x {doc.height}) — Latent Canvas")
+
+    def _show_status(self, text: str, error: bool) -> None:
+        self.panel.set_status(text, error)
+        self.statusBar().showMessage(text, 0 if error else 8000)
+        if error:
+            self.last_error = text
+
+    def show_error(self, text: str) -> None:
+        """One line, non-blocking: the status bar, the panel and a window-modal message box."""
+        self._show_status(text, True)
+        if self.isVisible():
+            box = QMessageBox(QMessageBox.Icon.Warning, "Latent Canvas", text, QMessageBox.StandardButton.Ok,
+                              self)
+            box.setWindowModality(Qt.WindowModality.WindowModal)
+            box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+            box.open()
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+    def has_unsaved_changes(self) -> bool:
+        return self.state.document is not None and not self.state.history.stack.isClean()
+
+    def _confirm_discard_changes(self) -> bool:
+        """Ask before throwing away unsaved work; True means go ahead."""
+        if not self.has_unsaved_changes() or not self.isVisible():
+            return True
+        answer = QMessageBox.question(
+            self, "Latent Canvas", "The image has unsaved changes. Save them first?",
+            QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+            | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)
+        if answer == QMessageBox.StandardButton.Save:
+            return self.save_as_dialog() if self.state.document.path is None else self.save_image(
+                self.state.document.path)
+        return answer == QMessageBox.StandardButton.Discard
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._confirm_discard_changes():
+            event.ignore()
+            return
+        self._save_settings()
+        self.session.shutdown()
+        event.accept()
+
+    def _restore_settings(self) -> None:
+        s = self.settings
+        values = {key: s.value(f"panel/{key}") for key in self.panel.saved_values()
+                  if s.value(f"panel/{key}") is not None}
+        self.panel.restore_values(values)
+        for key, setter, cast in (("brush/size", lambda v: self.state.set_brush(size=v), int),
+                                  ("brush/softness", lambda v: self.state.set_brush(softness=v), float)):
+            try:
+                if s.value(key) is not None:
+                    setter(cast(s.value(key)))
+            except (TypeError, ValueError):
+                pass
+        self.size_slider.setValue(min(self.state.brush_size, self.size_slider.maximum()))
+        self.softness_slider.setValue(round(self.state.brush_softness * 100))
+        geometry = s.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+
+    def _save_settings(self) -> None:
+        for key, value in self.panel.saved_values().items():
+            self.settings.setValue(f"panel/{key}", value)
+        self.settings.setValue("brush/size", self.state.brush_size)
+        self.settings.setValue("brush/softness", self.state.brush_softness)
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.sync()

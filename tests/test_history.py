@@ -1,0 +1,108 @@
+"""Undo history: every document change is one step, bounded by bytes while keeping 5 levels."""
+import numpy as np
+import pytest
+
+from app.core.changes import MaskPatchChange
+from app.core.document import Document
+from app.core.geometry import Rect
+from app.editor_state import EditorState
+
+
+@pytest.fixture
+def state(qtbot):
+    s = EditorState()
+    rng = np.random.default_rng(0)
+    s.set_document(Document.from_image(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)))
+    return s
+
+
+def paint(state, rect, value=255, label="Brush stroke"):
+    doc = state.document
+    before = doc.mask.copy()
+    rows, cols = rect.slices()
+    doc.mask[rows, cols] = value
+    state.push_applied(MaskPatchChange.capture(doc, rect, before, label))
+
+
+def test_stroke_undo_redo_restores_mask_exactly(state):
+    paint(state, Rect(10, 5, 20, 8))
+    after = state.document.mask.copy()
+    assert after.sum() == 20 * 8 * 255
+    stack = state.history.stack
+    assert stack.count() == 1
+    stack.undo()
+    assert not state.document.mask.any()
+    stack.redo()
+    assert np.array_equal(state.document.mask, after)
+
+
+def test_noop_stroke_adds_no_step(state):
+    paint(state, Rect(0, 0, 4, 4), value=0)
+    assert state.history.stack.count() == 0
+
+
+def test_canvas_change_is_one_step_and_signals(state, qtbot):
+    with qtbot.waitSignal(state.canvas_changed):
+        state.set_canvas(Rect(-16, 0, 96, 64))
+    assert state.document.is_extended()
+    state.history.stack.undo()
+    assert state.document.canvas == Rect(0, 0, 80, 64)
+    state.set_canvas(Rect(0, 0, 80, 64))   # unchanged: no step
+    assert state.history.stack.index() == 0
+
+
+def test_accept_replaces_image_mask_and_canvas_in_one_step(state):
+    original = state.document.image
+    paint(state, Rect(0, 0, 8, 8))
+    state.set_canvas(Rect(-8, 0, 88, 64))
+    result = np.full((64, 88, 3), 7, np.uint8)
+    state.accept(result, Rect(-8, 0, 88, 64), "Steps: 1")
+    doc = state.document
+    assert doc.image.shape == (64, 88, 3) and doc.canvas == Rect(0, 0, 88, 64)
+    assert not doc.mask.any() and doc.parameters == "Steps: 1"
+    state.history.stack.undo()
+    assert state.document.image is original
+    assert state.document.canvas == Rect(-8, 0, 88, 64)
+    assert state.document.mask[:8, :8].all()
+
+
+def test_invert_and_clear_mask(state):
+    paint(state, Rect(0, 0, 80, 32))
+    state.invert_mask()
+    assert not state.document.mask[:32].any() and (state.document.mask[32:] == 255).all()
+    state.clear_mask()
+    assert not state.document.mask.any()
+    assert state.history.stack.count() == 3
+
+
+def test_history_is_capped_in_bytes_but_keeps_min_levels(state):
+    history = state.history
+    one_step = 2 * 80 * 64            # a full-mask patch stores before + after
+    history.budget_bytes = one_step * 8
+    for i in range(20):
+        paint(state, Rect(0, 0, 80, 64), value=(i * 13) % 255 + 1)
+    assert history.nbytes() <= history.budget_bytes
+    assert history.stack.count() == 8
+    # the newest steps survive and still undo correctly
+    for i in range(19, 11, -1):
+        assert (state.document.mask == (i * 13) % 255 + 1).all()
+        history.stack.undo()
+    assert (state.document.mask == (11 * 13) % 255 + 1).all()
+
+
+def test_min_levels_kept_even_over_budget(state):
+    state.history.budget_bytes = 1
+    for i in range(8):
+        paint(state, Rect(0, 0, 80, 64), value=i + 1)
+    assert state.history.stack.count() == 5
+
+
+def test_byte_trim_keeps_clean_state(state):
+    state.history.budget_bytes = 2 * 80 * 64 * 6
+    for i in range(6):
+        paint(state, Rect(0, 0, 80, 64), value=i + 1)
+    state.history.stack.setClean()
+    paint(state, Rect(0, 0, 80, 64), value=99)
+    assert not state.history.stack.isClean()
+    state.history.stack.undo()
+    assert state.history.stack.isClean()
