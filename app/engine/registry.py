@@ -1,0 +1,88 @@
+"""Which engines exist and how to build one from a model id (what `--model` and the model picker hold)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from app.engine.base import Engine
+from app.engine.classic import ClassicEngine
+from app.engine.events import EngineError
+
+DEFAULT_MODEL = "classic"
+EngineFactory = Callable[[], Engine]
+
+_WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf")
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    label: str
+    factory: EngineFactory
+
+
+class EngineRegistry:
+    """Engines by id, in registration order. New engines are one `register` call each."""
+
+    def __init__(self, builtin: bool = True, default_id: str = DEFAULT_MODEL) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self.default_id = default_id
+        if builtin:
+            self.register("classic", "Classic fill (OpenCV Telea)", lambda: ClassicEngine("telea"))
+            self.register("classic-ns", "Classic fill (OpenCV Navier-Stokes)", lambda: ClassicEngine("ns"))
+
+    def register(self, engine_id: str, label: str, factory: EngineFactory, *, replace: bool = False) -> None:
+        if not engine_id or engine_id != engine_id.strip():
+            raise ValueError(f"invalid engine id {engine_id!r}")
+        if engine_id in self._entries and not replace:
+            raise ValueError(f"engine {engine_id!r} is already registered")
+        self._entries[engine_id] = _Entry(label, factory)
+
+    def entries(self) -> list[tuple[str, str]]:
+        """(id, label) of every registered engine, in registration order."""
+        return [(engine_id, entry.label) for engine_id, entry in self._entries.items()]
+
+    def __contains__(self, engine_id: object) -> bool:
+        return engine_id in self._entries
+
+    def label(self, engine_id: str) -> str:
+        entry = self._entries.get(engine_id)
+        return entry.label if entry else engine_id
+
+    def create(self, model_id: str | None = None) -> Engine:
+        """A new engine for `model_id` (the default when empty); EngineError says what is wrong otherwise."""
+        name = (model_id or "").strip() or self.default_id
+        entry = self._entries.get(name)
+        if entry is not None:
+            return entry.factory()
+        raise EngineError(self._unknown_model_message(name))
+
+    def _unknown_model_message(self, name: str) -> str:
+        unsupported = (f"{name}: diffusion models are not supported by this build yet; "
+                       f"use --model {self.default_id}")
+        if _path_exists(name) or looks_like_repo_id(name):
+            return unsupported
+        if looks_like_path(name):
+            return f"model not found: {name}"
+        known = ", ".join(self._entries) or "none"
+        return f"model not found: {name} (built-in engines: {known})"
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """True for a Hugging Face repo id such as "owner/name" (not a relative path to a weights file)."""
+    return (_REPO_ID.fullmatch(text) is not None and not text.lower().endswith(_WEIGHT_SUFFIXES)
+            and ".." not in text)
+
+
+def looks_like_path(text: str) -> bool:
+    return ("/" in text or "\\" in text or text.startswith(("~", "."))
+            or text.lower().endswith(_WEIGHT_SUFFIXES))
+
+
+def _path_exists(text: str) -> bool:
+    try:
+        return Path(text).expanduser().exists()
+    except (OSError, ValueError):
+        return False

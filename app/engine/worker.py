@@ -1,0 +1,152 @@
+"""Runs engine jobs on a background QThread. The only Qt code of the engine package.
+
+EngineController lives in the GUI thread: it starts and cancels jobs and re-emits the current job's
+events. EngineWorker lives on the worker thread and runs one job at a time, in submission order.
+"""
+from __future__ import annotations
+
+import logging
+
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
+
+from app.engine.base import Engine
+from app.engine.events import CancelToken, EngineEvent, EventKind
+from app.engine.registry import EngineRegistry
+from app.engine.request import GenerationRequest
+from app.engine.runner import describe_failure, run_job
+
+log = logging.getLogger(__name__)
+
+_TERMINAL = (EventKind.RESULT, EventKind.ERROR, EventKind.CANCELLED)
+# Threads whose engine did not stop in time at shutdown: kept referenced so Qt never destroys them running.
+_abandoned_threads: list[QThread] = []
+
+
+class EngineWorker(QObject):
+    event = Signal(object)      # EngineEvent, emitted from the worker thread
+
+    def __init__(self, registry: EngineRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+        self._engine: tuple[str, Engine] | None = None    # the last engine built, by model id
+
+    @Slot(int, object, object)
+    def run(self, job_id: int, request: GenerationRequest, cancel: CancelToken) -> None:
+        if cancel.cancelled:
+            self.event.emit(EngineEvent.cancelled(job_id))
+            return
+        try:
+            engine = self._engine_for(request.model)
+        except Exception as exc:  # noqa: BLE001 - reported as the job's one ERROR event
+            self.event.emit(EngineEvent.error(job_id, describe_failure(exc, "engine setup")))
+            return
+        run_job(engine, request, job_id, self.event.emit, cancel)
+
+    def release_engine(self) -> None:
+        """Drop the cached engine (call on the worker thread, or once the thread has finished)."""
+        if self._engine is not None:
+            _, engine = self._engine
+            self._engine = None
+            try:
+                engine.close()
+            except Exception:  # noqa: BLE001 - closing must never fail a shutdown
+                log.exception("could not close engine %s", engine.id)
+
+    def _engine_for(self, model_id: str) -> Engine:
+        key = (model_id or "").strip() or self._registry.default_id
+        if self._engine is not None and self._engine[0] == key:
+            return self._engine[1]
+        self.release_engine()
+        engine = self._registry.create(key)
+        self._engine = (key, engine)
+        return engine
+
+
+class EngineController(QObject):
+    event = Signal(object)          # EngineEvent of the current job only
+    busy_changed = Signal(bool)
+    _submit = Signal(int, object, object)
+
+    def __init__(self, registry: EngineRegistry | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.registry = registry if registry is not None else EngineRegistry()
+        self._job_id = 0
+        self._token: CancelToken | None = None
+        self._busy = False
+        self._shut_down = False
+        self._thread = QThread()
+        self._thread.setObjectName("engine-worker")
+        self._worker = EngineWorker(self.registry)
+        self._worker.moveToThread(self._thread)
+        self._submit.connect(self._worker.run)
+        self._worker.event.connect(self._on_worker_event)
+        self._thread.start()
+        app = QCoreApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @property
+    def current_job(self) -> int:
+        """Id of the last job started (0 before the first)."""
+        return self._job_id
+
+    @property
+    def thread(self) -> QThread:
+        return self._thread
+
+    @property
+    def worker(self) -> EngineWorker:
+        """The worker on the background thread; its `event` carries every job's events, stale ones too."""
+        return self._worker
+
+    def start(self, request: GenerationRequest) -> int:
+        """Cancel any running job and queue `request`; returns the new job id."""
+        if self._shut_down:
+            raise RuntimeError("the engine controller has been shut down")
+        if self._token is not None:
+            self._token.cancel()
+        self._job_id += 1
+        self._token = CancelToken()
+        self._set_busy(True)
+        self._submit.emit(self._job_id, request, self._token)
+        return self._job_id
+
+    def cancel(self) -> None:
+        """Ask the current job to stop; its CANCELLED event follows within one engine step."""
+        if self._token is not None:
+            self._token.cancel()
+
+    def shutdown(self, timeout_ms: int = 5000) -> bool:
+        """Cancel, stop the worker thread and wait for it. Returns False if the engine did not stop in time
+        (the thread is then left to finish on its own; it is never terminated). Safe to call twice."""
+        if self._shut_down:
+            return self._thread.isFinished()
+        self._shut_down = True
+        self.cancel()
+        self._thread.quit()
+        finished = self._thread.wait(timeout_ms)
+        if finished:
+            self._worker.release_engine()
+        else:
+            log.warning("the engine did not stop within %d ms; leaving its thread to finish", timeout_ms)
+            _abandoned_threads.append(self._thread)
+        self._set_busy(False)
+        return finished
+
+    @Slot(object)
+    def _on_worker_event(self, event: EngineEvent) -> None:
+        if event.job_id != self._job_id or self._shut_down:
+            return
+        if event.kind in _TERMINAL:
+            self._token = None
+            self._set_busy(False)
+        self.event.emit(event)
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self.busy_changed.emit(busy)

@@ -1,0 +1,590 @@
+"""The editing canvas: shows the document, its mask and the canvas rectangle, and runs the mask tools.
+
+Widget coordinates = image coordinates * zoom + offset. The document image and the mask overlay are
+cached as QImages that wrap numpy buffers (no copy); the overlay is refreshed only where the mask changed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import (QBrush, QColor, QCursor, QFont, QImage, QPainter, QPainterPath, QPen,
+                           QPixmap, QPolygonF)
+from PySide6.QtWidgets import QWidget
+
+from app.core.changes import MaskPatchChange
+from app.core.geometry import Rect
+from app.editor_state import EditorState
+from app.widgets import canvas_tools as tools
+
+HINT = "Open an image (Ctrl+O), drop one here, or paste (Ctrl+V)"
+BACKGROUND = QColor(38, 38, 40)
+EDGE_CURSORS = {"l": Qt.SizeHorCursor, "r": Qt.SizeHorCursor, "t": Qt.SizeVerCursor,
+                "b": Qt.SizeVerCursor, "tl": Qt.SizeFDiagCursor, "br": Qt.SizeFDiagCursor,
+                "tr": Qt.SizeBDiagCursor, "bl": Qt.SizeBDiagCursor}
+
+
+def qimage_from_array(array: np.ndarray) -> tuple[np.ndarray, QImage]:
+    """A QImage sharing the memory of a uint8 H x W (x 1/3/4) array; keep the returned array alive."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = np.ascontiguousarray(array[:, :, 0])
+    formats = {2: QImage.Format_Grayscale8, 3: QImage.Format_RGB888, 4: QImage.Format_RGBA8888}
+    fmt = formats[array.shape[2] if array.ndim == 3 else 2]
+    h, w = array.shape[:2]
+    return array, QImage(array.data, w, h, array.strides[0], fmt)
+
+
+@dataclass
+class _Gesture:
+    kind: str                      # "pan", "stroke", "rect", "lasso" or "edge"
+    button: Qt.MouseButton
+    start_widget: QPointF
+    start_image: tuple[float, float]
+    last_image: tuple[float, float]
+    start_offset: QPointF = field(default_factory=QPointF)
+    before: np.ndarray | None = None
+    dirty: Rect = tools.EMPTY
+    erase: bool = False
+    subtract: bool = False
+    points: list[tuple[float, float]] = field(default_factory=list)
+    edges: str = ""
+    start_canvas: Rect | None = None
+    canvas: Rect | None = None
+
+
+class CanvasView(QWidget):
+    zoom_changed = Signal(float)
+    cursor_moved = Signal(int, int)
+
+    MIN_ZOOM = 1 / 64
+    MAX_ZOOM = 32.0
+    ZOOM_STEP = 1.25
+    EDGE_GRAB = 6
+    HANDLE = 8
+    FIT_MARGIN = 24
+
+    def __init__(self, state: EditorState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("canvas")
+        self.setAccessibleName("Canvas")
+        self.setFocusPolicy(Qt.StrongFocus)
+        self.setMouseTracking(True)
+        self.setAttribute(Qt.WA_OpaquePaintEvent)
+        self.setMinimumSize(120, 90)
+        self.state = state
+        self._zoom = 1.0
+        self._offset = QPointF(0.0, 0.0)
+        self._auto_fit = True
+        self._image: tuple[np.ndarray, QImage] | None = None
+        self._mips: dict[int, tuple[np.ndarray, QImage]] = {}
+        self._image_size: tuple[int, int] | None = None
+        self._overlay: tuple[np.ndarray, QImage] | None = None
+        self._lut = tools.overlay_lut()
+        self._preview: tuple[np.ndarray, QImage, Rect] | None = None      # array, its QImage, where
+        self._candidate: tuple[np.ndarray, QImage, Rect] | None = None
+        self._mouse: QPointF | None = None
+        self._hover_edges = ""
+        self._space = False
+        self._gesture: _Gesture | None = None
+        self._checker = self._make_checker()
+
+        state.document_replaced.connect(self._on_document_replaced)
+        state.image_changed.connect(self._on_image_changed)
+        state.mask_changed.connect(self._on_mask_changed)
+        state.canvas_changed.connect(self.update)
+        state.overlay_changed.connect(self._on_overlay_changed)
+        state.tool_changed.connect(self._on_tool_changed)
+        state.brush_changed.connect(self.update)
+        self._rebuild_image()
+        self._rebuild_overlay()
+        self._on_overlay_changed()
+        self._update_cursor()
+
+    # -- view -------------------------------------------------------------------------------------
+    @property
+    def zoom(self) -> float:
+        return self._zoom
+
+    @zoom.setter
+    def zoom(self, value: float) -> None:
+        self.set_zoom(value)
+
+    @property
+    def canvas_preview(self) -> Rect | None:
+        """The canvas rectangle being dragged (not yet committed), or None."""
+        g = self._gesture
+        return g.canvas if g is not None and g.kind == "edge" else None
+
+    def widget_to_image(self, pos: QPointF) -> tuple[float, float]:
+        return ((pos.x() - self._offset.x()) / self._zoom, (pos.y() - self._offset.y()) / self._zoom)
+
+    def image_to_widget(self, x, y: float | None = None) -> QPointF:
+        """Accepts (x, y), a QPointF or an (x, y) tuple in image coordinates."""
+        if y is None:
+            x, y = (x.x(), x.y()) if isinstance(x, QPointF) else x
+        return QPointF(x * self._zoom + self._offset.x(), y * self._zoom + self._offset.y())
+
+    def image_rect_to_widget(self, rect: Rect) -> QRectF:
+        top_left = self.image_to_widget(rect.x, rect.y)
+        return QRectF(top_left.x(), top_left.y(), rect.w * self._zoom, rect.h * self._zoom)
+
+    def set_zoom(self, zoom: float, anchor: QPointF | None = None) -> None:
+        """Zoom keeping the image point under `anchor` (default: the widget centre) where it is."""
+        zoom = min(max(float(zoom), self.MIN_ZOOM), self.MAX_ZOOM)
+        if anchor is None:
+            anchor = QPointF(self.width() / 2, self.height() / 2)
+        ix, iy = self.widget_to_image(anchor)
+        changed = zoom != self._zoom
+        self._zoom = zoom
+        self._offset = QPointF(anchor.x() - ix * zoom, anchor.y() - iy * zoom)
+        self._auto_fit = False
+        self.update()
+        if changed:
+            self.zoom_changed.emit(zoom)
+
+    def zoom_in(self) -> None:
+        self.set_zoom(self._zoom * self.ZOOM_STEP)
+
+    def zoom_out(self) -> None:
+        self.set_zoom(self._zoom / self.ZOOM_STEP)
+
+    def zoom_100(self) -> None:
+        self.set_zoom(1.0)
+        self._offset = QPointF(round(self._offset.x()), round(self._offset.y()))
+
+    def fit(self) -> None:
+        """Show the whole canvas (and the image, where the canvas crops it) centred in the widget."""
+        doc = self.state.document
+        self._auto_fit = True
+        if doc is None or self.width() <= 0 or self.height() <= 0:
+            return
+        area = doc.canvas.union(doc.image_rect)
+        avail_w = max(self.width() - 2 * self.FIT_MARGIN, 16)
+        avail_h = max(self.height() - 2 * self.FIT_MARGIN, 16)
+        zoom = min(max(min(avail_w / area.w, avail_h / area.h), self.MIN_ZOOM), self.MAX_ZOOM)
+        changed = zoom != self._zoom
+        self._zoom = zoom
+        self._offset = QPointF(self.width() / 2 - (area.x + area.w / 2) * zoom,
+                               self.height() / 2 - (area.y + area.h / 2) * zoom)
+        self.update()
+        if changed:
+            self.zoom_changed.emit(zoom)
+
+    def sizeHint(self) -> QSize:
+        return QSize(800, 600)
+
+    # -- caches -----------------------------------------------------------------------------------
+    def _rebuild_image(self) -> None:
+        doc = self.state.document
+        self._mips.clear()
+        self._image = None if doc is None else qimage_from_array(doc.image)
+        self._image_size = None if doc is None else (doc.width, doc.height)
+
+    def _image_for_zoom(self) -> QImage:
+        """The document image, or a cached area-averaged reduction of it when zoomed out (no aliasing)."""
+        level = int(math.floor(math.log2(1.0 / self._zoom))) if self._zoom < 0.5 else 0
+        image = self.state.document.image
+        while level > 0 and (image.shape[0] >> level < 2 or image.shape[1] >> level < 2):
+            level -= 1
+        if level == 0:
+            return self._image[1]
+        if level not in self._mips:
+            f = 1 << level
+            size = (max(math.ceil(image.shape[1] / f), 1), max(math.ceil(image.shape[0] / f), 1))
+            self._mips[level] = qimage_from_array(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+        return self._mips[level][1]
+
+    def _rebuild_overlay(self) -> None:
+        doc = self.state.document
+        if doc is None:
+            self._overlay = None
+            return
+        buf = self._lut[doc.mask]
+        self._overlay = (buf, QImage(buf.data, doc.width, doc.height, buf.strides[0],
+                                     QImage.Format_ARGB32_Premultiplied))
+
+    def _refresh_overlay(self, rect: Rect | None) -> None:
+        doc = self.state.document
+        if doc is None:
+            return
+        if rect is None or self._overlay is None or self._overlay[0].shape[:2] != doc.mask.shape:
+            self._rebuild_overlay()
+            self.update()
+            return
+        rect = rect.intersect(doc.image_rect)
+        if rect.is_empty():
+            return
+        rows, cols = rect.slices()
+        self._overlay[0][rows, cols] = self._lut[doc.mask[rows, cols]]
+        self.update(self._widget_update_rect(rect))
+
+    def _widget_update_rect(self, rect: Rect) -> QRect:
+        return self.image_rect_to_widget(rect).toAlignedRect().adjusted(-2, -2, 2, 2)
+
+    # -- state signals ----------------------------------------------------------------------------
+    def _on_document_replaced(self) -> None:
+        self._gesture = None
+        self._rebuild_image()
+        self._rebuild_overlay()
+        self.fit()
+        self.update()
+
+    def _on_image_changed(self) -> None:
+        doc = self.state.document
+        old_size = self._image_size
+        self._gesture = None
+        self._rebuild_image()
+        self._rebuild_overlay()
+        if doc is not None and old_size != (doc.width, doc.height):
+            self.fit()
+        self.update()
+
+    def _on_mask_changed(self, rect) -> None:
+        self._refresh_overlay(rect if isinstance(rect, Rect) else None)
+
+    def _on_overlay_changed(self) -> None:
+        preview, candidate = self.state.preview, self.state.candidate
+        self._preview = None if preview is None else (*qimage_from_array(preview[0]), preview[1])
+        self._candidate = None if candidate is None else (*qimage_from_array(candidate[0]),
+                                                          candidate[1])
+        self.update()
+
+    def _on_tool_changed(self, _tool: str) -> None:
+        self._update_cursor()
+        self.update()
+
+    # -- painting ---------------------------------------------------------------------------------
+    @staticmethod
+    def _make_checker() -> QBrush:
+        tile = QPixmap(16, 16)
+        tile.fill(QColor(78, 78, 82))
+        p = QPainter(tile)
+        p.fillRect(0, 0, 8, 8, QColor(100, 100, 104))
+        p.fillRect(8, 8, 8, 8, QColor(100, 100, 104))
+        p.end()
+        return QBrush(tile)
+
+    def paintEvent(self, event) -> None:
+        p = QPainter(self)
+        p.fillRect(event.rect(), BACKGROUND)
+        doc = self.state.document
+        if doc is None:
+            p.setPen(QColor(170, 170, 175))
+            p.drawText(self.rect().adjusted(16, 16, -16, -16), Qt.AlignCenter | Qt.TextWordWrap, HINT)
+            return
+        canvas = self.canvas_preview or doc.canvas
+        image_w = self.image_rect_to_widget(doc.image_rect)
+        canvas_w = self.image_rect_to_widget(canvas)
+        p.setBrushOrigin(canvas_w.topLeft())
+        p.fillRect(canvas_w, self._checker)
+        if doc.has_alpha:
+            p.fillRect(image_w, self._checker)
+        p.setRenderHint(QPainter.SmoothPixmapTransform, self._zoom < 2.0)
+        if self._candidate is not None and self.state.candidate is not None:
+            p.drawImage(self.image_rect_to_widget(self._candidate[2]), self._candidate[1])
+        else:
+            p.drawImage(image_w, self._image_for_zoom())
+            if not canvas.contains_rect(doc.image_rect):
+                outside = QPainterPath()
+                outside.addRect(image_w)
+                inside = QPainterPath()
+                inside.addRect(canvas_w)
+                p.fillPath(outside.subtracted(inside), QColor(0, 0, 0, 130))
+            if self._overlay is not None:
+                p.drawImage(image_w, self._overlay[1])
+            if self._preview is not None and self.state.preview is not None:
+                p.drawImage(self.image_rect_to_widget(self._preview[2]), self._preview[1])
+        self._paint_canvas_frame(p, canvas_w)
+        self._paint_gesture(p, canvas)
+        self._paint_brush_cursor(p)
+
+    def _paint_canvas_frame(self, p: QPainter, rect: QRectF) -> None:
+        p.setRenderHint(QPainter.Antialiasing, False)
+        p.setBrush(Qt.NoBrush)
+        p.setPen(QPen(QColor(0, 0, 0), 1))
+        p.drawRect(rect)
+        dashed = QPen(QColor(255, 255, 255), 1, Qt.DashLine)
+        dashed.setDashPattern([4, 4])
+        p.setPen(dashed)
+        p.drawRect(rect)
+        p.setPen(QPen(QColor(0, 0, 0), 1))
+        p.setBrush(QColor(255, 255, 255))
+        s = self.HANDLE
+        for x in (rect.left(), rect.center().x(), rect.right()):
+            for y in (rect.top(), rect.center().y(), rect.bottom()):
+                if x != rect.center().x() or y != rect.center().y():
+                    p.drawRect(QRectF(x - s / 2, y - s / 2, s, s))
+
+    def _paint_gesture(self, p: QPainter, canvas: Rect) -> None:
+        g = self._gesture
+        if g is None:
+            return
+        p.setBrush(Qt.NoBrush)
+        pen = QPen(QColor(80, 160, 255) if g.subtract else QColor(255, 255, 255), 1, Qt.DashLine)
+        if g.kind == "rect":
+            r = tools.rect_from_points(g.start_image, g.last_image)
+            p.setPen(pen)
+            p.drawRect(self.image_rect_to_widget(r))
+        elif g.kind == "lasso" and len(g.points) > 1:
+            p.setPen(pen)
+            p.drawPolyline(QPolygonF([self.image_to_widget(pt) for pt in g.points + [g.points[0]]]))
+        elif g.kind == "edge":
+            text = f"{canvas.w} x {canvas.h}"
+            font = QFont(self.font())
+            font.setPointSizeF(max(font.pointSizeF(), 9.0))
+            p.setFont(font)
+            metrics = p.fontMetrics()
+            box = QRectF(0, 0, metrics.horizontalAdvance(text) + 12, metrics.height() + 6)
+            frame = self.image_rect_to_widget(canvas)
+            box.moveCenter(QPointF(frame.center().x(), frame.bottom() + 10 + box.height() / 2))
+            box.moveLeft(min(max(box.left(), 4.0), self.width() - box.width() - 4))
+            box.moveTop(min(max(box.top(), 4.0), self.height() - box.height() - 4))
+            p.setPen(Qt.NoPen)
+            p.setBrush(QColor(0, 0, 0, 190))
+            p.drawRoundedRect(box, 4, 4)
+            p.setPen(QColor(255, 255, 255))
+            p.drawText(box, Qt.AlignCenter, text)
+
+    def _brush_cursor_visible(self) -> bool:
+        g = self._gesture
+        return (self._mouse is not None and self.state.document is not None
+                and self.state.tool in ("brush", "eraser") and not self._space
+                and (g.kind == "stroke" if g is not None else not self._hover_edges))
+
+    def _brush_cursor_rect(self) -> QRect:
+        r = self.state.brush_size * self._zoom / 2 + 3
+        return QRectF(self._mouse.x() - r, self._mouse.y() - r, 2 * r, 2 * r).toAlignedRect()
+
+    def _paint_brush_cursor(self, p: QPainter) -> None:
+        if not self._brush_cursor_visible():
+            return
+        r = self.state.brush_size * self._zoom / 2
+        p.setRenderHint(QPainter.Antialiasing, True)
+        p.setBrush(Qt.NoBrush)
+        p.setPen(QPen(QColor(0, 0, 0, 200), 1))
+        p.drawEllipse(self._mouse, r + 1, r + 1)
+        p.setPen(QPen(QColor(255, 255, 255, 230), 1))
+        p.drawEllipse(self._mouse, r, r)
+
+    # -- hit testing and cursor ---------------------------------------------------------------------
+    def edges_at(self, pos: QPointF) -> str:
+        """Which canvas edges a press at `pos` would drag: "", "l", "t", "r", "b" or a corner ("tl")."""
+        doc = self.state.document
+        if doc is None:
+            return ""
+        c = self.image_rect_to_widget(doc.canvas)
+        tol = self.EDGE_GRAB * 2 if self.state.tool == "canvas" else self.EDGE_GRAB
+        x, y = pos.x(), pos.y()
+        if not (c.left() - tol <= x <= c.right() + tol and c.top() - tol <= y <= c.bottom() + tol):
+            return ""
+        dl, dr, dt, db = abs(x - c.left()), abs(x - c.right()), abs(y - c.top()), abs(y - c.bottom())
+        horizontal = "l" if dl <= tol and dl <= dr else "r" if dr <= tol else ""
+        vertical = "t" if dt <= tol and dt <= db else "b" if db <= tol else ""
+        return vertical + horizontal
+
+    def _update_cursor(self) -> None:
+        g = self._gesture
+        if g is not None and g.kind == "pan" or g is None and self._space:
+            shape = Qt.ClosedHandCursor if g is not None else Qt.OpenHandCursor
+        elif g is not None and g.kind == "edge":
+            shape = EDGE_CURSORS[g.edges]
+        elif g is None and self._hover_edges:
+            shape = EDGE_CURSORS[self._hover_edges]
+        elif self.state.tool == "canvas":
+            shape = Qt.OpenHandCursor
+        else:
+            shape = Qt.CrossCursor
+        self.setCursor(QCursor(shape))
+
+    # -- mouse ----------------------------------------------------------------------------------------
+    def mousePressEvent(self, event) -> None:
+        if self._gesture is not None:
+            event.accept()
+            return
+        pos = event.position()
+        doc = self.state.document
+        button = event.button()
+        tool = self.state.tool
+        img = self.widget_to_image(pos)
+        edges = self.edges_at(pos) if button == Qt.LeftButton and not self._space else ""
+        pans = self._space or tool == "canvas" and not edges
+        if button == Qt.MiddleButton or button == Qt.LeftButton and pans:
+            self._gesture = _Gesture("pan", button, pos, img, img,
+                                     start_offset=QPointF(self._offset))
+        elif button != Qt.LeftButton or doc is None:
+            super().mousePressEvent(event)
+            return
+        elif edges:
+            self._gesture = _Gesture("edge", button, pos, img, img, edges=edges,
+                                     start_canvas=doc.canvas, canvas=doc.canvas)
+        elif tool in ("brush", "eraser"):
+            self._gesture = _Gesture("stroke", button, pos, img, img, before=doc.mask.copy(),
+                                     erase=tool == "eraser")
+            self._stroke_to(img)
+        elif tool in ("rect", "lasso"):
+            subtract = bool(event.modifiers() & (Qt.ShiftModifier | Qt.AltModifier))
+            self._gesture = _Gesture(tool, button, pos, img, img, subtract=subtract, points=[img])
+        self._update_cursor()
+        self.update()
+        event.accept()
+
+    def mouseMoveEvent(self, event) -> None:
+        pos = event.position()
+        old_cursor = self._brush_cursor_rect() if self._brush_cursor_visible() else None
+        self._mouse = QPointF(pos)
+        img = self.widget_to_image(pos)
+        if self.state.document is not None:
+            self.cursor_moved.emit(math.floor(img[0]), math.floor(img[1]))
+        g = self._gesture
+        if g is None:
+            edges = "" if self._space else self.edges_at(pos)
+            if edges != self._hover_edges:
+                self._hover_edges = edges
+                self._update_cursor()
+        elif g.kind == "pan":
+            self._offset = g.start_offset + (pos - g.start_widget)
+            self._auto_fit = False
+            self.update()
+        elif g.kind == "stroke":
+            self._stroke_to(img)
+        elif g.kind == "edge":
+            dx, dy = img[0] - g.start_image[0], img[1] - g.start_image[1]
+            g.canvas = tools.drag_canvas_edges(self.state.document.image_rect, g.start_canvas,
+                                               g.edges, dx, dy)
+            self.update()
+        elif g.kind in ("rect", "lasso"):
+            last = self.image_to_widget(g.points[-1])
+            if g.kind == "rect" or abs(pos.x() - last.x()) + abs(pos.y() - last.y()) >= 2:
+                g.points.append(img)
+            g.last_image = img
+            self.update()
+        if g is None or g.kind == "stroke":
+            if old_cursor is not None:
+                self.update(old_cursor)
+            if self._brush_cursor_visible():
+                self.update(self._brush_cursor_rect())
+        event.accept()
+
+    def mouseReleaseEvent(self, event) -> None:
+        g = self._gesture
+        if g is None or event.button() != g.button:
+            if g is None:
+                super().mouseReleaseEvent(event)
+            return
+        self._gesture = None
+        doc = self.state.document
+        if doc is not None:
+            img = self.widget_to_image(event.position())
+            if g.kind == "stroke":
+                self._stroke_to(img, g)
+                label = "Erase" if g.erase else "Brush stroke"
+                self.state.push_applied(MaskPatchChange.capture(doc, g.dirty, g.before, label))
+            elif g.kind == "edge":
+                if g.canvas != doc.canvas:
+                    self.state.set_canvas(g.canvas)
+            elif g.kind in ("rect", "lasso"):
+                self._apply_selection(g, img)
+        self._update_cursor()
+        self.update()
+        event.accept()
+
+    def _stroke_to(self, img: tuple[float, float], g: _Gesture | None = None) -> None:
+        g = g or self._gesture
+        doc = self.state.document
+        dirty = tools.paint_segment(doc.mask, g.last_image, img, self.state.brush_size,
+                                    self.state.brush_softness, g.erase)
+        g.last_image = img
+        if not dirty.is_empty():
+            g.dirty = g.dirty.union(dirty)
+            self._refresh_overlay(dirty)
+
+    def _apply_selection(self, g: _Gesture, img: tuple[float, float]) -> None:
+        doc = self.state.document
+        before = doc.mask.copy()
+        value = 0 if g.subtract else 255
+        if g.kind == "rect":
+            dirty = tools.fill_rect(doc.mask, tools.rect_from_points(g.start_image, img), value)
+            label = "Rectangle selection"
+        else:
+            dirty = tools.fill_polygon(doc.mask, g.points + [img], value)
+            label = "Lasso selection"
+        if g.subtract:
+            label = "Subtract " + label.lower()
+        self.state.push_applied(MaskPatchChange.capture(doc, dirty, before, label))
+
+    def cancel_gesture(self) -> None:
+        """Abandon the drag in progress (Escape): a live stroke is painted back out, nothing is recorded."""
+        g, self._gesture = self._gesture, None
+        doc = self.state.document
+        if g is not None and g.kind == "stroke" and doc is not None and not g.dirty.is_empty():
+            rows, cols = g.dirty.slices()
+            doc.mask[rows, cols] = g.before[rows, cols]
+            self._refresh_overlay(g.dirty)
+        self._update_cursor()
+        self.update()
+
+    def wheelEvent(self, event) -> None:
+        delta = event.angleDelta().y() or event.angleDelta().x()
+        if not delta:
+            delta = event.pixelDelta().y()
+        if delta and self.state.document is not None:
+            self.set_zoom(self._zoom * self.ZOOM_STEP ** (delta / 120.0), event.position())
+        event.accept()
+
+    def leaveEvent(self, event) -> None:
+        if self._mouse is not None and self._brush_cursor_visible():
+            self.update(self._brush_cursor_rect())
+        self._mouse = None
+        super().leaveEvent(event)
+
+    def resizeEvent(self, event) -> None:
+        if self._auto_fit:
+            self.fit()
+        elif event.oldSize().isValid():
+            d = event.size() - event.oldSize()
+            self._offset += QPointF(d.width() / 2, d.height() / 2)
+        super().resizeEvent(event)
+
+    # -- keys ---------------------------------------------------------------------------------------
+    def keyPressEvent(self, event) -> None:
+        key = event.key()
+        plain = not (event.modifiers() & (Qt.ControlModifier | Qt.AltModifier | Qt.MetaModifier))
+        tools_by_key = {Qt.Key_B: "brush", Qt.Key_E: "eraser", Qt.Key_M: "rect", Qt.Key_L: "lasso"}
+        if key == Qt.Key_Space:
+            if not event.isAutoRepeat():
+                self._space = True
+                self._hover_edges = ""
+                self._update_cursor()
+                self.update()
+        elif key == Qt.Key_BracketLeft and plain:
+            size = self.state.brush_size
+            self.state.set_brush(max(1, min(size - 1, round(size / 1.15))))
+        elif key == Qt.Key_BracketRight and plain:
+            size = self.state.brush_size
+            self.state.set_brush(max(size + 1, round(size * 1.15)))
+        elif key in tools_by_key and plain and not event.modifiers() & Qt.ShiftModifier:
+            self.state.set_tool(tools_by_key[key])
+        elif key == Qt.Key_Escape and self._gesture is not None:
+            self.cancel_gesture()
+        else:
+            super().keyPressEvent(event)
+            return
+        event.accept()
+
+    def keyReleaseEvent(self, event) -> None:
+        if event.key() == Qt.Key_Space and not event.isAutoRepeat():
+            self._space = False
+            self._update_cursor()
+            self.update()
+            event.accept()
+            return
+        super().keyReleaseEvent(event)
+
+    def focusOutEvent(self, event) -> None:
+        self._space = False
+        self._update_cursor()
+        super().focusOutEvent(event)
