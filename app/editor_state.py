@@ -121,6 +121,12 @@ class EditorState(QObject):
             self.brush_softness = float(min(max(softness, 0.0), 1.0))
         self.brush_changed.emit()
 
+    def grow_brush(self) -> None:
+        self.set_brush(size=max(self.brush_size + 1, round(self.brush_size * 1.15)))
+
+    def shrink_brush(self) -> None:
+        self.set_brush(size=max(1, min(self.brush_size - 1, round(self.brush_size / 1.15))))
+
     # -- notifications ------------------------------------------------------------------------------
     def _changed(self, change: Change) -> None:
         if change.region == "mask":

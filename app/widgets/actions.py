@@ -79,6 +79,9 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
         mask_menu.addAction(action)
         actions.tools[tool] = action
     mask_menu.addSeparator()
+    mask_menu.addAction(make("brush_smaller", "Brush &Smaller", "["))
+    mask_menu.addAction(make("brush_larger", "Brush &Larger", "]"))
+    mask_menu.addSeparator()
     mask_menu.addAction(make("clear_mask", "&Clear Mask", "Ctrl+D"))
     mask_menu.addAction(make("invert_mask", "&Invert Mask", "Ctrl+I"))
     mask_menu.addAction(make("select_all", "Mask &Everything", "Ctrl+A"))

@@ -561,11 +561,9 @@ class CanvasView(QWidget):
                 self._update_cursor()
                 self.update()
         elif key == Qt.Key_BracketLeft and plain:
-            size = self.state.brush_size
-            self.state.set_brush(max(1, min(size - 1, round(size / 1.15))))
+            self.state.shrink_brush()
         elif key == Qt.Key_BracketRight and plain:
-            size = self.state.brush_size
-            self.state.set_brush(max(size + 1, round(size * 1.15)))
+            self.state.grow_brush()
         elif key in tools_by_key and plain and not event.modifiers() & Qt.ShiftModifier:
             self.state.set_tool(tools_by_key[key])
         elif key == Qt.Key_Escape and self._gesture is not None:

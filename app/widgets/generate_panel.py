@@ -68,7 +68,6 @@ class GeneratePanel(QWidget):
         self.expand_button.setToolTip("Fill the area the canvas was dragged out to (Ctrl+Shift+Enter)")
         self.cancel_button = _named(QPushButton("Cancel"), "cancelButton", "Cancel")
         self.progress_bar = _named(QProgressBar(), "progressBar", "Progress")
-        self.progress_bar.setFormat("step %v/%m")
         self.progress_bar.setValue(0)
         self.status_label = _named(QLabel(""), "statusLabel", "Status")
         self.status_label.setWordWrap(True)
@@ -109,10 +108,22 @@ class GeneratePanel(QWidget):
         self.fill_button.setEnabled(can_fill and not busy)
         self.expand_button.setEnabled(can_expand and not busy)
         self.cancel_button.setEnabled(busy)
+        if busy != getattr(self, "_busy", None):
+            self._busy = busy
+            self._update_progress_format()
 
     def set_progress(self, step: int, total: int) -> None:
         self.progress_bar.setMaximum(max(total, 1))
         self.progress_bar.setValue(step)
+        self._update_progress_format()
+
+    def _update_progress_format(self) -> None:
+        if getattr(self, "_busy", False):
+            self.progress_bar.setFormat("step %v/%m")
+        elif self.progress_bar.value() > 0:
+            self.progress_bar.setFormat("done: %m steps")
+        else:
+            self.progress_bar.setFormat("Ready")
 
     def set_status(self, text: str, error: bool = False) -> None:
         self.status_label.setStyleSheet("color: #e06060;" if error else "")

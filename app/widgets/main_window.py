@@ -87,7 +87,9 @@ class MainWindow(QMainWindow):
         c = self.canvas
         return {"open": self.open_dialog, "save": self.save, "save_as": self.save_as_dialog,
                 "quit": self.close, "copy": self.copy_image, "paste": self.paste,
-                "clear_mask": self.state.clear_mask, "invert_mask": self.state.invert_mask,
+                "clear_mask": self.state.clear_mask,
+                "brush_smaller": self.state.shrink_brush, "brush_larger": self.state.grow_brush,
+                "invert_mask": self.state.invert_mask,
                 "select_all": self._mask_everything, "reset_canvas": self._reset_canvas,
                 "fill": self.fill, "expand": self.expand, "cancel": self._escape,
                 "accept": self.accept_current, "zoom_in": c.zoom_in, "zoom_out": c.zoom_out,
