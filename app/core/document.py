@@ -56,13 +56,6 @@ class Document:
     def nbytes(self) -> int:
         return int(self.image.nbytes + self.mask.nbytes)
 
-    def mask_bounds(self) -> Rect | None:
-        rows = np.flatnonzero(self.mask.any(axis=1))
-        if rows.size == 0:
-            return None
-        cols = np.flatnonzero(self.mask.any(axis=0))
-        return Rect.from_edges(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-
     def snapshot(self) -> "DocumentState":
         return DocumentState(self.image, self.mask.copy(), self.canvas, self.parameters)
 
