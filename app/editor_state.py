@@ -84,8 +84,8 @@ class EditorState(QObject):
         if self.document is not None:
             self.set_mask(255 - self.document.mask, "Invert mask")
 
-    def accept(self, image: np.ndarray, output: Rect, parameters: str) -> None:
-        """Commit a generated result as one undo step. `output` is where it lies in image coords."""
+    def accept(self, image: np.ndarray, parameters: str) -> None:
+        """Commit a generated result (the whole new image, canvas included) as one undo step."""
         doc = self.document
         if doc is None:
             return

@@ -77,7 +77,7 @@ class GenerationSession(QObject):
         if self.request is None or not 0 <= index < len(self.variants):
             return False
         variant = self.variants[index]
-        self.state.accept(variant.image, self.request.output_rect, variant.parameters)
+        self.state.accept(variant.image, variant.parameters)
         self._clear_results()
         self.status.emit(f"Accepted variant {index + 1} (seed {variant.seed}).", False)
         return True

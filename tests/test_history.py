@@ -56,7 +56,7 @@ def test_accept_replaces_image_mask_and_canvas_in_one_step(state):
     paint(state, Rect(0, 0, 8, 8))
     state.set_canvas(Rect(-8, 0, 88, 64))
     result = np.full((64, 88, 3), 7, np.uint8)
-    state.accept(result, Rect(-8, 0, 88, 64), "Steps: 1")
+    state.accept(result, "Steps: 1")
     doc = state.document
     assert doc.image.shape == (64, 88, 3) and doc.canvas == Rect(0, 0, 88, 64)
     assert not doc.mask.any() and doc.parameters == "Steps: 1"

@@ -19,23 +19,13 @@ from app.core.changes import MaskPatchChange
 from app.core.geometry import Rect
 from app.editor_state import EditorState
 from app.widgets import canvas_tools as tools
+from app.widgets.qt_image import qimage_from_array
 
 HINT = "Open an image (Ctrl+O), drop one here, or paste (Ctrl+V)"
 BACKGROUND = QColor(38, 38, 40)
 EDGE_CURSORS = {"l": Qt.SizeHorCursor, "r": Qt.SizeHorCursor, "t": Qt.SizeVerCursor,
                 "b": Qt.SizeVerCursor, "tl": Qt.SizeFDiagCursor, "br": Qt.SizeFDiagCursor,
                 "tr": Qt.SizeBDiagCursor, "bl": Qt.SizeBDiagCursor}
-
-
-def qimage_from_array(array: np.ndarray) -> tuple[np.ndarray, QImage]:
-    """A QImage sharing the memory of a uint8 H x W (x 1/3/4) array; keep the returned array alive."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = np.ascontiguousarray(array[:, :, 0])
-    formats = {2: QImage.Format_Grayscale8, 3: QImage.Format_RGB888, 4: QImage.Format_RGBA8888}
-    fmt = formats[array.shape[2] if array.ndim == 3 else 2]
-    h, w = array.shape[:2]
-    return array, QImage(array.data, w, h, array.strides[0], fmt)
 
 
 @dataclass

@@ -5,12 +5,21 @@ import numpy as np
 from PySide6.QtGui import QImage
 
 
+def qimage_from_array(array: np.ndarray) -> tuple[np.ndarray, QImage]:
+    """A QImage sharing the memory of a uint8 H x W (x 1/3/4) array; keep the returned array alive."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = np.ascontiguousarray(array[:, :, 0])
+    formats = {2: QImage.Format.Format_Grayscale8, 3: QImage.Format.Format_RGB888,
+               4: QImage.Format.Format_RGBA8888}
+    fmt = formats[array.shape[2] if array.ndim == 3 else 2]
+    h, w = array.shape[:2]
+    return array, QImage(array.data, w, h, array.strides[0], fmt)
+
+
 def to_qimage(pixels: np.ndarray) -> QImage:
     """A QImage that owns a copy of the pixels (safe to keep after the array changes)."""
-    pixels = np.ascontiguousarray(pixels)
-    h, w, c = pixels.shape
-    fmt = QImage.Format.Format_RGBA8888 if c == 4 else QImage.Format.Format_RGB888
-    return QImage(pixels.data, w, h, w * c, fmt).copy()
+    return qimage_from_array(pixels)[1].copy()
 
 
 def from_qimage(image: QImage) -> np.ndarray:
