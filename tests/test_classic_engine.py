@@ -286,10 +286,8 @@ def test_registry_explains_unknown_models(tmp_path):
     missing = tmp_path / "nope" / "model.safetensors"
     with pytest.raises(EngineError, match="^model not found: .*nope"):
         registry.create(str(missing))
-    with pytest.raises(EngineError, match="diffusion models are not supported by this build yet; "
-                                          "use --model classic$"):
-        registry.create(str(weights))
-    with pytest.raises(EngineError, match="^runwayml/stable-diffusion-inpainting: diffusion models"):
-        registry.create("runwayml/stable-diffusion-inpainting")
+    # Existing files and repo ids become diffusion engines; what is wrong with them shows when a job runs.
+    assert type(registry.create(str(weights))).__name__ == "DiffusionEngine"
+    assert registry.create("runwayml/stable-diffusion-inpainting").id == "runwayml/stable-diffusion-inpainting"
     with pytest.raises(EngineError, match="^model not found: ./models/sd.ckpt"):
         registry.create("./models/sd.ckpt")

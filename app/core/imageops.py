@@ -171,6 +171,31 @@ def colour_match(fill: np.ndarray, reference: np.ndarray, region_mask: np.ndarra
     return out
 
 
+def correct_colour_drift(generated: np.ndarray, original: np.ndarray, ring_mask: np.ndarray,
+                         region_mask: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """Undo a generator's colour drift: map `generated`'s Lab mean and spread on the ring (pixels both
+    images hold and should agree on) onto `original`'s there, and apply that map inside the region.
+
+    Unlike colour_match, new content keeps its own colours: only the shift the generator made to the
+    known surroundings is removed. Pixels outside the region (and any alpha channel) are unchanged.
+    """
+    ring = ring_mask > 0
+    region = region_mask > 0
+    if ring.sum() < 16 or not region.any() or strength <= 0:
+        return generated.copy()
+    gen_lab = cv2.cvtColor(np.ascontiguousarray(generated[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    ref_lab = cv2.cvtColor(np.ascontiguousarray(original[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    gen_ring, ref_ring = gen_lab[ring], ref_lab[ring]
+    scale = np.clip((ref_ring.std(axis=0) + 1.0) / (gen_ring.std(axis=0) + 1.0), 0.8, 1.25)
+    inside = gen_lab[region]
+    corrected = (inside - gen_ring.mean(axis=0)) * scale + ref_ring.mean(axis=0)
+    gen_lab[region] = inside + (corrected - inside) * float(min(strength, 1.0))
+    rgb = cv2.cvtColor(np.clip(np.rint(gen_lab), 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    out = generated.copy()
+    out[..., :3][region] = rgb[region]
+    return out
+
+
 def smooth_fill(image: np.ndarray, known_mask: np.ndarray,
                 radii: Sequence[int] = SMOOTH_FILL_RADII) -> np.ndarray:
     """Fill the pixels where `known_mask` is 0 with a smooth continuation of the known ones.

@@ -63,10 +63,19 @@ class EngineError(Exception):
 
 
 class CancelToken:
-    """Thread-safe flag the UI sets and the engine checks between steps."""
+    """Thread-safe flags the UI sets and the engine checks between steps: cancel (throw the job away) and
+    finish (stop now and keep what the current step predicts as the result)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._finish = threading.Event()
+
+    def finish(self) -> None:
+        self._finish.set()
+
+    @property
+    def finish_requested(self) -> bool:
+        return self._finish.is_set()
 
     def cancel(self) -> None:
         self._event.set()

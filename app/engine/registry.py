@@ -1,4 +1,7 @@
-"""Which engines exist and how to build one from a model id (what `--model` and the model picker hold)."""
+"""Which engines exist and how to build one from a model id (what `--model` and the model picker hold).
+
+Built-in engines are registered by id; any other id that names an existing file or folder, or looks like a
+Hugging Face repo id, gets a DiffusionEngine (imported only then, so torch loads only when needed)."""
 from __future__ import annotations
 
 import re
@@ -57,13 +60,13 @@ class EngineRegistry:
         entry = self._entries.get(name)
         if entry is not None:
             return entry.factory()
+        if _path_exists(name) or looks_like_repo_id(name):
+            from app.engine.diffusion_engine import DiffusionEngine
+
+            return DiffusionEngine(name)
         raise EngineError(self._unknown_model_message(name))
 
     def _unknown_model_message(self, name: str) -> str:
-        unsupported = (f"{name}: diffusion models are not supported by this build yet; "
-                       f"use --model {self.default_id}")
-        if _path_exists(name) or looks_like_repo_id(name):
-            return unsupported
         if looks_like_path(name):
             return f"model not found: {name}"
         known = ", ".join(self._entries) or "none"

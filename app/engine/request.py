@@ -71,7 +71,8 @@ class GenerationRequest:
     prompt: str = ""
     negative_prompt: str = ""
     style: str = "None"
-    model: str = "classic"
+    model: str = "classic"                # an engine id, a model file or folder, or a Hugging Face repo id
+    model_config: str = ""                # single files: a diffusers config folder (default: by family)
     device: str = "auto"
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     mask_options: MaskOptions = field(default_factory=MaskOptions)

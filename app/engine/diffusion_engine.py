@@ -1,0 +1,191 @@
+"""Generative Fill and Expand with a Stable Diffusion model (SD 1.x, 2.x, SDXL; base or inpainting).
+
+For each job: plan a crop around the area to generate (app.core.work_region), prefill new canvas area
+(edge stretch + smoothing), scale the crop to the model's native size, encode it, denoise every variant
+with a preview after each step, decode, scale back, remove the colour drift on the known surroundings
+and composite with the feathered mask, so pixels outside it stay bit-identical.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from app.core import imageops
+from app.core.geometry import Rect
+from app.core.work_region import context_for, plan_region, work_size
+from app.engine.base import Emit, Engine, format_parameters
+from app.engine.events import CancelToken, EngineError, Variant
+from app.engine.request import GenerationRequest, JobKind
+
+log = logging.getLogger(__name__)
+
+DRIFT_RING = 24            # px of known pixels around the generated area used to measure colour drift
+PREVIEW_SCALE = 2          # previews are drawn at twice the latent resolution
+
+
+@dataclass
+class _Work:
+    """One job's geometry, in output coordinates (the image for Fill, the canvas for Expand)."""
+    base: np.ndarray          # the output before generation: the image, or the stretched canvas
+    region: Rect              # the crop the model works on
+    source: np.ndarray        # base[region], prefilled where new
+    hole: np.ndarray          # region-sized uint8, 255 = generate
+    alpha: np.ndarray         # region-sized float32 composite alpha (feathered hole)
+    fill_alpha: np.ndarray | None   # RGBA images: alpha of generated pixels
+    size: tuple[int, int]     # (width, height) the model runs at
+    offset: tuple[int, int]   # output coordinates -> image coordinates
+
+
+class DiffusionEngine(Engine):
+    def __init__(self, model_id: str, manager=None) -> None:
+        from app.engine.model_manager import MODELS
+
+        self.id = model_id
+        self.label = model_id
+        self.manager = manager or MODELS
+
+    def close(self) -> None:
+        self.manager.free()
+
+    def generate(self, request: GenerationRequest, job_id: int, emit: Emit,
+                 cancel: CancelToken) -> tuple[Variant, ...]:
+        import torch
+
+        from app.engine.devices import plan_device
+        from app.engine.model_files import resolve_source
+        from app.engine.samplers import find_sampler
+
+        sampler = find_sampler(request.sampling.sampler)
+        source = resolve_source(request.model, request.model_config)
+        plan = plan_device(request.device)
+        self.label = source.name
+
+        def loading(message: str, fraction: float) -> None:
+            self.report(emit, cancel, job_id, 0, request.sampling.steps, message=message)
+        model = self.manager.get(source, plan, loading)
+        work = self._plan(request, model)
+        self.report(emit, cancel, job_id, 0, request.sampling.steps,
+                    message=f"{model.describe()}: working at {work.size[0]}x{work.size[1]}")
+        with torch.inference_mode():
+            return self._generate(request, model, work, sampler, job_id, emit, cancel)
+
+    # -- geometry -------------------------------------------------------------------------------------
+
+    def _plan(self, request: GenerationRequest, model) -> _Work:
+        options = request.mask_options
+        if request.kind == JobKind.FILL:
+            base = request.image
+            hole = imageops.grow_mask(request.mask, options.grow)
+            offset = (0, 0)
+        else:
+            canvas = request.outpaint.canvas
+            base = imageops.edge_stretch(request.image, canvas)
+            hole = np.where(imageops.known_region(request.image.shape, canvas) == 0, 255, 0).astype(np.uint8)
+            offset = (canvas.x, canvas.y)
+        limits = Rect(0, 0, base.shape[1], base.shape[0])
+        hole_bounds = imageops.mask_bounds(hole)
+        focus = hole_bounds.grown(options.feather).intersect(limits)
+        region = plan_region(focus, limits, context_for(hole_bounds, options.feather))
+        source = base[region.slices()].copy()
+        crop_hole = hole[region.slices()]
+        if request.kind == JobKind.EXPAND:
+            known = crop_hole == 0
+            source[..., :3] = imageops.smooth_fill(np.ascontiguousarray(source[..., :3]), known)
+        fill_alpha = None
+        if base.shape[2] == 4:
+            fill_alpha = source[..., 3].copy() if request.kind == JobKind.EXPAND \
+                else np.full(crop_hole.shape, 255, np.uint8)
+        multiple = model.vae_scale * 2 ** (len(model.unet.config.down_block_types) - 1)
+        return _Work(base, region, source, crop_hole, imageops.feather_mask(crop_hole, options.feather),
+                     fill_alpha, work_size(region.size, model.native_size, multiple), offset)
+
+    # -- generation -----------------------------------------------------------------------------------
+
+    def _generate(self, request, model, work: _Work, sampler, job_id, emit, cancel) -> tuple[Variant, ...]:
+        import torch
+
+        from app.engine import latent_codec
+        from app.engine.denoise import DenoiseJob, run_denoise, steps_to_run
+
+        width, height = work.size
+        scale_f = model.vae_scale
+        latent_size = (width // scale_f, height // scale_f)
+        pixels = _resize(work.source[..., :3], (width, height))
+        init = latent_codec.encode(model, pixels)
+        strength_map = torch.from_numpy(cv2.resize(work.alpha, latent_size, interpolation=cv2.INTER_AREA))
+        condition = None
+        if model.inpaint:
+            hole_px = _resize(work.hole, (width, height)) >= 128
+            masked = latent_codec.encode(model, np.where(hole_px[..., None], 127, pixels).astype(np.uint8))
+            mask_latent = torch.from_numpy(cv2.resize((work.hole >= 128).astype(np.float32), latent_size,
+                                                      interpolation=cv2.INTER_AREA) >= 0.5).float()
+            condition = torch.cat([mask_latent[None, None], masked], dim=1)
+        preview_size = (latent_size[0] * PREVIEW_SCALE, latent_size[1] * PREVIEW_SCALE)
+        preview_alpha = np.rint(255 * cv2.resize(work.alpha, preview_size, interpolation=cv2.INTER_AREA))
+        preview = latent_codec.LinearPreview(model, preview_alpha.astype(np.uint8))
+        preview_rect = work.region.translated(*work.offset)
+
+        s = request.sampling
+        seeds = [(s.seed + index) % 2**32 for index in range(s.variants)]
+        chunks = _chunks(seeds, _batch_limit(model))
+        per_chunk = steps_to_run(s.steps, s.strength)
+        total = per_chunk * len(chunks)
+        variants: list[Variant] = []
+        done = 0
+        for chunk in chunks:
+            job = DenoiseJob(init[:1], strength_map[None, None], condition, request.prompt,
+                             request.negative_prompt, s.guidance, s.steps, s.strength, sampler.name, chunk,
+                             (width, height))
+
+            def on_step(step: int, steps: int, x0, base_step=done) -> bool:
+                self.report(emit, cancel, job_id, base_step + step, total, preview(x0), preview_rect,
+                            message=f"step {base_step + step}/{total}")
+                return cancel.finish_requested
+            x0, ran = run_denoise(model, job, on_step)
+            done += ran
+            for seed, image in zip(chunk, latent_codec.decode(model, x0)):
+                variants.append(Variant(self._finish(work, image), seed, format_parameters(
+                    request, seed, model.name, sampler=sampler.label)))
+            if cancel.finish_requested:
+                break
+        return tuple(variants)
+
+    def _finish(self, work: _Work, generated: np.ndarray) -> np.ndarray:
+        """Scale back, remove colour drift, composite with the feathered mask, paste into the output."""
+        region_h, region_w = work.hole.shape
+        out = _resize(generated, (region_w, region_h))
+        original = work.base[work.region.slices()]
+        ring = imageops.grow_mask(work.hole, DRIFT_RING) & ~imageops.grow_mask(work.hole, 2)
+        out = imageops.correct_colour_drift(out, original, ring, work.alpha > 0)
+        if work.fill_alpha is not None:
+            out = np.dstack([out, work.fill_alpha])
+        result = work.base.copy()
+        result[work.region.slices()] = imageops.composite(original, out, work.alpha)
+        return result
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    shrinking = size[0] * size[1] < image.shape[0] * image.shape[1]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+def _batch_limit(model) -> int:
+    """Variants denoised together: all on the CPU, by free memory on a GPU."""
+    if model.plan.device == "cpu":
+        return 4
+    if model.plan.device == "cuda":
+        import torch
+
+        free = torch.cuda.mem_get_info()[0]
+        need = (3 if model.is_xl else 1) * 1024 ** 3
+        return max(1, min(4, int(free // need) - 2))
+    return 1
+
+
+def _chunks(seeds: list[int], size: int) -> list[list[int]]:
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]

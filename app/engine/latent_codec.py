@@ -1,0 +1,89 @@
+"""Pixels <-> latents: the full VAE for inputs and results, a linear map for per-step previews.
+
+The VAE decodes in its own precision; a half-precision decode that overflows (NaN or inf, the SDXL VAE
+in fp16) is retried in fp32, and a result that is still not finite is an error, never a black image.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from app.engine.denoise import on_device
+from app.engine.events import EngineError
+
+# Least-squares maps from the 4 latent channels to RGB in [-1, 1] (rows: channels; columns: R, G, B).
+SD_FACTORS = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),
+              (-0.2120, -0.2616, -0.7177))
+SDXL_FACTORS = ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
+                (-0.3165, -0.2492, -0.2188))
+SDXL_BIAS = (0.1084, -0.0175, -0.0011)
+
+
+def _scale_shift(vae) -> tuple[float, float]:
+    return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+
+def encode(model, pixels: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 -> (1, C, H/8, W/8) float32 latents (the distribution's mean: deterministic)."""
+    vae = model.vae
+    x = torch.from_numpy(np.ascontiguousarray(pixels[..., :3])).permute(2, 0, 1)[None]
+    x = x.to(model.plan.device, torch.float32) / 127.5 - 1.0
+    scale, shift = _scale_shift(vae)
+    with on_device(model, [vae]), torch.inference_mode():
+        latents = vae.encode(x.to(vae.dtype)).latent_dist.mean.float()
+        if not torch.isfinite(latents).all() and vae.dtype != torch.float32:
+            latents = _in_fp32(vae, lambda: vae.encode(x).latent_dist.mean.float())
+    if not torch.isfinite(latents).all():
+        raise EngineError("the VAE produced invalid values while encoding the image")
+    return (latents - shift) * scale
+
+
+def decode(model, latents: torch.Tensor) -> list[np.ndarray]:
+    """(B, C, h, w) latents -> B images H x W x 3 uint8."""
+    vae = model.vae
+    scale, shift = _scale_shift(vae)
+    z = latents.float() / scale + shift
+    with on_device(model, [vae]), torch.inference_mode():
+        images = vae.decode(z.to(vae.dtype)).sample.float()
+        if not torch.isfinite(images).all() and vae.dtype != torch.float32:
+            images = _in_fp32(vae, lambda: vae.decode(z).sample.float())
+    if not torch.isfinite(images).all():
+        raise EngineError("the VAE produced invalid values (NaN) while decoding; no result was made")
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [np.ascontiguousarray(image) for image in images]
+
+
+def _in_fp32(vae, run):
+    half = vae.dtype
+    vae.to(torch.float32)
+    try:
+        return run()
+    finally:
+        vae.to(half)
+
+
+class LinearPreview:
+    """Cheap x0 previews: a 4x3 matrix per pixel, on the device, upscaled 2x; RGBA with the given alpha."""
+
+    def __init__(self, model, alpha: np.ndarray | None) -> None:
+        factors = SDXL_FACTORS if model.is_xl else SD_FACTORS
+        bias = SDXL_BIAS if model.is_xl else (0.0, 0.0, 0.0)
+        device = torch.device(model.plan.device)
+        self.channels = model.latent_channels
+        self.factors = torch.tensor(factors, device=device)
+        self.bias = torch.tensor(bias, device=device).view(3, 1, 1)
+        self.alpha = alpha                    # uint8 at the preview size, or None for opaque
+
+    def __call__(self, x0: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            latent = x0[0].float()
+            if latent.shape[0] != self.channels or self.channels != 4:
+                rgb = latent[:3] if latent.shape[0] >= 3 else latent[:1].expand(3, -1, -1)
+            else:
+                rgb = torch.einsum("chw,cr->rhw", latent, self.factors) + self.bias
+            rgb = torch.nn.functional.interpolate(rgb[None], scale_factor=2, mode="bilinear",
+                                                  align_corners=False)[0]
+            rgb = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        if self.alpha is None:
+            return rgb
+        return np.dstack([rgb, self.alpha[:rgb.shape[0], :rgb.shape[1]]])

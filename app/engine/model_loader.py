@@ -1,0 +1,252 @@
+"""Load a Stable Diffusion model's components (UNet, VAE, CLIP text encoders, tokenizers) with diffusers.
+
+Diffusers folders load component by component; single files go through diffusers' from_single_file with
+the config folder shipped for their family in resources/models, so no network is needed; repo ids are
+downloaded into the standard Hugging Face cache first (only the files a diffusers folder needs).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from app.engine.devices import DevicePlan
+from app.engine.events import EngineError
+from app.engine.model_files import (CONFIG_ROOT, PICKLE_SUFFIXES, TOKENIZER_DIR, CheckpointInfo, ModelSource,
+                                    inspect_checkpoint, inspect_folder, _read_json, _short)
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]          # message, fraction done (0..1, or -1 when unknown)
+
+PIPELINES = {("sd", False): "StableDiffusionPipeline", ("sd", True): "StableDiffusionInpaintPipeline",
+             ("sdxl", False): "StableDiffusionXLPipeline", ("sdxl", True): "StableDiffusionXLInpaintPipeline"}
+DOWNLOAD_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer*/*",
+                     "unet/*.safetensors", "vae/*.safetensors", "text_encoder*/*.safetensors"]
+
+
+@dataclass
+class DiffusionModel:
+    """Everything the denoising loop needs of one loaded model."""
+    name: str
+    family: str                  # "sd1", "sd2" or "sdxl"
+    inpaint: bool
+    unet: Any
+    vae: Any
+    text_encoders: list
+    tokenizers: list
+    scheduler_config: dict
+    plan: DevicePlan
+    vae_dtype_name: str = "float32"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """The side length, in pixels, the UNet was trained at (512, 768 or 1024 for real models)."""
+        return int(self.unet.config.sample_size) * self.vae_scale
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def is_xl(self) -> bool:
+        return self.family == "sdxl"
+
+    def components(self) -> list:
+        return [self.unet, self.vae, *self.text_encoders]
+
+    def describe(self) -> str:
+        names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+        return f"{self.name} ({names[self.family]}{' inpainting' if self.inpaint else ''}, {self.plan.describe()})"
+
+
+def load_model(source: ModelSource, plan: DevicePlan, progress: Progress | None = None) -> DiffusionModel:
+    """Load `source` for `plan`; EngineError says in one line what is wrong with the model."""
+    progress = progress or (lambda message, fraction: None)
+    _quiet_libraries()
+    try:
+        if source.kind == "repo":
+            folder = download_repo(source.location, progress)
+            return _load_folder(folder, source.location, plan, progress)
+        if source.kind == "folder":
+            return _load_folder(Path(source.location), Path(source.location).name, plan, progress)
+        return _load_single_file(Path(source.location), source.config, plan, progress)
+    except EngineError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
+        from app.engine.devices import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            raise
+        log.warning("could not load %s", source.location, exc_info=exc)
+        raise EngineError(f"could not load {source.name}: {_short(exc)}") from None
+
+
+def _quiet_libraries() -> None:
+    """The libraries' own progress bars and notices would flood the CLI; loading reports through `progress`."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+# -- single files ---------------------------------------------------------------------------------------
+
+def _load_single_file(path: Path, config: str, plan: DevicePlan, progress: Progress) -> DiffusionModel:
+    import diffusers
+
+    progress(f"reading {path.name}", -1)
+    info = inspect_checkpoint(path)
+    config_dir = Path(config) if config else CONFIG_ROOT / info.config_name
+    if not (config_dir / "model_index.json").is_file():
+        raise EngineError(f"the config folder {config_dir} has no model_index.json")
+    _check_config_matches(config_dir, info, path.name)
+    tokenizers = _tokenizers_for(config_dir, info.family)
+    kwargs = {"tokenizer": tokenizers[0]}
+    if info.family == "sdxl":
+        kwargs["tokenizer_2"] = tokenizers[1]
+    else:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline_class = getattr(diffusers, PIPELINES[("sdxl" if info.family == "sdxl" else "sd", info.inpaint)])
+    progress(f"loading {info.label} weights from {path.name}", -1)
+    pipe = pipeline_class.from_single_file(str(path), config=str(config_dir), local_files_only=True,
+                                           torch_dtype=plan.dtype, **kwargs)
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if info.family == "sdxl" else [])
+    scheduler_config = dict(pipe.scheduler.config)
+    if info.v_prediction:
+        scheduler_config["prediction_type"] = "v_prediction"
+    return _finish(DiffusionModel(path.stem, info.family, info.inpaint, pipe.unet, pipe.vae, encoders,
+                                  tokenizers, scheduler_config, plan))
+
+
+def _check_config_matches(config_dir: Path, info: CheckpointInfo, name: str) -> None:
+    unet = _read_json(config_dir / "unet" / "config.json")
+    xl = unet.get("addition_embed_type") == "text_time"
+    if xl != (info.family == "sdxl") or (unet.get("in_channels", 4) == 9) != info.inpaint:
+        kind = "an SDXL" if xl else "a Stable Diffusion 1.x/2.x"
+        kind += " inpainting" if unet.get("in_channels", 4) == 9 else ""
+        raise EngineError(f"{name} is a {info.label} model but its config folder {config_dir.name} describes "
+                          f"{kind} model")
+
+
+# -- diffusers folders -----------------------------------------------------------------------------------
+
+def _load_folder(folder: Path, name: str, plan: DevicePlan, progress: Progress) -> DiffusionModel:
+    import diffusers
+    import transformers
+
+    family, inpaint = inspect_folder(folder)
+    _refuse_pickles_only(folder, ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else []))
+    options = dict(torch_dtype=plan.dtype, local_files_only=True)
+    progress(f"loading {name}: UNet", 0.1)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **options)
+    progress(f"loading {name}: VAE", 0.6)
+    vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", **options)
+    progress(f"loading {name}: text encoder", 0.7)
+    encoders = [transformers.CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **options)]
+    if family == "sdxl":
+        encoders.append(transformers.CLIPTextModelWithProjection.from_pretrained(
+            folder, subfolder="text_encoder_2", **options))
+    tokenizers = _tokenizers_for(folder, family)
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    scheduler_config = _read_json(scheduler_path) if scheduler_path.is_file() else \
+        _read_json(CONFIG_ROOT / ("sdxl" if family == "sdxl" else "sd15") / "scheduler" / "scheduler_config.json")
+    return _finish(DiffusionModel(name, family, inpaint, unet, vae, encoders, tokenizers, scheduler_config, plan))
+
+
+def _refuse_pickles_only(folder: Path, parts: list[str]) -> None:
+    """Components that exist only as pickles are loaded by diffusers/transformers with weights_only=True;
+    anything else (no weights at all) is reported here, before a long load fails halfway."""
+    for part in parts:
+        files = [p for p in (folder / part).iterdir() if p.is_file()]
+        if not any(p.suffix == ".safetensors" or p.suffix.lower() in PICKLE_SUFFIXES for p in files):
+            raise EngineError(f"{folder.name}/{part} holds no weights (.safetensors or .bin)")
+
+
+def _tokenizers_for(folder: Path, family: str) -> list:
+    from transformers import CLIPTokenizer
+
+    def load(sub: str, pad: str):
+        own = folder / sub
+        if (own / "vocab.json").is_file() and (own / "merges.txt").is_file():
+            return CLIPTokenizer.from_pretrained(own, local_files_only=True)
+        return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"),
+                             model_max_length=77, pad_token=pad)
+
+    # SD 2.x and SDXL's second encoder are OpenCLIP models, which pad with "!" (token 0).
+    if family == "sdxl":
+        return [load("tokenizer", "<|endoftext|>"), load("tokenizer_2", "!")]
+    return [load("tokenizer", "!" if family == "sd2" else "<|endoftext|>")]
+
+
+# -- the Hugging Face hub -----------------------------------------------------------------------------------
+
+def download_repo(repo_id: str, progress: Progress) -> Path:
+    """Fetch the diffusers-format files of `repo_id` into the HF cache (or find them there offline)."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    tqdm_class = _progress_tqdm(progress, repo_id)
+    try:
+        path = huggingface_hub.snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS, tqdm_class=tqdm_class)
+    except RepositoryNotFoundError:
+        raise EngineError(f"no model {repo_id} on the Hugging Face hub (or it is private: log in with "
+                          "`hf auth login`)") from None
+    except LocalEntryNotFoundError:
+        raise EngineError(f"{repo_id} is not downloaded yet and the Hugging Face hub cannot be reached "
+                          "(offline?)") from None
+    except HfHubHTTPError as exc:
+        raise EngineError(f"downloading {repo_id} failed: {_short(exc)}") from None
+    folder = Path(path)
+    if not (folder / "unet").is_dir():
+        raise EngineError(f"{repo_id} is not a diffusers-format Stable Diffusion model (no unet folder); "
+                          "download its .safetensors file and add that instead")
+    return folder
+
+
+def _progress_tqdm(progress: Progress, repo_id: str):
+    from tqdm.auto import tqdm
+
+    class ReportingTqdm(tqdm):
+        def update(self, n=1):
+            result = super().update(n)
+            if self.total:
+                progress(f"downloading {repo_id}: {self.n / 2**20:.0f} of {self.total / 2**20:.0f} MB",
+                         min(1.0, self.n / self.total))
+            return result
+    return ReportingTqdm
+
+
+# -- placing on the device ---------------------------------------------------------------------------------
+
+def _finish(model: DiffusionModel) -> DiffusionModel:
+    import torch
+
+    plan = model.plan
+    force_upcast = bool(getattr(model.vae.config, "force_upcast", False))
+    model.vae_dtype_name = "float32" if (plan.half and force_upcast) else plan.dtype_name
+    if model.vae.dtype != getattr(torch, model.vae_dtype_name):
+        model.vae.to(dtype=getattr(torch, model.vae_dtype_name))
+    for module in model.components():
+        module.eval()
+        module.requires_grad_(False)
+    if plan.attention_slicing:
+        model.unet.set_attention_slice("auto")
+    if plan.vae_tiling:
+        model.vae.enable_tiling()
+    if not plan.offload:
+        for module in model.components():
+            module.to(plan.device)
+    return model

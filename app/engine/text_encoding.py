@@ -1,0 +1,65 @@
+"""Prompt -> the UNet's text conditioning, for SD 1.x/2.x (one CLIP encoder) and SDXL (two, plus pooled).
+
+Prompts longer than one CLIP window (75 tokens) are encoded in 75-token chunks whose embeddings are
+concatenated, as A1111 and ComfyUI do, so long prompts are not silently cut.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+WINDOW = 75                 # tokens per chunk, plus start and end tokens = the encoders' 77 positions
+MAX_CHUNKS = 4
+
+
+@dataclass
+class TextConditioning:
+    embeddings: torch.Tensor           # (batch, tokens, dim)
+    pooled: torch.Tensor | None        # SDXL only: (batch, dim)
+
+
+def encode_prompts(model, prompts: list[str], device) -> list[TextConditioning]:
+    """The conditioning of each prompt (batch 1 each, all the same length) on `device`, in the UNet's dtype."""
+    tokenized = [[_token_chunks(tok, prompt) for tok in model.tokenizers] for prompt in prompts]
+    chunks = max(len(c) for per_prompt in tokenized for c in per_prompt)
+    return [_encode(model, per_prompt, chunks, device) for per_prompt in tokenized]
+
+
+def _encode(model, chunks_per_encoder: list[list[list[int]]], chunks: int, device) -> TextConditioning:
+    hidden, pooled = [], None
+    for index, (encoder, tok_chunks) in enumerate(zip(model.text_encoders, chunks_per_encoder)):
+        tok_chunks = tok_chunks + [_framed(model.tokenizers[index], [])] * (chunks - len(tok_chunks))
+        parts = []
+        for chunk_index, ids in enumerate(tok_chunks):
+            ids = torch.tensor([ids], device=device)
+            if model.is_xl:
+                out = encoder(ids, output_hidden_states=True)
+                parts.append(out.hidden_states[-2])
+                if index == 1 and chunk_index == 0:
+                    pooled = out.text_embeds
+            else:
+                parts.append(encoder(ids)[0])
+        hidden.append(torch.cat(parts, dim=1))
+    embeddings = torch.cat(hidden, dim=-1) if len(hidden) > 1 else hidden[0]
+    dtype = model.unet.dtype
+    return TextConditioning(embeddings.to(dtype), None if pooled is None else pooled.to(dtype))
+
+
+def zeros_like(cond: TextConditioning) -> TextConditioning:
+    """SDXL's unconditional input for an empty negative prompt (force_zeros_for_empty_prompt)."""
+    return TextConditioning(torch.zeros_like(cond.embeddings),
+                            None if cond.pooled is None else torch.zeros_like(cond.pooled))
+
+
+def _token_chunks(tokenizer, prompt: str) -> list[list[int]]:
+    ids = tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
+    ids = ids[:WINDOW * MAX_CHUNKS]
+    pieces = [ids[i:i + WINDOW] for i in range(0, len(ids), WINDOW)] or [[]]
+    return [_framed(tokenizer, piece) for piece in pieces]
+
+
+def _framed(tokenizer, piece: list[int]) -> list[int]:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    body = [tokenizer.bos_token_id, *piece, tokenizer.eos_token_id]
+    return body + [pad] * (WINDOW + 2 - len(body))

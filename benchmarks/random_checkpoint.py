@@ -1,0 +1,63 @@
+"""Write a random-weight checkpoint with a real Stable Diffusion architecture (from resources/models).
+
+Used for timings and for checking that the shipped configs load real-size single files offline.
+Random weights make noise, not pictures; the cost of every step is the real one.
+
+    python benchmarks/random_checkpoint.py sd15 /tmp/sd15-random.safetensors [--dtype float16]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.engine.model_files import CONFIG_ROOT, TOKENIZER_DIR  # noqa: E402
+
+
+def build(family: str) -> dict:
+    import diffusers
+    import transformers
+
+    folder = CONFIG_ROOT / family
+    torch.manual_seed(0)
+    components = {
+        "unet": diffusers.UNet2DConditionModel.from_config(
+            diffusers.UNet2DConditionModel.load_config(folder / "unet")),
+        "vae": diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(folder / "vae")),
+        "text_encoder": transformers.CLIPTextModel(
+            transformers.CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+        "tokenizer": transformers.CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"),
+                                                str(TOKENIZER_DIR / "merges.txt"), model_max_length=77),
+    }
+    if (folder / "text_encoder_2").is_dir():
+        components["text_encoder_2"] = transformers.CLIPTextModelWithProjection(
+            transformers.CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+        components["tokenizer_2"] = transformers.CLIPTokenizer(
+            str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77,
+            pad_token="!")
+    components["scheduler"] = diffusers.EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+    return components
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("family", help="a folder name under resources/models, e.g. sd15 or sdxl")
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
+    args = parser.parse_args()
+    from tests.model_factory import save_single_file
+
+    start = time.perf_counter()
+    components = build(args.family)
+    save_single_file(components, args.output, dtype=getattr(torch, args.dtype))
+    print(f"{args.output}: {args.output.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

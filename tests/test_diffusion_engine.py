@@ -1,0 +1,327 @@
+"""The diffusion engine end to end on tiny random models of the real SD 1.5 / SDXL architectures.
+
+Random weights say nothing about image quality; these tests check what a user relies on: sizes, pixels
+kept, one preview per step, cancel and stop-early, seeds, native-size work, styles and model errors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.core import imageops
+from app.core.geometry import Rect
+from app.core.styles import load_styles
+from app.engine.events import CancelToken, EngineError, EventKind
+from app.engine.model_manager import ModelManager
+from app.engine.registry import EngineRegistry
+from app.engine.request import GenerationRequest, JobKind, MaskOptions, OutpaintOptions, SamplingOptions
+from app.engine.runner import run_job
+from app.job_builder import JobSettings, build_fill_request
+
+pytest.importorskip("diffusers")
+from app.engine.diffusion_engine import DiffusionEngine  # noqa: E402
+
+MANAGER = ModelManager()          # one loaded model shared by the tests, as in the app
+
+
+def photo(width: int = 320, height: int = 240, channels: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
+                     (x + y) * 255 // (width + height)], axis=-1)
+    noisy = base + rng.integers(-20, 20, base.shape)
+    image = np.clip(noisy, 0, 255).astype(np.uint8)
+    if channels == 4:
+        image = np.dstack([image, np.full((height, width), 200, np.uint8)])
+    return image
+
+
+def box_mask(shape, rect: Rect) -> np.ndarray:
+    mask = np.zeros(shape[:2], np.uint8)
+    mask[rect.slices()] = 255
+    return mask
+
+
+def model_args(tiny_models, family="sd15", inpaint=False, form="folder") -> dict:
+    path = tiny_models.path(family, inpaint, form)
+    config = str(tiny_models.config_folder(family, inpaint)) if form == "single_file" else ""
+    return dict(model=str(path), model_config=config, device="cpu")
+
+
+def fill_request(tiny_models, image=None, mask=None, steps=3, seed=7, variants=1, sampler="dpmpp_2m_karras",
+                 feather=8, **model) -> GenerationRequest:
+    image = photo() if image is None else image
+    mask = box_mask(image.shape, Rect(120, 80, 60, 50)) if mask is None else mask
+    return GenerationRequest(JobKind.FILL, image, mask, prompt="a red ball",
+                             sampling=SamplingOptions(steps=steps, seed=seed, variants=variants, sampler=sampler),
+                             mask_options=MaskOptions(feather=feather), **(model or model_args(tiny_models)))
+
+
+def run(request: GenerationRequest, cancel: CancelToken | None = None, on_event=None):
+    events = []
+
+    def emit(event):
+        events.append(event)
+        if on_event:
+            on_event(event)
+    engine = DiffusionEngine(request.model, MANAGER)
+    run_job(engine, request, 1, emit, cancel or CancelToken())
+    return events[-1], events[:-1]
+
+
+def unet_inputs(monkeypatch_target):
+    """Record the shape of every UNet input of the currently loaded model."""
+    shapes = []
+    handle = monkeypatch_target.unet.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    return shapes, handle
+
+
+# -- loading --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family,inpaint", [("sd15", False), ("sd15", True), ("sdxl", False), ("sdxl", True)])
+def test_folder_and_single_file_give_the_same_fill(tiny_models, family, inpaint):
+    folder_result, _ = run(fill_request(tiny_models, **model_args(tiny_models, family, inpaint, "folder")))
+    file_result, _ = run(fill_request(tiny_models, **model_args(tiny_models, family, inpaint, "single_file")))
+    assert folder_result.kind == EventKind.RESULT, folder_result.message
+    assert file_result.kind == EventKind.RESULT, file_result.message
+    assert MANAGER.current.inpaint == inpaint
+    assert MANAGER.current.family == ("sdxl" if family == "sdxl" else "sd1")
+    np.testing.assert_array_equal(folder_result.variants[0].image, file_result.variants[0].image)
+
+
+def test_nine_channel_unet_gets_mask_and_masked_image(tiny_models):
+    request = fill_request(tiny_models, **model_args(tiny_models, "sd15", True))
+    run(request)                                         # loads the model
+    shapes, handle = unet_inputs(MANAGER.current)
+    try:
+        result, _ = run(request)
+    finally:
+        handle.remove()
+    assert result.kind == EventKind.RESULT
+    assert shapes and all(shape[1] == 9 for shape in shapes)
+    assert all(shape[0] == 2 for shape in shapes)         # classifier-free guidance: uncond + cond
+
+
+def test_switching_models_frees_the_previous_one(tiny_models):
+    manager = ModelManager()
+    first = fill_request(tiny_models, **model_args(tiny_models, "sd15"))
+    second = fill_request(tiny_models, **model_args(tiny_models, "sdxl"))
+    for request in (first, first, second):
+        engine = DiffusionEngine(request.model, manager)
+        events = []
+        run_job(engine, request, 1, events.append, CancelToken())
+        assert events[-1].kind == EventKind.RESULT
+    assert manager.loads == 2
+    assert manager.current.family == "sdxl"
+    manager.free()
+    assert manager.current is None
+
+
+# -- fill -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_fill_keeps_size_and_every_pixel_beyond_the_feather(tiny_models, channels):
+    image = photo(channels=channels)
+    mask = box_mask(image.shape, Rect(100, 60, 70, 40))
+    result, _ = run(fill_request(tiny_models, image, mask, feather=6))
+    assert result.kind == EventKind.RESULT, result.message
+    out = result.variants[0].image
+    assert out.shape == image.shape
+    far = imageops.feather_mask(mask, 6) == 0
+    np.testing.assert_array_equal(out[far], image[far])
+    assert not np.array_equal(out[mask > 0], image[mask > 0])
+
+
+def test_one_preview_per_step_inside_the_region(tiny_models):
+    request = fill_request(tiny_models, steps=5)
+    result, progress = run(request)
+    previews = [e for e in progress if e.preview is not None]
+    assert [e.step for e in previews] == [1, 2, 3, 4, 5]
+    assert all(e.total == 5 for e in previews)
+    mask_box = imageops.mask_bounds(request.mask)
+    for event in previews:
+        assert event.preview.ndim == 3 and event.preview.shape[2] == 4     # RGBA: alpha is the mask
+        assert event.preview_rect.contains_rect(mask_box)
+        assert request.image_rect.contains_rect(event.preview_rect)
+    assert result.kind == EventKind.RESULT
+
+
+def test_same_seed_same_result_and_seeds_recorded(tiny_models):
+    first, _ = run(fill_request(tiny_models, seed=11, variants=2))
+    again, _ = run(fill_request(tiny_models, seed=11, variants=2))
+    other, _ = run(fill_request(tiny_models, seed=12, variants=1))
+    assert [v.seed for v in first.variants] == [11, 12]
+    for a, b in zip(first.variants, again.variants):
+        np.testing.assert_array_equal(a.image, b.image)
+    assert not np.array_equal(first.variants[0].image, first.variants[1].image)
+    assert not np.array_equal(first.variants[0].image, other.variants[0].image)
+    assert "Seed: 12" in first.variants[1].parameters
+    assert "Sampler: DPM++ 2M Karras" in first.variants[0].parameters
+
+
+@pytest.mark.parametrize("sampler", ["euler_a", "euler", "ddim", "dpmpp_2m", "unipc"])
+def test_every_sampler_fills(tiny_models, sampler):
+    result, progress = run(fill_request(tiny_models, sampler=sampler, steps=3))
+    assert result.kind == EventKind.RESULT, result.message
+    assert len([e for e in progress if e.preview is not None]) == 3
+
+
+def test_small_mask_on_large_canvas_runs_at_native_size(tiny_models):
+    image = np.full((2048, 3072, 3), 120, np.uint8)
+    mask = box_mask(image.shape, Rect(2000, 1500, 24, 24))
+    request = fill_request(tiny_models, image, mask)
+    run(fill_request(tiny_models))                       # make sure the model is loaded
+    shapes, handle = unet_inputs(MANAGER.current)
+    try:
+        result, _ = run(request)
+    finally:
+        handle.remove()
+    assert result.kind == EventKind.RESULT
+    native_latent = MANAGER.current.native_size // MANAGER.current.vae_scale
+    height, width = shapes[0][2:]
+    assert abs(height * width - native_latent ** 2) <= 0.25 * native_latent ** 2
+    assert result.variants[0].image.shape == image.shape
+
+
+def test_partial_strength_runs_fewer_steps(tiny_models):
+    request = fill_request(tiny_models, steps=10)
+    request = GenerationRequest(**{**request.__dict__, "sampling": SamplingOptions(steps=10, strength=0.5, seed=1)})
+    result, progress = run(request)
+    assert result.kind == EventKind.RESULT
+    assert [e.step for e in progress if e.preview is not None] == [1, 2, 3, 4, 5]
+
+
+# -- cancel and stop early -------------------------------------------------------------------------------
+
+def test_cancel_stops_within_one_step(tiny_models):
+    token = CancelToken()
+    steps_seen = []
+
+    def on_event(event):
+        if event.preview is not None:
+            steps_seen.append(event.step)
+            if event.step == 2:
+                token.cancel()
+    result, _ = run(fill_request(tiny_models, steps=8), token, on_event)
+    assert result.kind == EventKind.CANCELLED
+    assert steps_seen == [1, 2]
+
+
+def test_stop_early_keeps_the_current_prediction(tiny_models):
+    token = CancelToken()
+
+    def on_event(event):
+        if event.preview is not None and event.step == 2:
+            token.finish()
+    result, progress = run(fill_request(tiny_models, steps=8, variants=1), token, on_event)
+    assert result.kind == EventKind.RESULT, result.message
+    assert [e.step for e in progress if e.preview is not None] == [1, 2]
+    assert len(result.variants) == 1
+    assert result.variants[0].image.shape == photo().shape
+
+
+# -- expand ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["folder", "single_file"])
+def test_expand_keeps_the_image_and_fills_the_new_area(tiny_models, form):
+    image = photo(200, 160)
+    canvas = Rect(-48, -16, 200 + 48 + 64, 160 + 16)
+    request = GenerationRequest(JobKind.EXPAND, image, outpaint=OutpaintOptions(canvas),
+                                sampling=SamplingOptions(steps=3, seed=3), mask_options=MaskOptions(feather=4),
+                                **model_args(tiny_models, "sdxl", True, form))
+    result, progress = run(request)
+    assert result.kind == EventKind.RESULT, result.message
+    out = result.variants[0].image
+    assert out.shape == (canvas.h, canvas.w, 3)
+    inner = out[16 + 4:, 48 + 4:48 + 200 - 4]          # the image, less the feather band next to new area
+    np.testing.assert_array_equal(inner, image[4:, 4:200 - 4])
+    for event in progress:
+        if event.preview_rect is not None:
+            assert canvas.contains_rect(event.preview_rect)
+
+
+# -- prompts and styles ----------------------------------------------------------------------------------
+
+def test_style_reaches_the_text_encoder(tiny_models):
+    styles = load_styles()
+    style = next(s for s in styles if s.name != "None")
+    settings = JobSettings(prompt="a lighthouse", style=style.name, seed=5, steps=2, variants=1,
+                           **model_args(tiny_models))
+    image = photo()
+    request = build_fill_request(image, box_mask(image.shape, Rect(10, 10, 40, 40)), settings, styles)
+    run(fill_request(tiny_models))
+    seen = []
+    encoder = MANAGER.current.text_encoders[0]
+    handle = encoder.register_forward_pre_hook(lambda module, args, kwargs=None: seen.append(args[0]))
+    try:
+        result, _ = run(request)
+    finally:
+        handle.remove()
+    assert result.kind == EventKind.RESULT
+    tokenizer = MANAGER.current.tokenizers[0]
+    decoded = " ".join(tokenizer.decode(ids[0], skip_special_tokens=True) for ids in seen)
+    assert "lighthouse" in decoded
+    styled_word = style.apply("a lighthouse", "")[0].replace("a lighthouse", "").split()[1].strip(",.").lower()
+    assert styled_word in decoded
+    assert result.variants[0].parameters.startswith(style.apply("a lighthouse", "")[0])
+
+
+def test_long_prompts_are_encoded_in_windows(tiny_models):
+    from app.engine.text_encoding import encode_prompts
+
+    run(fill_request(tiny_models))
+    long_prompt = ", ".join(["a very detailed red brick lighthouse"] * 20)
+    cond, uncond = encode_prompts(MANAGER.current, [long_prompt, ""], "cpu")
+    assert cond.embeddings.shape[1] == 77 * 2 or cond.embeddings.shape[1] > 77
+    assert cond.embeddings.shape == uncond.embeddings.shape
+
+
+# -- model errors ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content,expected", [
+    (b"this is not a model", "not a readable .safetensors file"),
+    (b"\x08\x00\x00\x00\x00\x00\x00\x00{}", "not a readable .safetensors file"),
+])
+def test_corrupt_model_file_is_one_clear_line(tmp_path, content, expected):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(content)
+    image = photo()
+    request = GenerationRequest(JobKind.FILL, image, box_mask(image.shape, Rect(0, 0, 10, 10)),
+                                model=str(path), device="cpu", sampling=SamplingOptions(steps=2))
+    engine = EngineRegistry().create(str(path))
+    events = []
+    run_job(engine, request, 1, events.append, CancelToken())
+    assert events[-1].kind == EventKind.ERROR
+    assert expected in events[-1].message and "\n" not in events[-1].message
+
+
+def test_wrong_kind_of_safetensors_is_named(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "detail.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 4)}, str(lora))
+    from app.engine.model_files import inspect_checkpoint
+
+    with pytest.raises(EngineError, match="LoRA"):
+        inspect_checkpoint(lora)
+
+
+def test_incomplete_diffusers_folder_is_refused(tmp_path, tiny_models):
+    import shutil
+
+    folder = tmp_path / "partial"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    shutil.rmtree(folder / "vae")
+    from app.engine.model_files import inspect_folder
+
+    with pytest.raises(EngineError, match="vae/config.json is missing"):
+        inspect_folder(folder)
+
+
+def test_config_of_another_family_is_refused(tiny_models):
+    request = fill_request(tiny_models, model=str(tiny_models.path("sdxl", False, "single_file")),
+                           model_config=str(tiny_models.config_folder("sd15")), device="cpu")
+    result, _ = run(request)
+    assert result.kind == EventKind.ERROR
+    assert "SDXL" in result.message and "config folder" in result.message
