@@ -11,6 +11,7 @@ no output file written.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from app.engine.events import CancelToken, EngineError, EngineEvent, EventKind
 from app.engine.registry import EngineRegistry
 from app.engine.runner import run_job
 from app.job_builder import DEVICES, JobSettings, build_expand_request, build_fill_request
+from app.model_library import describe_model
 
 COMMANDS = ("fill", "expand", "styles")
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -42,7 +44,11 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="", help="what to paint (empty: continue the surroundings)")
     p.add_argument("--negative", default="", help="what to avoid")
     p.add_argument("--style", default="None", help="a style name (see `styles`)")
-    p.add_argument("--model", default="classic", help="classic, classic-ns, a model file/folder or repo id")
+    p.add_argument("--model", default="classic",
+                   help="classic, classic-ns, a .safetensors/.ckpt file, a diffusers folder or a "
+                        "Hugging Face repo id")
+    p.add_argument("--model-config", default="", metavar="DIR",
+                   help="a diffusers config folder for a single-file model whose family is unusual")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.0)
     p.add_argument("--strength", type=float, default=1.0)
@@ -90,14 +96,34 @@ def _check_output(output: Path) -> None:
 
 def _settings(args: argparse.Namespace) -> JobSettings:
     return JobSettings(prompt=args.prompt, negative_prompt=args.negative, style=args.style,
-                       model=args.model, steps=args.steps, guidance=args.guidance, strength=args.strength,
+                       model=args.model, model_config=args.model_config, steps=args.steps,
+                       guidance=args.guidance, strength=args.strength,
                        seed=args.seed, variants=args.variants, device=args.device, feather=args.feather)
 
 
-def _progress(event: EngineEvent) -> None:
-    if event.kind == EventKind.PROGRESS:
-        text = f" {event.message}" if event.message else ""
-        print(f"step {event.step}/{event.total}{text}", file=sys.stderr, flush=True)
+class _ProgressPrinter:
+    """One stderr line per denoising step, and each new status message of step 0 (loading a model,
+    download progress) once: repeats are skipped so a download does not flood the terminal."""
+
+    def __init__(self) -> None:
+        self._last = ""
+
+    def __call__(self, event: EngineEvent) -> None:
+        if event.kind != EventKind.PROGRESS:
+            return
+        line = " ".join(event.message.split()) if event.step == 0 else f"step {event.step}/{event.total}"
+        if line and line != self._last:
+            self._last = line
+            print(line, file=sys.stderr, flush=True)
+
+
+def _check_model(registry: EngineRegistry, model: str, config: str) -> None:
+    """Fail before any loading when the model or its config folder is unusable (one line)."""
+    if model in registry:
+        if config:
+            raise UsageError(f"--model-config only applies to a single model file, not to the {model} engine")
+        return
+    describe_model(model, config)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -128,11 +154,14 @@ def _generate(args: argparse.Namespace) -> int:
             raise UsageError(f"the expanded canvas {canvas.w}x{canvas.h} is over the 150 megapixel limit")
         request = build_expand_request(image, canvas, settings, styles)
 
-    engine = EngineRegistry().create(request.model)
+    registry = EngineRegistry()
+    engine = registry.create(request.model)
+    _check_model(registry, request.model.strip() or registry.default_id, request.model_config)
     outcome: list[EngineEvent] = []
+    progress = _ProgressPrinter()
 
     def emit(event: EngineEvent) -> None:
-        _progress(event)
+        progress(event)
         if event.kind != EventKind.PROGRESS:
             outcome.append(event)
 
@@ -149,6 +178,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def run(argv: list[str]) -> int:
+    # Library warnings (with their tracebacks) would bury the one-line error; internal errors still log.
+    logging.basicConfig(level=logging.ERROR, format="latent-canvas: %(levelname)s: %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
         if args.command == "styles":

@@ -69,6 +69,12 @@ class GenerationSession(QObject):
             self.controller.cancel()
             self.status.emit("Cancelling…", False)
 
+    def finish_early(self) -> None:
+        """Stop after the current step and keep what it predicts as the result (Stop & keep)."""
+        if self._busy:
+            self.controller.finish()
+            self.status.emit("Stopping after this step…", False)
+
     def select(self, index: int) -> None:
         if self.request is not None and 0 <= index < len(self.variants):
             self.state.set_candidate(self.variants[index].image, self.request.output_rect)

@@ -23,6 +23,7 @@ class JobSettings:
     negative_prompt: str = ""
     style: str = "None"
     model: str = "classic"
+    model_config: str = ""         # single model files: a diffusers config folder ("" = by family)
     steps: int = 25
     guidance: float = 7.0
     strength: float = 1.0
@@ -50,7 +51,8 @@ def _common(settings: JobSettings, styles: list[Style]) -> dict:
         sampler=style.sampler or SamplingOptions.sampler,
     )
     return dict(prompt=prompt, negative_prompt=negative, style=style.name, model=settings.model,
-                device=settings.device, sampling=sampling, mask_options=MaskOptions(feather=settings.feather))
+                model_config=settings.model_config, device=settings.device, sampling=sampling,
+                mask_options=MaskOptions(feather=settings.feather))
 
 
 def build_fill_request(image: np.ndarray, mask: np.ndarray, settings: JobSettings,

@@ -121,3 +121,81 @@ def test_bad_input_gives_one_line_and_no_output(case, make_args, expected, photo
     assert "Traceback" not in result.stderr
     assert expected.lower() in lines[0].lower(), f"{case}: {lines[0]}"
     assert not (tmp_path / "out.png").exists() and not (tmp_path / "out.gif").exists()
+
+
+# -- models -----------------------------------------------------------------------------------------------
+
+SD1_KEYS = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
+            "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,),
+            "first_stage_model.decoder.conv_in.weight": (4, 4, 3, 3)}
+
+
+def sd1_keys_file(path):
+    """Laid out like an SD 1.x checkpoint: passes the checks, but holds no usable weights."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    save_file({key: torch.zeros(shape) for key, shape in SD1_KEYS.items()}, str(path))
+    return path
+
+
+def test_model_config_reaches_the_request(photo, mask, tmp_path):
+    from app.cli import _settings, build_parser
+    from app.core.styles import load_styles
+    from app.job_builder import build_fill_request
+
+    args = build_parser().parse_args(["fill", str(photo[0]), "--mask", str(mask[0]), "-o", "out.png",
+                                      "--model", "m.safetensors", "--model-config", str(tmp_path)])
+    request = build_fill_request(photo[1], mask[1], _settings(args), load_styles())
+    assert request.model == "m.safetensors" and request.model_config == str(tmp_path)
+
+
+def text_file_as_model(t):
+    (t / "x.safetensors").write_text("just some text")
+    return t / "x.safetensors"
+
+
+def config_folder(t):
+    (t / "cfg").mkdir(exist_ok=True)
+    (t / "cfg" / "model_index.json").write_text("{}")
+    return t / "cfg"
+
+
+@pytest.mark.parametrize("case, extra, expected, status", [
+    ("missing model with a config", lambda t: ["--model", t / "gone.safetensors", "--model-config", t],
+     "model not found: ", 1),
+    ("text file named .safetensors", lambda t: ["--model", text_file_as_model(t)],
+     "x.safetensors is not a readable .safetensors file", 1),
+    ("config folder without model_index.json",
+     lambda t: ["--model", sd1_keys_file(t / "m.safetensors"), "--model-config", t / "no-config"],
+     "no-config is not a diffusers config folder", 1),
+    ("config for a built-in engine", lambda t: ["--model-config", config_folder(t)],
+     "--model-config only applies to a single model file", 2),
+    ("config for a repo id", lambda t: ["--model", "owner/name", "--model-config", config_folder(t)],
+     "config folder only applies to a single model file", 1),
+])
+def test_unusable_models_give_one_line_before_any_loading(case, extra, expected, status, photo, mask,
+                                                         tmp_path):
+    out = tmp_path / "out.png"
+    result = run("fill", photo[0], "--mask", mask[0], "-o", out, *extra(tmp_path))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == status, f"{case}: {result.stderr}"
+    assert len(lines) == 1 and expected in lines[0], f"{case}: {result.stderr}"
+    assert not out.exists()
+
+
+def test_a_single_file_model_runs_with_its_config_folder(tiny_models, photo, mask, tmp_path):
+    """The tiny model's widths match no shipped config: it only loads with --model-config."""
+    model = tiny_models.path("sd15", form="single_file")
+    out = tmp_path / "out.png"
+    result = run("fill", photo[0], "--mask", mask[0], "-o", out, "--model", model,
+                 "--model-config", tiny_models.config_folder("sd15"), "--steps", "2", "--seed", "3",
+                 "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    assert any(line.startswith("loading ") and model.name in line for line in lines)
+    assert all(a != b for a, b in zip(lines, lines[1:]))           # no message repeated line after line
+    assert [line for line in lines if line.startswith("step ")] == ["step 1/2", "step 2/2"]
+    assert np.asarray(Image.open(out)).shape == photo[1].shape
+    assert "Seed: 3" in Image.open(out).text["parameters"]

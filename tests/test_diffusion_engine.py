@@ -325,3 +325,44 @@ def test_config_of_another_family_is_refused(tiny_models):
     result, _ = run(request)
     assert result.kind == EventKind.ERROR
     assert "SDXL" in result.message and "config folder" in result.message
+
+
+# -- out of memory ---------------------------------------------------------------------------------------
+
+def _fail_unet_calls(model, monkeypatch, failures: int):
+    """Make the next `failures` UNet calls raise torch's out-of-memory error."""
+    import torch
+
+    original = model.unet.forward
+    calls = {"n": 0}
+
+    def forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(*args, **kwargs)
+    monkeypatch.setattr(model.unet, "forward", forward)
+    return calls
+
+
+def test_out_of_memory_retries_one_variant_at_a_time(tiny_models, monkeypatch):
+    run(fill_request(tiny_models))
+    shapes, handle = unet_inputs(MANAGER.current)
+    _fail_unet_calls(MANAGER.current, monkeypatch, failures=1)
+    try:
+        result, _ = run(fill_request(tiny_models, variants=3, steps=2))
+    finally:
+        handle.remove()
+    assert result.kind == EventKind.RESULT, result.message
+    assert [v.seed for v in result.variants] == [7, 8, 9]
+    assert shapes[0][0] == 6                                # 3 variants at once (x2 for guidance) failed,
+    assert {shape[0] for shape in shapes[1:]} == {2}        # then one at a time
+
+
+def test_out_of_memory_that_persists_is_one_clear_line(tiny_models, monkeypatch):
+    run(fill_request(tiny_models))
+    _fail_unet_calls(MANAGER.current, monkeypatch, failures=10**6)
+    result, _ = run(fill_request(tiny_models, variants=2, steps=2))
+    MANAGER.free()                                          # the savers were switched on: start clean
+    assert result.kind == EventKind.ERROR
+    assert result.message.startswith("out of memory at ") and "\n" not in result.message

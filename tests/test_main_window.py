@@ -1,44 +1,54 @@
 """The editor window driven like a user would, with a scripted engine standing in for diffusion."""
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QGuiApplication, QKeySequence
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QDialog, QWidget
 
 from app import MainWindow
 from app.core.geometry import Rect
 from app.engine.base import Engine, format_parameters
 from app.engine.events import EngineEvent, Variant
 from app.engine.registry import EngineRegistry
+from app.model_library import ModelLibrary
+from app.widgets.generate_panel import ADD_MODEL
 
 NAMED = ["canvas", "promptEdit", "negativePromptEdit", "styleCombo", "modelCombo", "stepsSpin",
-         "seedSpin", "fillButton", "expandButton", "cancelButton", "progressBar", "acceptButton",
-         "discardButton"]
+         "seedSpin", "fillButton", "expandButton", "cancelButton", "finishButton", "progressBar",
+         "acceptButton", "discardButton"]
 
 
 class ScriptedEngine(Engine):
-    """Emits a solid-colour preview per step; the result is the input with the output area painted."""
+    """Emits a solid-colour preview per step; the result is the input with the output area painted.
+    Stop & keep (cancel.finish_requested) ends it after the current step, which it records."""
     id = "scripted"
     label = "Scripted test engine"
 
     def __init__(self, gate: threading.Event | None = None, fail: bool = False):
         self.gate = gate
         self.fail = fail
+        self.finished_at: int | None = None
+        self.requests = []
 
     def generate(self, request, job_id, emit, cancel):
+        self.requests.append(request)
         if self.fail:
             raise RuntimeError("boom")
         out = request.output_rect
         total = request.sampling.steps
         for step in range(1, total + 1):
             if self.gate is not None:
-                while not self.gate.wait(0.01):
+                while not self.gate.wait(0.01) and not cancel.finish_requested:
                     cancel.check()
             cancel.check()
             emit(EngineEvent.progress(job_id, step, total, np.full((out.h, out.w, 3), step, np.uint8), out))
+            if cancel.finish_requested:
+                self.finished_at = step
+                break
         variants = []
         for i in range(request.sampling.variants):
             image = np.zeros((out.h, out.w, 3), np.uint8)
@@ -53,10 +63,12 @@ def settings(tmp_path):
     return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
 
 
-def make_window(qtbot, settings, engine):
+def make_window(qtbot, settings, engine, library=None):
     registry = EngineRegistry()
     registry.register("scripted", "Scripted test engine", lambda: engine)
-    window = MainWindow(settings=settings, registry=registry)
+    if library is None:       # next to the settings file, so a "restart" with the same settings sees it
+        library = ModelLibrary(Path(settings.fileName()).parent / "models.json")
+    window = MainWindow(settings=settings, registry=registry, library=library)
     qtbot.addWidget(window)
     index = window.panel.model_combo.findData("scripted")
     window.panel.model_combo.setCurrentIndex(index)
@@ -83,6 +95,7 @@ def test_window_builds_hidden_with_named_accessible_widgets(qtbot, settings):
         assert widget.accessibleName(), name
     assert window.action_set["undo"].shortcut() == QKeySequence(QKeySequence.StandardKey.Undo)
     assert window.action_set["redo"].shortcut().matches(QKeySequence(QKeySequence.StandardKey.Redo))
+    assert window.panel.model_combo.currentText() == "Classic fill (OpenCV Telea)"
 
 
 def test_open_enables_fill_only_after_a_mask(qtbot, settings, photo):
@@ -243,3 +256,163 @@ def test_closing_mid_job_shuts_worker_down(qtbot, settings, photo):
     window.state.history.stack.setClean()
     window.close()
     assert window.session.controller.thread.isFinished()
+
+
+# -- Stop & keep ------------------------------------------------------------------------------------------
+
+def test_stop_and_keep_ends_the_job_with_the_current_step_as_the_result(qtbot, settings, photo):
+    engine = ScriptedEngine(threading.Event())       # never opened: each step waits for a cancel or finish
+    window = make_window(qtbot, settings, engine)
+    window.open_image(photo[0])
+    window.state.set_mask(np.full((48, 64), 255, np.uint8), "Paint")
+    assert not window.panel.finish_button.isEnabled()
+    statuses = []
+    window.session.status.connect(lambda text, error: statuses.append(text))
+    qtbot.mouseClick(window.panel.fill_button, Qt.MouseButton.LeftButton)
+    assert window.panel.finish_button.isEnabled() and window.panel.cancel_button.isEnabled()
+    with qtbot.waitSignal(window.session.variants_ready, timeout=5000, check_params_cb=lambda v: len(v) > 0):
+        qtbot.mouseClick(window.panel.finish_button, Qt.MouseButton.LeftButton)
+    assert engine.finished_at == 1
+    assert "Stopping after this step…" in statuses
+    assert window.strip.list.count() == 2 and window.state.candidate is not None
+    assert not window.session.busy and not window.panel.finish_button.isEnabled()
+    assert "ready" in window.panel.status_label.text()
+    window.accept_current()
+    assert window.state.document.image[0, 0].tolist() == [10, 20, 30]
+
+
+def test_stop_and_keep_when_idle_does_nothing(qtbot, settings):
+    window = make_window(qtbot, settings, ScriptedEngine())
+    statuses = []
+    window.session.status.connect(lambda text, error: statuses.append(text))
+    window.session.finish_early()
+    assert statuses == [] and not window.session.busy
+
+
+# -- the model picker and the model library ---------------------------------------------------------------
+
+SD1_KEYS = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
+            "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,),
+            "first_stage_model.decoder.conv_in.weight": (4, 4, 3, 3)}
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A keys-only file laid out like an SD 1.x checkpoint (enough to be checked, not to be run)."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    path = tmp_path / "models" / "dreamy.safetensors"
+    path.parent.mkdir()
+    save_file({key: torch.zeros(shape) for key, shape in SD1_KEYS.items()}, str(path))
+    return path
+
+
+class AnyModelRegistry(EngineRegistry):
+    """Hands out the scripted engine for every model id, so jobs with added models run instantly."""
+
+    def __init__(self, engine):
+        super().__init__()
+        self.engine = engine
+
+    def create(self, model_id=None):
+        return self.engine
+
+
+def model_labels(window):
+    combo = window.panel.model_combo
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+def test_model_picker_lists_engines_then_added_models_then_add_model(qtbot, settings, checkpoint, tmp_path):
+    library = ModelLibrary(tmp_path / "library.json")
+    entry = library.add(str(checkpoint))
+    repo = library.add("someone/some-model")
+    window = make_window(qtbot, settings, ScriptedEngine(), library)
+    assert model_labels(window) == ["Classic fill (OpenCV Telea)", "Classic fill (OpenCV Navier-Stokes)",
+                                    "Scripted test engine", "dreamy.safetensors — Stable Diffusion 1.x",
+                                    "someone/some-model (Hugging Face)", "", "Add model…"]
+    combo = window.panel.model_combo
+    assert combo.itemData(3) == entry.location and combo.itemData(4) == repo.location
+    combo.setCurrentIndex(4)
+    assert window.panel.job_settings().model == "someone/some-model"
+
+
+def test_choosing_add_model_opens_the_dialog_and_keeps_the_selection(qtbot, settings):
+    window = make_window(qtbot, settings, ScriptedEngine())
+    combo = window.panel.model_combo
+    with qtbot.waitSignal(window.panel.add_model_requested, timeout=1000):
+        combo.setCurrentIndex(combo.findData(ADD_MODEL))
+    assert combo.currentText() == "Scripted test engine"
+    assert window.panel.job_settings().model == "scripted"
+    dialog = window.findChild(QDialog, "addModelDialog")
+    assert dialog is not None and dialog.isVisible()
+    assert not dialog.ok_button.isEnabled()           # nothing typed or chosen yet
+    dialog.reject()
+    assert window.library.entries() == []
+
+
+def test_adding_a_bad_model_file_shows_one_line_and_adds_nothing(qtbot, settings, tmp_path):
+    window = make_window(qtbot, settings, ScriptedEngine())
+    fake = tmp_path / "x.safetensors"
+    fake.write_text("a text file, not a model")
+    labels = model_labels(window)
+    assert window.add_model_from_text(str(fake)) is None
+    assert "x.safetensors" in window.last_error and "not a readable .safetensors file" in window.last_error
+    assert "\n" not in window.last_error and window.panel.status_label.text() == window.last_error
+    assert window.library.entries() == [] and model_labels(window) == labels
+    assert window.panel.job_settings().model == "scripted"
+
+
+def test_an_added_model_is_selected_and_stays_across_a_restart(qtbot, settings, checkpoint):
+    window = make_window(qtbot, settings, ScriptedEngine())
+    entry = window.add_model_from_text(str(checkpoint))
+    assert entry is not None
+    assert window.panel.model_combo.currentText() == "dreamy.safetensors — Stable Diffusion 1.x"
+    assert window.panel.job_settings().model == str(checkpoint.resolve())
+    assert window.panel.job_settings().model_config == ""
+    assert window.action_set["remove_model"].isEnabled()
+    window.close()
+    again = MainWindow(settings=settings, library=ModelLibrary(window.library.path))
+    qtbot.addWidget(again)
+    assert entry.label in model_labels(again)
+    assert again.panel.job_settings().model == str(checkpoint.resolve())
+    again.close()
+    ModelLibrary(window.library.path).remove(entry.location)        # gone from the list meanwhile
+    third = MainWindow(settings=settings, library=ModelLibrary(window.library.path))
+    qtbot.addWidget(third)
+    assert third.panel.model_combo.currentData() == "classic"
+    assert third.panel.model_combo.currentText() == "Classic fill (OpenCV Telea)"
+
+
+def test_the_add_model_dialog_adds_a_file_with_its_config_and_jobs_use_both(qtbot, settings, checkpoint,
+                                                                           tmp_path, photo):
+    config = tmp_path / "odd-config"
+    config.mkdir()
+    (config / "model_index.json").write_text("{}")
+    engine = ScriptedEngine()
+    window = MainWindow(settings=settings, registry=AnyModelRegistry(engine),
+                        library=ModelLibrary(tmp_path / "library.json"))
+    qtbot.addWidget(window)
+    dialog = window.add_model_dialog()
+    dialog.location_edit.setText(str(checkpoint))
+    dialog.config_edit.setText(str(config))
+    qtbot.mouseClick(dialog.ok_button, Qt.MouseButton.LeftButton)
+    assert [e.location for e in window.library.entries()] == [str(checkpoint.resolve())]
+    window.open_image(photo[0])
+    window.state.set_mask(np.full((48, 64), 255, np.uint8), "Paint")
+    run_fill(qtbot, window)
+    assert engine.requests[-1].model == str(checkpoint.resolve())
+    assert engine.requests[-1].model_config == str(config.resolve())
+
+
+def test_remove_selected_model_takes_it_off_the_list_only(qtbot, settings, checkpoint):
+    window = make_window(qtbot, settings, ScriptedEngine())
+    entry = window.add_model_from_text(str(checkpoint))
+    window.action_set["remove_model"].trigger()
+    assert window.library.entries() == [] and entry.label not in model_labels(window)
+    assert window.panel.job_settings().model == "classic"
+    assert not window.action_set["remove_model"].isEnabled()
+    assert checkpoint.is_file()
+    assert not window.remove_selected_model()            # a built-in engine cannot be removed
+    assert "Only models you added" in window.last_error

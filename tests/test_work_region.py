@@ -6,7 +6,7 @@ import math
 import pytest
 
 from app.core.geometry import Rect
-from app.core.work_region import context_for, plan_region, work_size
+from app.core.work_region import context_for, needs_windows, plan_region, plan_windows, work_size
 
 IMAGE = Rect(0, 0, 4000, 3000)
 
@@ -49,3 +49,42 @@ def test_work_size(size, native, multiple, expected):
 def test_work_area_is_close_to_native(size):
     width, height = work_size(size, 512, 64)
     assert abs(math.sqrt(width * height) - 512) < 64
+
+
+def _unknown(canvas: Rect, image: Rect):
+    import numpy as np
+
+    unknown = np.ones((canvas.h, canvas.w), bool)
+    unknown[image.translated(-canvas.x, -canvas.y).slices()] = False
+    return unknown
+
+
+@pytest.mark.parametrize("canvas,image,side", [
+    (Rect(-256, 0, 512 + 512, 512), Rect(0, 0, 512, 512), 512),        # 256 px on left and right
+    (Rect(-512, -512, 2048, 2048), Rect(0, 0, 1024, 1024), 512),       # 512 px all around
+    (Rect(0, 0, 3000, 600), Rect(0, 0, 600, 600), 512),                # a long extension to the right
+])
+def test_windows_cover_the_new_area_and_each_has_context(canvas, image, side):
+    import numpy as np
+
+    unknown = _unknown(canvas, image)
+    windows = plan_windows(unknown, side)
+    covered = np.zeros_like(unknown)
+    known = ~unknown
+    bounds = Rect(0, 0, canvas.w, canvas.h)
+    for window in windows:
+        assert bounds.contains_rect(window) and window.w <= side and window.h <= side
+        assert known[window.slices()].mean() >= 0.3          # grows outward from what is already there
+        todo = unknown[window.slices()] & ~covered[window.slices()]
+        assert todo.any()                                    # no wasted window
+        covered[window.slices()] = True
+        known[window.slices()] = True
+    assert covered[unknown].all()
+    new_area = int(unknown.sum())
+    assert len(windows) <= 3 * new_area / (side * side) + 2   # cost follows the added area
+
+
+def test_windows_only_when_one_crop_would_be_shrunk_too_far():
+    assert not needs_windows(Rect(0, 0, 512, 640), 512)
+    assert needs_windows(Rect(0, 0, 2048, 2048), 512)
+    assert not needs_windows(Rect(0, 0, 1200, 1200), 1024)

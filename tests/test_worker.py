@@ -24,8 +24,9 @@ def request(model: str = "classic", variants: int = 1) -> GenerationRequest:
 
 
 class ScriptedEngine(Engine):
-    """Behaves as its model id says: "wait" emits one step then waits for cancel, "quick" finishes in
-    three steps, "raise" fails, "oom" runs out of memory."""
+    """Behaves as its model id says: "wait" emits one step then waits for cancel, "keep" does the same
+    but a finish request ends it with that step's result, "quick" finishes in three steps, "raise"
+    fails, "oom" runs out of memory."""
 
     def __init__(self, behaviour: str) -> None:
         self.behaviour = behaviour
@@ -45,11 +46,13 @@ class ScriptedEngine(Engine):
             self.steps_emitted.append((job_id, step))
             emit(EngineEvent.progress(job_id, step, steps, message=f"step {step}"))
             cancel.check()
-            if self.behaviour == "wait":
+            if self.behaviour in ("wait", "keep"):
                 deadline = time.monotonic() + 10.0
-                while not cancel.cancelled and time.monotonic() < deadline:
+                while not cancel.cancelled and not cancel.finish_requested and time.monotonic() < deadline:
                     time.sleep(0.005)
                 cancel.check()
+            if cancel.finish_requested:
+                return (Variant(np.full_like(request.image, step), request.sampling.seed, f"step {step}"),)
         return (Variant(np.array(request.image), request.sampling.seed, "scripted"),)
 
 
@@ -59,7 +62,7 @@ class Factories:
     def __init__(self) -> None:
         self.built: list[ScriptedEngine] = []
         self.registry = EngineRegistry()
-        for behaviour in ("wait", "quick", "raise", "oom", "user-error"):
+        for behaviour in ("wait", "keep", "quick", "raise", "oom", "user-error"):
             self.registry.register(f"scripted-{behaviour}", f"Scripted {behaviour} engine",
                                    self._factory(behaviour))
 
@@ -127,6 +130,30 @@ def test_cancel_stops_a_running_job_within_one_step(qtbot, make_controller, fact
         controller.cancel()
     assert [e.kind for e in events[seen_before_cancel:]] == [EventKind.CANCELLED]
     assert factories.built[0].steps_emitted == [(job_id, 1)]
+    assert not controller.busy
+
+
+def test_finish_ends_a_running_job_with_the_current_step_as_its_result(qtbot, make_controller, factories):
+    controller = make_controller()
+    events = record(controller)
+    with qtbot.waitSignal(controller.event, check_params_cb=is_kind(EventKind.PROGRESS), timeout=5000):
+        job_id = controller.start(request("scripted-keep"))
+    with qtbot.waitSignal(controller.event, check_params_cb=is_kind(EventKind.RESULT, job_id),
+                          timeout=5000) as blocker:
+        controller.finish()
+    assert [v.parameters for v in blocker.args[0].variants] == ["step 1"]
+    assert factories.built[0].steps_emitted == [(job_id, 1)]
+    assert EventKind.CANCELLED not in [e.kind for e in events]
+    assert not controller.busy
+
+
+def test_finish_when_idle_does_nothing_and_does_not_touch_the_next_job(qtbot, make_controller):
+    controller = make_controller()
+    controller.finish()                                 # nothing runs: no event, no error
+    with qtbot.waitSignal(controller.event, check_params_cb=is_kind(EventKind.RESULT), timeout=5000) as blocker:
+        controller.start(request("scripted-quick"))
+    assert blocker.args[0].variants[0].parameters == "scripted"     # all three steps ran
+    controller.finish()                                 # after the job ended: still harmless
     assert not controller.busy
 
 

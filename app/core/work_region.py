@@ -58,3 +58,46 @@ def work_size(size: tuple[int, int], native: int, multiple: int) -> tuple[int, i
     def side(length: int) -> int:
         return int(min(limit, max(multiple, round(length * scale / multiple) * multiple)))
     return side(width), side(height)
+
+
+WINDOW_MIN_KNOWN = 0.3      # a window must be at least this share known (original or already generated)
+SINGLE_PASS_SCALE = 0.75    # one crop is fine while it is scaled down no further than this
+
+
+def needs_windows(region: Rect, native: int) -> bool:
+    """True when one crop would be shrunk so much that new content would come out blurred."""
+    return native / math.sqrt(max(1, region.w * region.h)) < SINGLE_PASS_SCALE
+
+
+def plan_windows(unknown, side: int, min_known: float = WINDOW_MIN_KNOWN) -> list[Rect]:
+    """Overlapping side x side windows that together cover every unknown pixel, in the order to fill them.
+
+    `unknown` is an H x W bool array. Each window is chosen greedily: among windows on a side/4 grid
+    whose known share (original pixels plus those filled by earlier windows) is at least `min_known`, the
+    one that fills the most unknown pixels; so generation grows outward from the image with context.
+    """
+    import numpy as np
+
+    remaining = np.array(unknown, dtype=bool)
+    height, width = remaining.shape
+    win_w, win_h = min(side, width), min(side, height)
+    stride = max(8, side // 4)
+    xs = sorted({*range(0, width - win_w + 1, stride), width - win_w})
+    ys = sorted({*range(0, height - win_h + 1, stride), height - win_h})
+    area = win_w * win_h
+    windows: list[Rect] = []
+    while remaining.any():
+        table = np.pad(remaining.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        best, best_score = None, (-1.0, -1)
+        for y in ys:
+            for x in xs:
+                todo = int(table[y + win_h, x + win_w] - table[y, x + win_w] - table[y + win_h, x] + table[y, x])
+                if todo == 0:
+                    continue
+                known_share = 1.0 - todo / area
+                score = (1.0 if known_share >= min_known else known_share, todo)
+                if score > best_score:
+                    best, best_score = Rect(x, y, win_w, win_h), score
+        windows.append(best)
+        remaining[best.slices()] = False
+    return windows

@@ -130,27 +130,32 @@ class DiffusionEngine(Engine):
 
         s = request.sampling
         seeds = [(s.seed + index) % 2**32 for index in range(s.variants)]
-        chunks = _chunks(seeds, _batch_limit(model))
+        batch = _batch_limit(model)
         per_chunk = steps_to_run(s.steps, s.strength)
-        total = per_chunk * len(chunks)
         variants: list[Variant] = []
         done = 0
-        for chunk in chunks:
+        while seeds and not cancel.finish_requested:
+            chunk = seeds[:batch]
+            total = done + per_chunk * -(-len(seeds) // batch)
             job = DenoiseJob(init[:1], strength_map[None, None], condition, request.prompt,
                              request.negative_prompt, s.guidance, s.steps, s.strength, sampler.name, chunk,
                              (width, height))
 
-            def on_step(step: int, steps: int, x0, base_step=done) -> bool:
+            def on_step(step: int, steps: int, x0, base_step=done, total=total) -> bool:
                 self.report(emit, cancel, job_id, base_step + step, total, preview(x0), preview_rect,
                             message=f"step {base_step + step}/{total}")
                 return cancel.finish_requested
-            x0, ran = run_denoise(model, job, on_step)
+            try:
+                x0, ran = run_denoise(model, job, on_step)
+                images = latent_codec.decode(model, x0)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                batch = _after_out_of_memory(exc, model, batch, (width, height))
+                continue
             done += ran
-            for seed, image in zip(chunk, latent_codec.decode(model, x0)):
+            for seed, image in zip(chunk, images):
                 variants.append(Variant(self._finish(work, image), seed, format_parameters(
                     request, seed, model.name, sampler=sampler.label)))
-            if cancel.finish_requested:
-                break
+            seeds = seeds[len(chunk):]
         return tuple(variants)
 
     def _finish(self, work: _Work, generated: np.ndarray) -> np.ndarray:
@@ -187,5 +192,23 @@ def _batch_limit(model) -> int:
     return 1
 
 
-def _chunks(seeds: list[int], size: int) -> list[list[int]]:
-    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+def _after_out_of_memory(exc: BaseException, model, batch: int, size: tuple[int, int]) -> int:
+    """Re-raise anything but out-of-memory; otherwise free memory and return a smaller batch to retry with,
+    or switch on the memory savers, or give up with one clear line."""
+    from app.engine.devices import free_device_memory, is_out_of_memory
+
+    if not is_out_of_memory(exc):
+        raise exc
+    free_device_memory(model.plan.device)
+    if batch > 1:
+        log.warning("out of memory with %d variants at once; retrying one at a time", batch)
+        return 1
+    if not model.extra.get("memory_savers"):
+        log.warning("out of memory; retrying with attention slicing and VAE tiling")
+        model.unet.set_attention_slice("auto")
+        model.vae.enable_tiling()
+        model.extra["memory_savers"] = True
+        return 1
+    raise EngineError(f"out of {'GPU ' if model.plan.device != 'cpu' else ''}memory at {size[0]}x{size[1]}, "
+                      "even with attention slicing and VAE tiling: close other GPU programs, use a smaller "
+                      "mask or --device cpu") from None

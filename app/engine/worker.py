@@ -120,6 +120,12 @@ class EngineController(QObject):
         if self._token is not None:
             self._token.cancel()
 
+    def finish(self) -> None:
+        """Ask the current job to stop after its current step and keep that step's prediction as the
+        result; its RESULT event follows. Does nothing when no job runs."""
+        if self._token is not None:
+            self._token.finish()
+
     def shutdown(self, timeout_ms: int = 5000) -> bool:
         """Cancel, stop the worker thread and wait for it. Returns False if the engine did not stop in time
         (the thread is then left to finish on its own; it is never terminated). Safe to call twice."""

@@ -105,6 +105,10 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     generate_menu.addAction(make("cancel", "&Cancel", "Escape"))
     generate_menu.addAction(make("accept", "&Accept Variant", "Ctrl+Shift+A"))
 
+    models_menu = menu_bar.addMenu("M&odels")
+    models_menu.addAction(make("add_model", "&Add Model…", needs_document=False))
+    models_menu.addAction(make("remove_model", "&Remove Selected Model", needs_document=False))
+
     view_menu = menu_bar.addMenu("&View")
     view_menu.addAction(make("zoom_in", "Zoom &In", QKeySequence.StandardKey.ZoomIn))
     view_menu.addAction(make("zoom_out", "Zoom &Out", QKeySequence.StandardKey.ZoomOut))

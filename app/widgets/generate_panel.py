@@ -1,12 +1,17 @@
 """The generation panel: prompt, style, model, sampling settings, Fill/Expand/Cancel and progress."""
 from __future__ import annotations
 
+from typing import Sequence
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
                                QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from app.core.styles import Style
 from app.job_builder import JobSettings
+from app.model_library import ModelEntry
+
+ADD_MODEL = "::add-model"        # item data of the model picker's "Add model…" entry
 
 
 def _named(widget: QWidget, name: str, accessible: str) -> QWidget:
@@ -19,8 +24,11 @@ class GeneratePanel(QWidget):
     fill_requested = Signal()
     expand_requested = Signal()
     cancel_requested = Signal()
+    finish_requested = Signal()         # Stop & keep: end the job now, keeping the current preview
+    add_model_requested = Signal()
 
-    def __init__(self, styles: list[Style], engines: list[tuple[str, str]], parent: QWidget | None = None):
+    def __init__(self, styles: list[Style], engines: list[tuple[str, str]], parent: QWidget | None = None,
+                 models: Sequence[ModelEntry] = ()):
         super().__init__(parent)
         self.setObjectName("generatePanel")
         self.prompt_edit = _named(QPlainTextEdit(), "promptEdit", "Prompt")
@@ -34,9 +42,12 @@ class GeneratePanel(QWidget):
         self.style_combo = _named(QComboBox(), "styleCombo", "Style")
         for style in styles:
             self.style_combo.addItem(style.name)
-        self.model_combo = _named(QComboBox(), "modelCombo", "Engine or model")
-        for engine_id, label in engines:
-            self.model_combo.addItem(label, engine_id)
+        self.model_combo = _named(QComboBox(), "modelCombo", "Model")
+        self.model_combo.setToolTip("The engine or model that paints; add your own with \"Add model…\"")
+        self._configs: dict[str, str] = {}         # library location -> its config folder
+        self._model_index = 0                       # the last real choice, restored after "Add model…"
+        self.set_models(engines, models)
+        self.model_combo.currentIndexChanged.connect(self._model_chosen)
         self.steps_spin = _named(QSpinBox(), "stepsSpin", "Steps")
         self.steps_spin.setRange(1, 150)
         self.steps_spin.setValue(25)
@@ -67,6 +78,9 @@ class GeneratePanel(QWidget):
         self.expand_button = _named(QPushButton("Expand"), "expandButton", "Expand")
         self.expand_button.setToolTip("Fill the area the canvas was dragged out to (Ctrl+Shift+Enter)")
         self.cancel_button = _named(QPushButton("Cancel"), "cancelButton", "Cancel")
+        self.cancel_button.setToolTip("Stop and throw the job away (Esc)")
+        self.finish_button = _named(QPushButton("Stop && keep"), "finishButton", "Stop and keep")
+        self.finish_button.setToolTip("Stop now and keep the current preview as the result")
         self.progress_bar = _named(QProgressBar(), "progressBar", "Progress")
         self.progress_bar.setValue(0)
         self.status_label = _named(QLabel(""), "statusLabel", "Status")
@@ -75,13 +89,14 @@ class GeneratePanel(QWidget):
         self.fill_button.clicked.connect(self.fill_requested)
         self.expand_button.clicked.connect(self.expand_requested)
         self.cancel_button.clicked.connect(self.cancel_requested)
+        self.finish_button.clicked.connect(self.finish_requested)
 
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.seed_spin, 1)
         seed_row.addWidget(self.random_seed_check)
         form = QFormLayout()
         form.addRow("Style", self.style_combo)
-        form.addRow("Engine", self.model_combo)
+        form.addRow("Model", self.model_combo)
         form.addRow("Steps", self.steps_spin)
         form.addRow("Guidance", self.guidance_spin)
         form.addRow("Strength", self.strength_spin)
@@ -99,7 +114,10 @@ class GeneratePanel(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
-        layout.addWidget(self.cancel_button)
+        stop_row = QHBoxLayout()
+        stop_row.addWidget(self.cancel_button)
+        stop_row.addWidget(self.finish_button)
+        layout.addLayout(stop_row)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
         self.set_state(can_fill=False, can_expand=False, busy=False)
@@ -108,9 +126,52 @@ class GeneratePanel(QWidget):
         self.fill_button.setEnabled(can_fill and not busy)
         self.expand_button.setEnabled(can_expand and not busy)
         self.cancel_button.setEnabled(busy)
+        self.finish_button.setEnabled(busy)
         if busy != getattr(self, "_busy", None):
             self._busy = busy
             self._update_progress_format()
+
+    # -- the model picker ----------------------------------------------------------------------------
+    def set_models(self, engines: Sequence[tuple[str, str]], models: Sequence[ModelEntry],
+                   select: str | None = None) -> None:
+        """Rebuild the picker: built-in engines, the user's models, then "Add model…". Selects `select`
+        when listed, otherwise keeps the current choice (or the first engine)."""
+        combo = self.model_combo
+        wanted = select if select is not None else self.selected_model()
+        combo.blockSignals(True)
+        combo.clear()
+        for engine_id, label in engines:
+            combo.addItem(label, engine_id)
+        self._configs = {}
+        for entry in models:
+            combo.addItem(entry.label, entry.location)
+            combo.setItemData(combo.count() - 1, entry.location, Qt.ItemDataRole.ToolTipRole)
+            self._configs[entry.location] = entry.config
+        combo.insertSeparator(combo.count())
+        combo.addItem("Add model…", ADD_MODEL)
+        index = combo.findData(wanted) if wanted else -1
+        self._model_index = index if index >= 0 else 0
+        combo.setCurrentIndex(self._model_index)
+        combo.blockSignals(False)
+
+    def selected_model(self) -> str:
+        """The id or location of the chosen engine or model ("" when the picker is empty)."""
+        data = self.model_combo.itemData(self._model_index) if self.model_combo.count() else None
+        return data if isinstance(data, str) and data != ADD_MODEL else ""
+
+    def selected_library_model(self) -> str | None:
+        """The location of the chosen model when it is one the user added, else None."""
+        model = self.selected_model()
+        return model if model in self._configs else None
+
+    def _model_chosen(self, index: int) -> None:
+        if self.model_combo.itemData(index) == ADD_MODEL:
+            self.model_combo.blockSignals(True)
+            self.model_combo.setCurrentIndex(self._model_index)
+            self.model_combo.blockSignals(False)
+            self.add_model_requested.emit()
+        elif index >= 0:
+            self._model_index = index
 
     def set_progress(self, step: int, total: int) -> None:
         self.progress_bar.setMaximum(max(total, 1))
@@ -134,7 +195,8 @@ class GeneratePanel(QWidget):
             prompt=self.prompt_edit.toPlainText().strip(),
             negative_prompt=self.negative_edit.toPlainText().strip(),
             style=self.style_combo.currentText() or "None",
-            model=self.model_combo.currentData() or "classic",
+            model=self.selected_model() or "classic",
+            model_config=self._configs.get(self.selected_model(), ""),
             steps=self.steps_spin.value(),
             guidance=self.guidance_spin.value(),
             strength=self.strength_spin.value(),
@@ -146,7 +208,7 @@ class GeneratePanel(QWidget):
     # -- persistence (QSettings values come back as strings on some platforms) ----------------------
     def saved_values(self) -> dict[str, object]:
         return {"prompt": self.prompt_edit.toPlainText(), "negative": self.negative_edit.toPlainText(),
-                "style": self.style_combo.currentText(), "model": self.model_combo.currentData(),
+                "style": self.style_combo.currentText(), "model": self.selected_model(),
                 "steps": self.steps_spin.value(), "guidance": self.guidance_spin.value(),
                 "strength": self.strength_spin.value(), "seed": self.seed_spin.value(),
                 "random_seed": self.random_seed_check.isChecked(), "variants": self.variants_spin.value(),
@@ -166,8 +228,9 @@ class GeneratePanel(QWidget):
         style_index = self.style_combo.findText(str(values.get("style", "")))
         if style_index >= 0:
             self.style_combo.setCurrentIndex(style_index)
-        model_index = self.model_combo.findData(values.get("model"))
-        if model_index >= 0:
+        model = values.get("model")
+        model_index = self.model_combo.findData(model) if isinstance(model, str) and model else -1
+        if model_index >= 0 and model != ADD_MODEL:        # only a model that is still listed
             self.model_combo.setCurrentIndex(model_index)
         num("steps", int, self.steps_spin.setValue)
         num("guidance", float, self.guidance_spin.setValue)

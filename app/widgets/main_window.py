@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QSettings, QStandardPaths, Qt
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea,
                                QSlider, QToolBar, QVBoxLayout, QWidget)
@@ -14,9 +14,12 @@ from app.core.geometry import expand_by_fraction, expand_to_aspect
 from app.core.imageio import ImageLoadError, ImageSaveError, LoadedImage, load_image, save_image
 from app.core.styles import StyleError, load_styles
 from app.editor_state import EditorState
+from app.engine.events import EngineError
 from app.engine.registry import EngineRegistry
 from app.generation_session import GenerationSession
+from app.model_library import ModelEntry, ModelLibrary
 from app.widgets.actions import build_actions
+from app.widgets.add_model_dialog import AddModelDialog
 from app.widgets.canvas import CanvasView
 from app.widgets.generate_panel import GeneratePanel
 from app.widgets.qt_image import from_qimage, to_qimage
@@ -26,9 +29,15 @@ OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif);;All 
 SAVE_FILTER = "PNG (*.png);;JPEG (*.jpg *.jpeg);;WebP (*.webp)"
 
 
+def default_library_path() -> Path:
+    """Where the editor keeps the list of added models: the per-user config folder."""
+    folder = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppConfigLocation)
+    return Path(folder or Path.home() / ".config" / "latent-canvas") / "models.json"
+
+
 class MainWindow(QMainWindow):
     def __init__(self, settings: QSettings | None = None, registry: EngineRegistry | None = None,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, library: ModelLibrary | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("mainWindow")
         self.setAccessibleName("Latent Canvas")
@@ -41,11 +50,12 @@ class MainWindow(QMainWindow):
             from app.core.styles import Style
             styles = [Style("None", "{prompt}", "")]
             self.last_error = str(exc)
-        registry = registry or EngineRegistry()
-        self.session = GenerationSession(self.state, styles, registry, self)
+        self.registry = registry or EngineRegistry()
+        self.library = library if library is not None else ModelLibrary(default_library_path())
+        self.session = GenerationSession(self.state, styles, self.registry, self)
         self.canvas = CanvasView(self.state, self)
         self.setCentralWidget(self._centre())
-        self.panel = GeneratePanel(styles, registry.entries(), self)
+        self.panel = GeneratePanel(styles, self.registry.entries(), self, self.library.entries())
         dock = QDockWidget("Generate", self)
         dock.setObjectName("generateDock")
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
@@ -93,7 +103,8 @@ class MainWindow(QMainWindow):
                 "select_all": self._mask_everything, "reset_canvas": self._reset_canvas,
                 "fill": self.fill, "expand": self.expand, "cancel": self._escape,
                 "accept": self.accept_current, "zoom_in": c.zoom_in, "zoom_out": c.zoom_out,
-                "zoom_fit": c.fit, "zoom_100": c.zoom_100}
+                "zoom_fit": c.fit, "zoom_100": c.zoom_100,
+                "add_model": self.add_model_dialog, "remove_model": self.remove_selected_model}
 
     def _build_toolbar(self) -> None:
         bar = QToolBar("Tools", self)
@@ -134,6 +145,9 @@ class MainWindow(QMainWindow):
         p.fill_requested.connect(self.fill)
         p.expand_requested.connect(self.expand)
         p.cancel_requested.connect(self.session.cancel)
+        p.finish_requested.connect(self.session.finish_early)
+        p.add_model_requested.connect(self.add_model_dialog)
+        p.model_combo.currentIndexChanged.connect(self._update_model_actions)
         self.session.busy_changed.connect(self._refresh)
         self.session.progress.connect(p.set_progress)
         self.session.status.connect(self._show_status)
@@ -267,6 +281,54 @@ class MainWindow(QMainWindow):
         elif self.session.variants:
             self.session.discard()
 
+    # -- models ---------------------------------------------------------------------------------------------
+    def add_model_dialog(self) -> AddModelDialog:
+        """Open the "Add model" dialog (window-modal, non-blocking); OK adds through add_model_from_text."""
+        start = str(self.settings.value("last_model_dir", str(Path.home())))
+        dialog = AddModelDialog(start, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self.add_model_from_text(dialog.location(), dialog.config()))
+        dialog.open()
+        return dialog
+
+    def add_model_from_text(self, text: str, config: str = "") -> ModelEntry | None:
+        """Check and add a model file, diffusers folder or repo id, then select it. On a problem: one line
+        through show_error, and nothing is added."""
+        try:
+            entry = self.library.add(text, config)
+        except EngineError as exc:
+            self.show_error(" ".join(str(exc).split()))
+            return None
+        if entry.kind != "repo":
+            self.settings.setValue("last_model_dir", str(Path(entry.location).parent))
+        self._rebuild_models(select=entry.location)
+        self._show_status(f"Added {entry.label}.", False)
+        return entry
+
+    def remove_selected_model(self) -> bool:
+        """Take the chosen model off the list (its files stay where they are)."""
+        location = self.panel.selected_library_model()
+        if location is None:
+            self._show_status("Only models you added can be removed; pick one in the Model list.", True)
+            return False
+        entry = self.library.find(location)
+        try:
+            self.library.remove(location)
+        except EngineError as exc:
+            self.show_error(" ".join(str(exc).split()))
+            return False
+        self._rebuild_models(select=self.registry.default_id)
+        label = entry.label if entry is not None else location
+        self._show_status(f"Removed {label} from the list; its files are untouched.", False)
+        return True
+
+    def _rebuild_models(self, select: str | None = None) -> None:
+        self.panel.set_models(self.registry.entries(), self.library.entries(), select)
+        self._update_model_actions()
+
+    def _update_model_actions(self, *_args) -> None:
+        self.action_set["remove_model"].setEnabled(self.panel.selected_library_model() is not None)
+
     # -- canvas and mask helpers -----------------------------------------------------------------------
     def _expand_preset(self, fraction: float, sides: str) -> None:
         doc = self.state.document
@@ -301,6 +363,7 @@ class MainWindow(QMainWindow):
         self.action_set["fill"].setEnabled(can_fill and not busy)
         self.action_set["expand"].setEnabled(can_expand and not busy)
         self.action_set["cancel"].setEnabled(has_doc)
+        self._update_model_actions()
         self._update_title()
 
     def _tool_changed(self, tool: str) -> None:

@@ -1,0 +1,170 @@
+"""The user's model list: what gets in, what a label says, and that it survives restarts and damage."""
+import json
+import logging
+
+import pytest
+
+from app.engine.events import EngineError
+from app.model_library import ModelEntry, ModelLibrary
+
+torch = pytest.importorskip("torch")
+save_file = pytest.importorskip("safetensors.torch").save_file
+
+SD1_KEYS = {
+    "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
+    "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,),
+    "first_stage_model.decoder.conv_in.weight": (4, 4, 3, 3),
+}
+
+
+def write_checkpoint(path, keys=SD1_KEYS):
+    """A tiny file laid out like an SD 1.x checkpoint: enough for the keys-only inspection."""
+    save_file({key: torch.zeros(shape) for key, shape in keys.items()}, str(path))
+    return path
+
+
+def write_diffusers_folder(path, in_channels=9, cross_attention_dim=768):
+    for part, config in (("unet", {"_class_name": "UNet2DConditionModel", "in_channels": in_channels,
+                                   "cross_attention_dim": cross_attention_dim}),
+                         ("vae", {"_class_name": "AutoencoderKL"}),
+                         ("text_encoder", {"architectures": ["CLIPTextModel"]})):
+        (path / part).mkdir(parents=True)
+        (path / part / "config.json").write_text(json.dumps(config))
+    (path / "model_index.json").write_text("{}")
+    return path
+
+
+@pytest.fixture
+def library_path(tmp_path):
+    return tmp_path / "config" / "models.json"
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    return write_checkpoint(tmp_path / "dreamy.safetensors")
+
+
+def test_a_new_library_is_empty_and_writes_nothing(library_path):
+    library = ModelLibrary(library_path)
+    assert library.entries() == []
+    assert not library_path.exists()
+
+
+def test_adding_a_checkpoint_labels_it_by_family_and_stores_an_absolute_path(library_path, checkpoint,
+                                                                              monkeypatch):
+    monkeypatch.chdir(checkpoint.parent)
+    entry = ModelLibrary(library_path).add("dreamy.safetensors")
+    assert entry == ModelEntry(str(checkpoint.resolve()), "dreamy.safetensors — Stable Diffusion 1.x", "file")
+
+
+def test_adding_a_diffusers_folder_labels_it_by_family(library_path, tmp_path):
+    folder = write_diffusers_folder(tmp_path / "my-inpaint")
+    entry = ModelLibrary(library_path).add(str(folder))
+    assert entry.kind == "folder" and entry.location == str(folder.resolve())
+    assert entry.label == "my-inpaint — Stable Diffusion 1.x inpainting"
+
+
+def test_a_repo_id_is_taken_as_typed(library_path):
+    entry = ModelLibrary(library_path).add("someone/some-model")
+    assert entry == ModelEntry("someone/some-model", "someone/some-model (Hugging Face)", "repo")
+
+
+def test_entries_survive_a_restart_in_the_order_added(library_path, checkpoint, tmp_path):
+    library = ModelLibrary(library_path)
+    added = [library.add(str(checkpoint)), library.add("someone/some-model"),
+             library.add(str(write_diffusers_folder(tmp_path / "folder-model")))]
+    assert ModelLibrary(library_path).entries() == added
+    assert not [p.name for p in library_path.parent.iterdir() if p.name != "models.json"]   # no temp files
+
+
+def test_adding_the_same_model_twice_keeps_one_entry(library_path, checkpoint, monkeypatch):
+    library = ModelLibrary(library_path)
+    first = library.add(str(checkpoint))
+    monkeypatch.chdir(checkpoint.parent)
+    assert library.add("./dreamy.safetensors") == first
+    assert library.add(f"  {checkpoint}  ") == first
+    assert library.entries() == [first]
+    assert len(json.loads(library_path.read_text())["models"]) == 1
+
+
+def test_remove_forgets_the_model_but_not_its_file(library_path, checkpoint):
+    library = ModelLibrary(library_path)
+    entry = library.add(str(checkpoint))
+    kept = library.add("someone/some-model")
+    assert library.remove(entry.location)
+    assert not library.remove(entry.location)
+    assert library.entries() == [kept]
+    assert ModelLibrary(library_path).entries() == [kept]
+    assert checkpoint.is_file()
+
+
+def test_a_text_file_named_safetensors_is_refused_in_one_line(library_path, tmp_path):
+    fake = tmp_path / "x.safetensors"
+    fake.write_text("this is not a model")
+    library = ModelLibrary(library_path)
+    with pytest.raises(EngineError) as error:
+        library.add(str(fake))
+    message = str(error.value)
+    assert "x.safetensors" in message and "not a readable .safetensors file" in message
+    assert "\n" not in message
+    assert library.entries() == [] and not library_path.exists()
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda t: t / "missing.safetensors", "model not found"),
+    (lambda t: write_checkpoint(t / "style.safetensors",
+                                {"lora_unet_down_blocks_0_attentions_0.lora_down.weight": (4, 8)}), "LoRA"),
+    (lambda t: write_diffusers_folder(t / "half-folder").joinpath("vae", "config.json").unlink() or
+     t / "half-folder", "vae/config.json is missing"),
+    (lambda t: (t / "notes.txt").write_text("hi") and t / "notes.txt", "not a model file"),
+])
+def test_unusable_models_are_refused_and_nothing_is_added(library_path, tmp_path, make, expected):
+    library = ModelLibrary(library_path)
+    with pytest.raises(EngineError, match=expected):
+        library.add(str(make(tmp_path)))
+    assert library.entries() == [] and ModelLibrary(library_path).entries() == []
+
+
+def test_a_config_folder_is_kept_for_a_single_file(library_path, checkpoint, tmp_path):
+    config = write_diffusers_folder(tmp_path / "odd-config")
+    entry = ModelLibrary(library_path).add(str(checkpoint), str(config))
+    assert entry.config == str(config.resolve())
+    assert ModelLibrary(library_path).entries()[0].config == str(config.resolve())
+
+
+def test_a_config_folder_without_model_index_is_refused(library_path, checkpoint, tmp_path):
+    (tmp_path / "empty-config").mkdir()
+    library = ModelLibrary(library_path)
+    with pytest.raises(EngineError, match="model_index.json"):
+        library.add(str(checkpoint), str(tmp_path / "empty-config"))
+    assert library.entries() == []
+
+
+@pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"models": [{"kind": "file"}]}', ""])
+def test_a_damaged_list_loads_empty_and_is_kept_aside(library_path, checkpoint, content, caplog):
+    library_path.parent.mkdir(parents=True)
+    library_path.write_text(content)
+    with caplog.at_level(logging.WARNING):
+        library = ModelLibrary(library_path)
+    assert library.entries() == []
+    bad = library_path.with_suffix(".json.bad")
+    assert bad.name == "models.json.bad" and bad.read_text() == content
+    assert any("damaged" in record.getMessage() for record in caplog.records)
+    entry = library.add(str(checkpoint))                  # and the library works again
+    assert ModelLibrary(library_path).entries() == [entry]
+    assert bad.read_text() == content
+
+
+def test_a_model_whose_file_disappeared_is_still_listed(library_path, checkpoint):
+    entry = ModelLibrary(library_path).add(str(checkpoint))
+    checkpoint.unlink()
+    assert ModelLibrary(library_path).entries() == [entry]
+
+
+def test_a_failed_save_leaves_the_library_as_it_was(tmp_path, checkpoint):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the config folder should be")
+    library = ModelLibrary(blocker / "models.json")
+    with pytest.raises(EngineError, match="could not save the model list"):
+        library.add(str(checkpoint))
+    assert library.entries() == []
