@@ -366,3 +366,27 @@ def test_out_of_memory_that_persists_is_one_clear_line(tiny_models, monkeypatch)
     MANAGER.free()                                          # the savers were switched on: start clean
     assert result.kind == EventKind.ERROR
     assert result.message.startswith("out of memory at ") and "\n" not in result.message
+
+
+def test_large_expand_runs_native_windows_outward(tiny_models):
+    image = photo(160, 120)
+    canvas = Rect(-160, -120, 480, 360)                      # 3x the image on each axis
+    request = GenerationRequest(JobKind.EXPAND, image, outpaint=OutpaintOptions(canvas),
+                                sampling=SamplingOptions(steps=2, seed=4), mask_options=MaskOptions(feather=4),
+                                **model_args(tiny_models, "sd15", True))
+    run(fill_request(tiny_models, **model_args(tiny_models, "sd15", True)))
+    shapes, handle = unet_inputs(MANAGER.current)
+    try:
+        result, progress = run(request)
+    finally:
+        handle.remove()
+    assert result.kind == EventKind.RESULT, result.message
+    out = result.variants[0].image
+    assert out.shape == (360, 480, 3)
+    np.testing.assert_array_equal(out[120 + 4:240 - 4, 160 + 4:320 - 4], image[4:-4, 4:-4])
+    windows = len(shapes) // 2
+    assert windows >= 4
+    native_latent = MANAGER.current.native_size // MANAGER.current.vae_scale
+    assert all(shape[2] * shape[3] == native_latent ** 2 for shape in shapes)     # never shrunk
+    steps = [e.step for e in progress if e.preview is not None]
+    assert steps == list(range(1, 2 * windows + 1)) and progress[-1].total == 2 * windows

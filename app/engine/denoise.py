@@ -25,9 +25,9 @@ StepCallback = Callable[[int, int, torch.Tensor], bool]   # (step, total, x0) ->
 
 @dataclass
 class DenoiseJob:
-    init_latents: torch.Tensor              # (1, C, h, w) the encoded (prefilled) region
+    init_latents: torch.Tensor              # (1 or B, C, h, w) the encoded (prefilled) region
     strength_map: torch.Tensor | None       # (1, 1, h, w) in [0, 1]: 1 = generate freely, 0 = keep
-    inpaint_condition: torch.Tensor | None  # (1, 1 + C, h, w) mask + masked-image latents (9-channel UNets)
+    inpaint_condition: torch.Tensor | None  # (1 or B, 1 + C, h, w) mask + masked-image latents (9-channel UNets)
     prompt: str
     negative_prompt: str
     guidance: float
@@ -59,7 +59,7 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
 
-    init = job.init_latents.to(device=device, dtype=torch.float32).expand(batch, -1, -1, -1)
+    init = job.init_latents.to(device=device, dtype=torch.float32).expand(batch, -1, -1, -1)   # 1 or batch
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.seeds]
     noise = torch.cat([torch.randn(init.shape[1:], generator=g, dtype=torch.float32)[None] for g in generators])
     noise = noise.to(device)
@@ -76,7 +76,9 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
         added = {"text_embeds": pooled, "time_ids": time_ids.expand(pooled.shape[0], -1)}
     condition = None
     if job.inpaint_condition is not None:
-        condition = job.inpaint_condition.to(device=device, dtype=dtype).expand(embeddings.shape[0], -1, -1, -1)
+        condition = job.inpaint_condition.to(device=device, dtype=dtype).expand(batch, -1, -1, -1)
+        if guided:
+            condition = torch.cat([condition, condition])
     step_options = {"generator": generators} if find_sampler(job.sampler).ancestral else {}
 
     x0 = init

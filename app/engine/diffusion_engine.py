@@ -4,6 +4,9 @@ For each job: plan a crop around the area to generate (app.core.work_region), pr
 (edge stretch + smoothing), scale the crop to the model's native size, encode it, denoise every variant
 with a preview after each step, decode, scale back, remove the colour drift on the known surroundings
 and composite with the feathered mask, so pixels outside it stay bit-identical.
+
+An Expand whose single crop would have to shrink a lot (a big canvas) runs in passes instead: native-size
+windows, each overlapping what is already there, filled one after another outward from the image.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 
 from app.core import imageops
 from app.core.geometry import Rect
-from app.core.work_region import context_for, plan_region, work_size
+from app.core.work_region import context_for, needs_windows, plan_region, plan_windows, work_size
 from app.engine.base import Emit, Engine, format_parameters
 from app.engine.events import CancelToken, EngineError, Variant
 from app.engine.request import GenerationRequest, JobKind
@@ -24,18 +27,23 @@ log = logging.getLogger(__name__)
 
 DRIFT_RING = 24            # px of known pixels around the generated area used to measure colour drift
 PREVIEW_SCALE = 2          # previews are drawn at twice the latent resolution
+PREFILL_REACH = 512        # px of image the Expand prefill reads beyond the new area
+
+
+@dataclass
+class _Pass:
+    region: Rect              # the crop the model works on, in output coordinates
+    hole: np.ndarray          # region-sized uint8, 255 = generate in this pass
+    alpha: np.ndarray         # region-sized float32 composite alpha (the feathered hole)
+    size: tuple[int, int]     # (width, height) the model runs at
 
 
 @dataclass
 class _Work:
     """One job's geometry, in output coordinates (the image for Fill, the canvas for Expand)."""
-    base: np.ndarray          # the output before generation: the image, or the stretched canvas
-    region: Rect              # the crop the model works on
-    source: np.ndarray        # base[region], prefilled where new
-    hole: np.ndarray          # region-sized uint8, 255 = generate
-    alpha: np.ndarray         # region-sized float32 composite alpha (feathered hole)
-    fill_alpha: np.ndarray | None   # RGBA images: alpha of generated pixels
-    size: tuple[int, int]     # (width, height) the model runs at
+    base: np.ndarray          # the output before generation: the image, or the stretched, prefilled canvas
+    passes: list[_Pass]
+    fill_alpha: np.ndarray | None   # RGBA outputs: the alpha generated pixels get
     offset: tuple[int, int]   # output coordinates -> image coordinates
 
 
@@ -67,18 +75,20 @@ class DiffusionEngine(Engine):
             self.report(emit, cancel, job_id, 0, request.sampling.steps, message=message)
         model = self.manager.get(source, plan, loading)
         work = self._plan(request, model)
+        sizes = sorted({p.size for p in work.passes})
+        where = f"{len(work.passes)} windows of " if len(work.passes) > 1 else ""
         self.report(emit, cancel, job_id, 0, request.sampling.steps,
-                    message=f"{model.describe()}: working at {work.size[0]}x{work.size[1]}")
+                    message=f"{model.describe()}: working at {where}{sizes[-1][0]}x{sizes[-1][1]}")
         with torch.inference_mode():
             return self._generate(request, model, work, sampler, job_id, emit, cancel)
 
     # -- geometry -------------------------------------------------------------------------------------
 
     def _plan(self, request: GenerationRequest, model) -> _Work:
-        options = request.mask_options
+        feather = request.mask_options.feather
         if request.kind == JobKind.FILL:
             base = request.image
-            hole = imageops.grow_mask(request.mask, options.grow)
+            hole = imageops.grow_mask(request.mask, request.mask_options.grow)
             offset = (0, 0)
         else:
             canvas = request.outpaint.canvas
@@ -87,88 +97,114 @@ class DiffusionEngine(Engine):
             offset = (canvas.x, canvas.y)
         limits = Rect(0, 0, base.shape[1], base.shape[0])
         hole_bounds = imageops.mask_bounds(hole)
-        focus = hole_bounds.grown(options.feather).intersect(limits)
-        region = plan_region(focus, limits, context_for(hole_bounds, options.feather))
-        source = base[region.slices()].copy()
-        crop_hole = hole[region.slices()]
         if request.kind == JobKind.EXPAND:
-            known = crop_hole == 0
-            source[..., :3] = imageops.smooth_fill(np.ascontiguousarray(source[..., :3]), known)
+            reach = hole_bounds.grown(PREFILL_REACH).intersect(limits)
+            base[reach.slices()][..., :3] = imageops.smooth_fill(
+                np.ascontiguousarray(base[reach.slices()][..., :3]), hole[reach.slices()] == 0)
         fill_alpha = None
         if base.shape[2] == 4:
-            fill_alpha = source[..., 3].copy() if request.kind == JobKind.EXPAND \
-                else np.full(crop_hole.shape, 255, np.uint8)
+            fill_alpha = base[..., 3].copy() if request.kind == JobKind.EXPAND \
+                else np.full(hole.shape, 255, np.uint8)
         multiple = model.vae_scale * 2 ** (len(model.unet.config.down_block_types) - 1)
-        return _Work(base, region, source, crop_hole, imageops.feather_mask(crop_hole, options.feather),
-                     fill_alpha, work_size(region.size, model.native_size, multiple), offset)
+        native = model.native_size
+
+        def make_pass(region: Rect, region_hole: np.ndarray) -> _Pass:
+            return _Pass(region, region_hole, imageops.feather_mask(region_hole, feather),
+                         work_size(region.size, native, multiple))
+
+        focus = hole_bounds.grown(feather).intersect(limits)
+        region = plan_region(focus, limits, context_for(hole_bounds, feather))
+        if request.kind == JobKind.FILL or not needs_windows(region, native):
+            return _Work(base, [make_pass(region, hole[region.slices()])], fill_alpha, offset)
+        passes = []
+        remaining = hole > 0
+        for window in plan_windows(remaining, native):
+            passes.append(make_pass(window, np.where(remaining[window.slices()], 255, 0).astype(np.uint8)))
+            remaining[window.slices()] = False
+        return _Work(base, passes, fill_alpha, offset)
 
     # -- generation -----------------------------------------------------------------------------------
 
     def _generate(self, request, model, work: _Work, sampler, job_id, emit, cancel) -> tuple[Variant, ...]:
-        import torch
-
-        from app.engine import latent_codec
-        from app.engine.denoise import DenoiseJob, run_denoise, steps_to_run
-
-        width, height = work.size
-        scale_f = model.vae_scale
-        latent_size = (width // scale_f, height // scale_f)
-        pixels = _resize(work.source[..., :3], (width, height))
-        init = latent_codec.encode(model, pixels)
-        strength_map = torch.from_numpy(cv2.resize(work.alpha, latent_size, interpolation=cv2.INTER_AREA))
-        condition = None
-        if model.inpaint:
-            hole_px = _resize(work.hole, (width, height)) >= 128
-            masked = latent_codec.encode(model, np.where(hole_px[..., None], 127, pixels).astype(np.uint8))
-            mask_latent = torch.from_numpy(cv2.resize((work.hole >= 128).astype(np.float32), latent_size,
-                                                      interpolation=cv2.INTER_AREA) >= 0.5).float()
-            condition = torch.cat([mask_latent[None, None], masked], dim=1)
-        preview_size = (latent_size[0] * PREVIEW_SCALE, latent_size[1] * PREVIEW_SCALE)
-        preview_alpha = np.rint(255 * cv2.resize(work.alpha, preview_size, interpolation=cv2.INTER_AREA))
-        preview = latent_codec.LinearPreview(model, preview_alpha.astype(np.uint8))
-        preview_rect = work.region.translated(*work.offset)
+        from app.engine.denoise import steps_to_run
 
         s = request.sampling
         seeds = [(s.seed + index) % 2**32 for index in range(s.variants)]
         batch = _batch_limit(model)
-        per_chunk = steps_to_run(s.steps, s.strength)
+        per_pass = steps_to_run(s.steps, s.strength)
         variants: list[Variant] = []
         done = 0
         while seeds and not cancel.finish_requested:
             chunk = seeds[:batch]
-            total = done + per_chunk * -(-len(seeds) // batch)
-            job = DenoiseJob(init[:1], strength_map[None, None], condition, request.prompt,
-                             request.negative_prompt, s.guidance, s.steps, s.strength, sampler.name, chunk,
-                             (width, height))
-
-            def on_step(step: int, steps: int, x0, base_step=done, total=total) -> bool:
-                self.report(emit, cancel, job_id, base_step + step, total, preview(x0), preview_rect,
-                            message=f"step {base_step + step}/{total}")
-                return cancel.finish_requested
+            total = done + per_pass * len(work.passes) * -(-len(seeds) // batch)
+            canvases = [work.base] * len(chunk)
+            ran_chunk = 0
             try:
-                x0, ran = run_denoise(model, job, on_step)
-                images = latent_codec.decode(model, x0)
+                for p in work.passes:
+                    def on_step(step: int, x0, preview, rect, base_step=done + ran_chunk, total=total) -> bool:
+                        self.report(emit, cancel, job_id, base_step + step, total, preview(x0), rect,
+                                    message=f"step {base_step + step}/{total}")
+                        return cancel.finish_requested
+                    canvases, ran = self._run_pass(model, request, work, p, canvases, chunk, sampler, on_step)
+                    ran_chunk += ran
+                    if cancel.finish_requested:
+                        break
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-                batch = _after_out_of_memory(exc, model, batch, (width, height))
+                batch = _after_out_of_memory(exc, model, batch, work.passes[0].size)
                 continue
-            done += ran
-            for seed, image in zip(chunk, images):
-                variants.append(Variant(self._finish(work, image), seed, format_parameters(
-                    request, seed, model.name, sampler=sampler.label)))
+            done += ran_chunk
+            for seed, canvas in zip(chunk, canvases):
+                variants.append(Variant(canvas, seed, format_parameters(request, seed, model.name,
+                                                                        sampler=sampler.label)))
             seeds = seeds[len(chunk):]
         return tuple(variants)
 
-    def _finish(self, work: _Work, generated: np.ndarray) -> np.ndarray:
-        """Scale back, remove colour drift, composite with the feathered mask, paste into the output."""
-        region_h, region_w = work.hole.shape
+    def _run_pass(self, model, request, work: _Work, p: _Pass, canvases: list[np.ndarray], seeds: list[int],
+                  sampler, on_step) -> tuple[list[np.ndarray], int]:
+        """Generate p.hole in every canvas (one per seed); returns the new canvases and the steps run."""
+        import torch
+
+        from app.engine import latent_codec
+        from app.engine.denoise import DenoiseJob, run_denoise
+
+        width, height = p.size
+        latent_size = (width // model.vae_scale, height // model.vae_scale)
+        shared = all(c is canvases[0] for c in canvases)
+        pixels = [_resize(c[p.region.slices()][..., :3], (width, height)) for c in canvases[:1 if shared else None]]
+        init = torch.cat([latent_codec.encode(model, px) for px in pixels])
+        strength_map = torch.from_numpy(cv2.resize(p.alpha, latent_size, interpolation=cv2.INTER_AREA))
+        condition = None
+        if model.inpaint:
+            hole_px = (_resize(p.hole, (width, height)) >= 128)[..., None]
+            masked = torch.cat([latent_codec.encode(model, np.where(hole_px, 127, px).astype(np.uint8))
+                                for px in pixels])
+            mask_latent = torch.from_numpy(cv2.resize((p.hole >= 128).astype(np.float32), latent_size,
+                                                      interpolation=cv2.INTER_AREA) >= 0.5).float()
+            condition = torch.cat([mask_latent[None, None].expand(len(pixels), -1, -1, -1), masked], dim=1)
+        preview_size = (latent_size[0] * PREVIEW_SCALE, latent_size[1] * PREVIEW_SCALE)
+        preview_alpha = np.rint(255 * cv2.resize(p.alpha, preview_size, interpolation=cv2.INTER_AREA))
+        preview = latent_codec.LinearPreview(model, preview_alpha.astype(np.uint8))
+        rect = p.region.translated(*work.offset)
+        s = request.sampling
+        job = DenoiseJob(init, strength_map[None, None], condition, request.prompt, request.negative_prompt,
+                         s.guidance, s.steps, s.strength, sampler.name, seeds, (width, height))
+        x0, ran = run_denoise(model, job, lambda step, steps, x0: on_step(step, x0, preview, rect))
+        images = latent_codec.decode(model, x0)
+        if shared:
+            canvases = [canvases[0]] * len(images)
+        return [self._composite(work, p, canvas, image) for canvas, image in zip(canvases, images)], ran
+
+    def _composite(self, work: _Work, p: _Pass, canvas: np.ndarray, generated: np.ndarray) -> np.ndarray:
+        """Scale back, remove colour drift, composite with the feathered mask, paste into a new canvas."""
+        region_h, region_w = p.hole.shape
         out = _resize(generated, (region_w, region_h))
-        original = work.base[work.region.slices()]
-        ring = imageops.grow_mask(work.hole, DRIFT_RING) & ~imageops.grow_mask(work.hole, 2)
-        out = imageops.correct_colour_drift(out, original, ring, work.alpha > 0)
+        current = canvas[p.region.slices()]
+        ring = imageops.grow_mask(p.hole, DRIFT_RING) & ~imageops.grow_mask(p.hole, 2)
+        out = imageops.correct_colour_drift(out, current, ring, p.alpha > 0)
         if work.fill_alpha is not None:
-            out = np.dstack([out, work.fill_alpha])
-        result = work.base.copy()
-        result[work.region.slices()] = imageops.composite(original, out, work.alpha)
+            out = np.dstack([out, work.fill_alpha[p.region.slices()]])
+        result = canvas.copy()
+        result[p.region.slices()] = imageops.composite(current, out, p.alpha)
         return result
 
 
@@ -180,7 +216,7 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _batch_limit(model) -> int:
-    """Variants denoised together: all on the CPU, by free memory on a GPU."""
+    """Variants denoised together: up to 4 on the CPU, by free memory on a GPU."""
     if model.plan.device == "cpu":
         return 4
     if model.plan.device == "cuda":
