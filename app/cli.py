@@ -3,6 +3,7 @@
     latent-canvas [IMAGE]                       open the editor
     latent-canvas fill IMAGE --mask MASK -o OUT [options]
     latent-canvas expand IMAGE -o OUT [--left PX] [--top PX] [--right PX] [--bottom PX] [options]
+    latent-canvas restyle IMAGE -o OUT --style NAME [--strength 0.55] --model MODEL [options]
     latent-canvas styles
 
 Every problem with the input ends the run with exit status 1 (2 for bad usage), one line on stderr, and
@@ -23,10 +24,11 @@ from app.core.styles import StyleError, load_styles
 from app.engine.events import CancelToken, EngineError, EngineEvent, EventKind
 from app.engine.registry import EngineRegistry
 from app.engine.runner import run_job
-from app.job_builder import DEVICES, JobSettings, build_expand_request, build_fill_request
+from app.job_builder import (DEVICES, RESTYLE_STRENGTH, JobSettings, build_expand_request, build_fill_request,
+                             build_restyle_request)
 from app.model_library import describe_model
 
-COMMANDS = ("fill", "expand", "styles")
+COMMANDS = ("fill", "expand", "restyle", "styles")
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -39,11 +41,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _add_generation_options(p: argparse.ArgumentParser) -> None:
+def _add_generation_options(p: argparse.ArgumentParser, strength: float = 1.0, masked: bool = True) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="where to write the result")
     p.add_argument("--prompt", default="", help="what to paint (empty: continue the surroundings)")
     p.add_argument("--negative", default="", help="what to avoid")
     p.add_argument("--style", default="None", help="a style name (see `styles`)")
+    p.add_argument("--style-strength", type=float, default=1.0, metavar="0..1",
+                   help="how much of the style to use: 1 = all of it, 0 = none")
     p.add_argument("--model", default="classic",
                    help="classic, classic-ns, a .safetensors/.ckpt file, a diffusers folder or a "
                         "Hugging Face repo id")
@@ -51,15 +55,18 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
                    help="a diffusers config folder for a single-file model whose family is unusual")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.0)
-    p.add_argument("--strength", type=float, default=1.0)
+    repainted = "the masked area (Fill; 1 = all of it)" if masked else "the image"
+    p.add_argument("--strength", type=float, default=strength, help=f"how much of {repainted} is repainted")
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: random)")
     p.add_argument("--variants", type=int, default=1, help="number of results (OUT, OUT-2, ...)")
-    p.add_argument("--feather", type=int, default=8, help="soft edge of the fill in px (0-63)")
+    if masked:
+        p.add_argument("--feather", type=int, default=8, help="soft edge of the fill in px (0-63)")
     p.add_argument("--device", default="auto", choices=DEVICES)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="latent-canvas", description="Generative Fill and Expand without the window.")
+    parser = _Parser(prog="latent-canvas",
+                     description="Generative Fill, Expand and Restyle without the window.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     fill = sub.add_parser("fill", help="fill the white area of MASK in IMAGE")
     fill.add_argument("image", type=Path)
@@ -70,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     for side in ("left", "top", "right", "bottom"):
         expand.add_argument(f"--{side}", type=int, default=0, metavar="PX", help=f"pixels added on the {side}")
     _add_generation_options(expand)
+    restyle = sub.add_parser("restyle", help="repaint all of IMAGE in a style, keeping its structure "
+                                             "(needs a diffusion --model)")
+    restyle.add_argument("image", type=Path)
+    _add_generation_options(restyle, strength=RESTYLE_STRENGTH, masked=False)
     sub.add_parser("styles", help="list the styles")
     return parser
 
@@ -95,10 +106,11 @@ def _check_output(output: Path) -> None:
 
 
 def _settings(args: argparse.Namespace) -> JobSettings:
+    strengths = dict(restyle_strength=args.strength) if args.command == "restyle" else dict(strength=args.strength)
     return JobSettings(prompt=args.prompt, negative_prompt=args.negative, style=args.style,
-                       model=args.model, model_config=args.model_config, steps=args.steps,
-                       guidance=args.guidance, strength=args.strength,
-                       seed=args.seed, variants=args.variants, device=args.device, feather=args.feather)
+                       style_strength=args.style_strength, model=args.model, model_config=args.model_config,
+                       steps=args.steps, guidance=args.guidance, seed=args.seed, variants=args.variants,
+                       device=args.device, feather=getattr(args, "feather", JobSettings.feather), **strengths)
 
 
 class _ProgressPrinter:
@@ -128,6 +140,10 @@ def _check_model(registry: EngineRegistry, model: str, config: str) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     _check_output(args.output)
+    registry = EngineRegistry()
+    if args.command == "restyle" and (args.model.strip() or registry.default_id) in registry:
+        raise UsageError("restyle needs a diffusion model: give --model with a .safetensors file, a diffusers "
+                         "folder or a Hugging Face repo id")
     loaded = load_image(args.image)
     for note in loaded.notes:
         print(f"note: {args.image.name}: {note}", file=sys.stderr)
@@ -143,6 +159,8 @@ def _generate(args: argparse.Namespace) -> int:
         if not mask.any():
             raise UsageError(f"{args.mask}: the mask is empty (no white pixels): nothing to fill")
         request = build_fill_request(image, mask, settings, styles)
+    elif args.command == "restyle":
+        request = build_restyle_request(image, settings, styles)
     else:
         margins = (args.left, args.top, args.right, args.bottom)
         if any(m < 0 for m in margins):
@@ -154,7 +172,6 @@ def _generate(args: argparse.Namespace) -> int:
             raise UsageError(f"the expanded canvas {canvas.w}x{canvas.h} is over the 150 megapixel limit")
         request = build_expand_request(image, canvas, settings, styles)
 
-    registry = EngineRegistry()
     engine = registry.create(request.model)
     _check_model(registry, request.model.strip() or registry.default_id, request.model_config)
     outcome: list[EngineEvent] = []

@@ -1,4 +1,4 @@
-"""Runs Fill and Expand jobs for the editor: request in, previews on the canvas, variants in the strip.
+"""Runs Fill, Expand and Restyle jobs for the editor: request in, previews on the canvas, variants in the strip.
 
 It sits between the widgets and the EngineController so the main window only wires signals.
 """
@@ -12,7 +12,7 @@ from app.engine.events import EngineEvent, EventKind, Variant
 from app.engine.registry import EngineRegistry
 from app.engine.request import GenerationRequest
 from app.engine.worker import EngineController
-from app.job_builder import JobSettings, build_expand_request, build_fill_request
+from app.job_builder import JobSettings, build_expand_request, build_fill_request, build_restyle_request
 
 
 class GenerationSession(QObject):
@@ -49,6 +49,14 @@ class GenerationSession(QObject):
             self.status.emit("Drag a canvas edge outward (or use the Canvas menu) first.", True)
             return False
         return self._start(lambda: build_expand_request(doc.image, doc.canvas, settings, self.styles))
+
+    def restyle(self, settings: JobSettings) -> bool:
+        """Repaint the whole image (not the extended canvas) in the chosen style at the restyle strength."""
+        doc = self.state.document
+        if doc is None:
+            self.status.emit("Open an image to restyle first.", True)
+            return False
+        return self._start(lambda: build_restyle_request(doc.image, settings, self.styles))
 
     def _start(self, build) -> bool:
         self.discard()

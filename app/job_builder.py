@@ -1,7 +1,9 @@
 """Turn what the user chose (panel or command line) into a frozen GenerationRequest.
 
-The one place where styles are applied and random seeds are drawn, so Fill, Expand, the editor and the
-CLI all treat them identically.
+The one place where styles are applied and random seeds are drawn, so Fill, Expand, Restyle, the editor
+and the CLI all treat them identically. A style strength s in [0, 1] scales the style: the request carries
+the styled and the unstyled prompts, s and the style's LoRA (StyleOptions); the style's sampler, steps and
+guidance apply when s > 0. At s = 0 the request generates exactly what style "None" would.
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from app.core.geometry import Rect
-from app.core.styles import Style, find_style
-from app.engine.request import GenerationRequest, JobKind, MaskOptions, OutpaintOptions, SamplingOptions
+from app.core.styles import Style, find_style, unstyled
+from app.engine.request import (GenerationRequest, JobKind, MaskOptions, OutpaintOptions, SamplingOptions,
+                                StyleOptions)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RESTYLE_STRENGTH = 0.55        # repaints the surface, keeps the composition
 
 
 @dataclass(frozen=True)
@@ -22,11 +26,13 @@ class JobSettings:
     prompt: str = ""
     negative_prompt: str = ""
     style: str = "None"
+    style_strength: float = 1.0    # 0 = no style at all .. 1 = the full style
     model: str = "classic"
     model_config: str = ""         # single model files: a diffusers config folder ("" = by family)
     steps: int = 25
     guidance: float = 7.0
-    strength: float = 1.0
+    strength: float = 1.0          # Fill's img2img strength (Expand always uses 1)
+    restyle_strength: float = RESTYLE_STRENGTH   # Restyle's: how much of the image is repainted
     seed: int | None = None        # None draws a random seed per job
     variants: int = 1
     device: str = "auto"
@@ -41,16 +47,24 @@ def _common(settings: JobSettings, styles: list[Style]) -> dict:
     if settings.device not in DEVICES:
         raise ValueError(f"unknown device '{settings.device}'; choose one of: {', '.join(DEVICES)}")
     style = find_style(styles, settings.style)
+    strength = settings.style_strength
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"style strength must be between 0 and 1, got {strength:g}")
     prompt, negative = style.apply(settings.prompt, settings.negative_prompt)
+    base_prompt, base_negative = unstyled(settings.prompt, settings.negative_prompt)
+    styled = strength > 0        # the style's own sampling settings apply unless it is switched off
     sampling = SamplingOptions(
-        steps=style.steps or settings.steps,
-        guidance=style.guidance if style.guidance is not None else settings.guidance,
+        steps=(style.steps if styled else None) or settings.steps,
+        guidance=style.guidance if styled and style.guidance is not None else settings.guidance,
         strength=settings.strength,
         seed=random_seed() if settings.seed is None else settings.seed,
         variants=settings.variants,
-        sampler=style.sampler or SamplingOptions.sampler,
+        sampler=(style.sampler if styled else None) or SamplingOptions.sampler,
     )
-    return dict(prompt=prompt, negative_prompt=negative, style=style.name, model=settings.model,
+    options = StyleOptions(name=style.name, strength=strength, base_prompt=base_prompt,
+                           base_negative_prompt=base_negative, lora=style.lora or "",
+                           lora_weight=style.lora_weight)
+    return dict(prompt=prompt, negative_prompt=negative, style=options, model=settings.model,
                 model_config=settings.model_config, device=settings.device, sampling=sampling,
                 mask_options=MaskOptions(feather=settings.feather))
 
@@ -66,3 +80,9 @@ def build_expand_request(image: np.ndarray, canvas: Rect, settings: JobSettings,
     settings = replace(settings, strength=1.0)
     return GenerationRequest(kind=JobKind.EXPAND, image=image, outpaint=OutpaintOptions(canvas),
                              **_common(settings, styles))
+
+
+def build_restyle_request(image: np.ndarray, settings: JobSettings, styles: list[Style]) -> GenerationRequest:
+    """img2img of the whole image at settings.restyle_strength: the style repaints it, the structure stays."""
+    settings = replace(settings, strength=settings.restyle_strength)
+    return GenerationRequest(kind=JobKind.RESTYLE, image=image, **_common(settings, styles))

@@ -17,9 +17,9 @@ from app.engine.registry import EngineRegistry
 from app.model_library import ModelLibrary
 from app.widgets.generate_panel import ADD_MODEL
 
-NAMED = ["canvas", "promptEdit", "negativePromptEdit", "styleCombo", "modelCombo", "stepsSpin",
-         "seedSpin", "fillButton", "expandButton", "cancelButton", "finishButton", "progressBar",
-         "acceptButton", "discardButton"]
+NAMED = ["canvas", "promptEdit", "negativePromptEdit", "styleCombo", "styleStrengthSlider", "modelCombo",
+         "stepsSpin", "restyleStrengthSpin", "seedSpin", "fillButton", "expandButton", "restyleButton",
+         "cancelButton", "finishButton", "progressBar", "acceptButton", "discardButton"]
 
 
 class ScriptedEngine(Engine):

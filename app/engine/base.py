@@ -62,9 +62,11 @@ def format_parameters(request: GenerationRequest, seed: int, engine_label: str, 
         ("Size", f"{width}x{height}"),
         ("Model", engine_label),
         ("Denoising strength", f"{s.strength:g}"),
-        ("Style", request.style or "None"),
-        ("Mode", request.kind.value),
+        ("Style", request.style.name or "None"),
     ]
+    if request.style.strength < 1.0:
+        fields.append(("Style strength", f"{request.style.strength:g}"))
+    fields.append(("Mode", request.kind.value))
     lines = [_one_line(request.prompt if prompt is None else prompt)]
     negative = _one_line(request.negative_prompt if negative_prompt is None else negative_prompt)
     if negative:

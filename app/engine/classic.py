@@ -35,6 +35,7 @@ GRAIN_STRENGTH = 0.8          # share of the surrounding high-frequency contrast
 SEAM_BAND = 6                 # px of new area next to the original re-inpainted in Expand
 STRUCTURE_REACH = 0.06        # how deep inpainted structure reaches into a hole, as a share of the crop
 EXPAND_CONTEXT = 512          # px of original image the Expand smoothing reads beyond the new area
+RESTYLE_NEEDS_DIFFUSION = "Restyle needs a diffusion model; pick one in Model"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class ClassicEngine(Engine):
 
     def generate(self, request: GenerationRequest, job_id: int, emit: Emit,
                  cancel: CancelToken) -> tuple[Variant, ...]:
+        if request.kind == JobKind.RESTYLE:
+            raise EngineError(RESTYLE_NEEDS_DIFFUSION)
         if request.kind == JobKind.FILL:
             return self._fill(request, job_id, emit, cancel)
         return self._expand(request, job_id, emit, cancel)

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from app.engine.samplers import find_sampler, make_scheduler
-from app.engine.text_encoding import TextConditioning, encode_prompts, zeros_like
+from app.engine.text_encoding import TextConditioning, blend, encode_prompts, zeros_like
 
 StepCallback = Callable[[int, int, torch.Tensor], bool]   # (step, total, x0) -> True to stop early
 
@@ -36,6 +36,12 @@ class DenoiseJob:
     sampler: str
     seeds: list[int]
     pixel_size: tuple[int, int]             # (width, height) of the work region: SDXL's size conditioning
+    # A style below full strength: the same prompts without the style, and the strength. The conditioning
+    # is lerp(unstyled, styled, style_strength); at 0 only the unstyled prompts are encoded, at 1 only the
+    # styled ones, so both ends are exactly "no style" and "the style".
+    base_prompt: str | None = None
+    base_negative_prompt: str | None = None
+    style_strength: float = 1.0
 
 
 def steps_to_run(steps: int, strength: float) -> int:
@@ -104,10 +110,26 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
 
 
 def _conditioning(model, job: DenoiseJob, device) -> tuple[TextConditioning, TextConditioning]:
-    cond, uncond = encode_prompts(model, [job.prompt, job.negative_prompt], device)
-    if model.is_xl and not job.negative_prompt.strip():
-        uncond = zeros_like(uncond)
-    return cond, uncond
+    """(positive, negative) conditioning; a style below full strength blends the unstyled and styled."""
+    styled = [job.prompt, job.negative_prompt]
+    base = [job.prompt if job.base_prompt is None else job.base_prompt,
+            job.negative_prompt if job.base_negative_prompt is None else job.base_negative_prompt]
+    strength = job.style_strength
+    if base == styled or strength >= 1.0:
+        return tuple(_encoded(model, styled, device))
+    if strength <= 0.0:
+        return tuple(_encoded(model, base, device))
+    base_cond, base_uncond, cond, uncond = _encoded(model, base + styled, device)   # one call: same lengths
+    return blend(base_cond, cond, strength), blend(base_uncond, uncond, strength)
+
+
+def _encoded(model, prompts: list[str], device) -> list[TextConditioning]:
+    """encode_prompts, with SDXL's zero conditioning for an empty negative prompt (every second prompt)."""
+    encoded = encode_prompts(model, prompts, device)
+    if model.is_xl:
+        encoded = [zeros_like(c) if index % 2 and not prompts[index].strip() else c
+                   for index, c in enumerate(encoded)]
+    return encoded
 
 
 def _batched(cond: TextConditioning, uncond: TextConditioning, batch: int, guided: bool) -> torch.Tensor:

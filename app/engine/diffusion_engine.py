@@ -1,4 +1,4 @@
-"""Generative Fill and Expand with a Stable Diffusion model (SD 1.x, 2.x, SDXL; base or inpainting).
+"""Generative Fill, Expand and Restyle with a Stable Diffusion model (SD 1.x, 2.x, SDXL; base or inpainting).
 
 For each job: plan a crop around the area to generate (app.core.work_region), prefill new canvas area
 (edge stretch + smoothing), scale the crop to the model's native size, encode it, denoise every variant
@@ -7,6 +7,12 @@ and composite with the feathered mask, so pixels outside it stay bit-identical.
 
 An Expand whose single crop would have to shrink a lot (a big canvas) runs in passes instead: native-size
 windows, each overlapping what is already there, filled one after another outward from the image.
+
+Restyle is img2img of the whole image: one pass over all of it, scaled to the model's native area and back
+(so a big image loses fine detail), fully composited, at the request's strength.
+
+A style's LoRA (request.style) is applied around the job by app.engine.lora and its text conditioning is
+blended by the style strength in app.engine.denoise.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import numpy as np
 from app.core import imageops
 from app.core.geometry import Rect
 from app.core.work_region import context_for, needs_windows, plan_region, plan_windows, work_size
+from app.engine import lora
 from app.engine.base import Emit, Engine, format_parameters
 from app.engine.events import CancelToken, EngineError, Variant
 from app.engine.request import GenerationRequest, JobKind
@@ -26,7 +33,6 @@ from app.engine.request import GenerationRequest, JobKind
 log = logging.getLogger(__name__)
 
 DRIFT_RING = 24            # px of known pixels around the generated area used to measure colour drift
-PREVIEW_SCALE = 2          # previews are drawn at twice the latent resolution
 PREFILL_REACH = 512        # px of image the Expand prefill reads beyond the new area
 
 
@@ -79,13 +85,20 @@ class DiffusionEngine(Engine):
         where = f"{len(work.passes)} windows of " if len(work.passes) > 1 else ""
         self.report(emit, cancel, job_id, 0, request.sampling.steps,
                     message=f"{model.describe()}: working at {where}{sizes[-1][0]}x{sizes[-1][1]}")
-        with torch.inference_mode():
-            return self._generate(request, model, work, sampler, job_id, emit, cancel)
+        style = request.style
+        with lora.applied(model, style.lora, style.effective_lora_weight,
+                          lambda message: loading(message, -1)):
+            with torch.inference_mode():
+                return self._generate(request, model, work, sampler, job_id, emit, cancel)
 
     # -- geometry -------------------------------------------------------------------------------------
 
     def _plan(self, request: GenerationRequest, model) -> _Work:
         feather = request.mask_options.feather
+        multiple = model.vae_scale * 2 ** (len(model.unet.config.down_block_types) - 1)
+        native = model.native_size
+        if request.kind == JobKind.RESTYLE:
+            return self._plan_restyle(request, native, multiple)
         if request.kind == JobKind.FILL:
             base = request.image
             hole = imageops.grow_mask(request.mask, request.mask_options.grow)
@@ -105,8 +118,6 @@ class DiffusionEngine(Engine):
         if base.shape[2] == 4:
             fill_alpha = base[..., 3].copy() if request.kind == JobKind.EXPAND \
                 else np.full(hole.shape, 255, np.uint8)
-        multiple = model.vae_scale * 2 ** (len(model.unet.config.down_block_types) - 1)
-        native = model.native_size
 
         def make_pass(region: Rect, region_hole: np.ndarray) -> _Pass:
             return _Pass(region, region_hole, imageops.feather_mask(region_hole, feather),
@@ -122,6 +133,18 @@ class DiffusionEngine(Engine):
             passes.append(make_pass(window, np.where(remaining[window.slices()], 255, 0).astype(np.uint8)))
             remaining[window.slices()] = False
         return _Work(base, passes, fill_alpha, offset)
+
+    @staticmethod
+    def _plan_restyle(request: GenerationRequest, native: int, multiple: int) -> _Work:
+        """The whole image is the region, generated everywhere (alpha 1), its own alpha channel kept."""
+        image = request.image
+        height, width = image.shape[:2]
+        whole = Rect(0, 0, width, height)
+        hole = np.full((height, width), 255, np.uint8)
+        everywhere = np.ones((height, width), np.float32)
+        fill_alpha = image[..., 3].copy() if image.shape[2] == 4 else None
+        return _Work(image, [_Pass(whole, hole, everywhere, work_size(whole.size, native, multiple))],
+                     fill_alpha, (0, 0))
 
     # -- generation -----------------------------------------------------------------------------------
 
@@ -172,7 +195,10 @@ class DiffusionEngine(Engine):
         shared = all(c is canvases[0] for c in canvases)
         pixels = [_resize(c[p.region.slices()][..., :3], (width, height)) for c in canvases[:1 if shared else None]]
         init = torch.cat([latent_codec.encode(model, px) for px in pixels])
-        strength_map = torch.from_numpy(cv2.resize(p.alpha, latent_size, interpolation=cv2.INTER_AREA))
+        strength_map = None        # Restyle generates everywhere: nothing to blend back
+        if request.kind != JobKind.RESTYLE:
+            strength_map = torch.from_numpy(cv2.resize(p.alpha, latent_size, interpolation=cv2.INTER_AREA))
+            strength_map = strength_map[None, None]
         condition = None
         if model.inpaint:
             hole_px = (_resize(p.hole, (width, height)) >= 128)[..., None]
@@ -181,13 +207,12 @@ class DiffusionEngine(Engine):
             mask_latent = torch.from_numpy(cv2.resize((p.hole >= 128).astype(np.float32), latent_size,
                                                       interpolation=cv2.INTER_AREA) >= 0.5).float()
             condition = torch.cat([mask_latent[None, None].expand(len(pixels), -1, -1, -1), masked], dim=1)
-        preview_size = (latent_size[0] * PREVIEW_SCALE, latent_size[1] * PREVIEW_SCALE)
-        preview_alpha = np.rint(255 * cv2.resize(p.alpha, preview_size, interpolation=cv2.INTER_AREA))
-        preview = latent_codec.LinearPreview(model, preview_alpha.astype(np.uint8))
+        preview = latent_codec.make_preview(model, p.alpha, (width, height))
         rect = p.region.translated(*work.offset)
-        s = request.sampling
-        job = DenoiseJob(init, strength_map[None, None], condition, request.prompt, request.negative_prompt,
-                         s.guidance, s.steps, s.strength, sampler.name, seeds, (width, height))
+        s, style = request.sampling, request.style
+        job = DenoiseJob(init, strength_map, condition, request.prompt, request.negative_prompt,
+                         s.guidance, s.steps, s.strength, sampler.name, seeds, (width, height),
+                         style.base_prompt, style.base_negative_prompt, style.strength)
         x0, ran = run_denoise(model, job, lambda step, steps, x0: on_step(step, x0, preview, rect))
         images = latent_codec.decode(model, x0)
         if shared:

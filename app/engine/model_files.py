@@ -103,7 +103,12 @@ def load_pickled_state_dict(path: Path) -> dict:
     import torch
 
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            data = torch.load(str(path), map_location="cpu", weights_only=True)   # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
         raise EngineError(f"refused to load {path.name}: it holds Python objects or code, not just weights "
                           f"(ask for a .safetensors version): {_short(exc)}") from None

@@ -220,11 +220,16 @@ def _progress_tqdm(progress: Progress, repo_id: str):
     from tqdm.auto import tqdm
 
     class ReportingTqdm(tqdm):
+        """huggingface_hub's progress bars (bytes, and files), reported as one status line each update."""
+
         def update(self, n=1):
             result = super().update(n)
             if self.total:
-                progress(f"downloading {repo_id}: {self.n / 2**20:.0f} of {self.total / 2**20:.0f} MB",
-                         min(1.0, self.n / self.total))
+                if self.unit == "B":
+                    done = f"{self.n / 2**20:.0f} of {self.total / 2**20:.0f} MB"
+                else:
+                    done = f"{self.n:.0f} of {self.total:.0f} files"
+                progress(f"downloading {repo_id}: {done}", min(1.0, self.n / self.total))
             return result
     return ReportingTqdm
 

@@ -16,6 +16,7 @@ from app.core.geometry import Rect
 class JobKind(str, enum.Enum):
     FILL = "fill"
     EXPAND = "expand"
+    RESTYLE = "restyle"        # img2img of the whole image: no mask, the same size out
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,33 @@ class SamplingOptions:
             raise ValueError(f"seed must be between 0 and {2**32 - 1}, got {self.seed}")
         if not 1 <= self.variants <= 16:
             raise ValueError(f"variants must be between 1 and 16, got {self.variants}")
+
+
+@dataclass(frozen=True)
+class StyleOptions:
+    """The chosen style as the engine needs it; built by app.job_builder, the one place styles are applied.
+
+    GenerationRequest.prompt / negative_prompt hold the styled text. With strength s below 1, engines
+    that encode text blend the conditioning of base_prompt / base_negative_prompt (the same text with no
+    style) and of the styled text by s, and apply the LoRA at lora_weight * s; s = 0 is exactly no style.
+    """
+    name: str = "None"
+    strength: float = 1.0
+    base_prompt: str = ""
+    base_negative_prompt: str = ""
+    lora: str = ""                 # absolute path of a .safetensors LoRA, "" for none
+    lora_weight: float = 1.0       # the style's LoRA weight, before strength
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"style strength must be between 0 and 1, got {self.strength}")
+        if not -10.0 <= self.lora_weight <= 10.0:
+            raise ValueError(f"LoRA weight must be between -10 and 10, got {self.lora_weight}")
+
+    @property
+    def effective_lora_weight(self) -> float:
+        """The weight the LoRA is applied at (0: not applied at all)."""
+        return self.lora_weight * self.strength if self.lora else 0.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +98,7 @@ class GenerationRequest:
     outpaint: OutpaintOptions | None = None  # expand jobs
     prompt: str = ""
     negative_prompt: str = ""
-    style: str = "None"
+    style: StyleOptions = field(default_factory=StyleOptions)   # a bare name means that style in full
     model: str = "classic"                # an engine id, a model file or folder, or a Hugging Face repo id
     model_config: str = ""                # single files: a diffusers config folder (default: by family)
     device: str = "auto"
@@ -82,6 +110,8 @@ class GenerationRequest:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError("image must be an H x W x 3 or 4 uint8 array")
         object.__setattr__(self, "image", _frozen(image))
+        if isinstance(self.style, str):
+            object.__setattr__(self, "style", StyleOptions(name=self.style))
         if self.kind == JobKind.FILL:
             if self.mask is None:
                 raise ValueError("a fill needs a mask")
@@ -103,6 +133,9 @@ class GenerationRequest:
                 raise ValueError("nothing to expand: the canvas does not reach beyond the image")
             if self.mask is not None:
                 object.__setattr__(self, "mask", _frozen(np.asarray(self.mask)))
+        elif self.kind == JobKind.RESTYLE:
+            if self.mask is not None or self.outpaint is not None:
+                raise ValueError("a restyle works on the whole image: it takes no mask or canvas")
         else:
             raise ValueError(f"unknown job kind {self.kind!r}")
 
@@ -112,7 +145,7 @@ class GenerationRequest:
 
     @property
     def output_rect(self) -> Rect:
-        """Where the result lies, in image coordinates: the canvas for Expand, the image for Fill."""
+        """Where the result lies, in image coordinates: the canvas for Expand, the image otherwise."""
         return self.outpaint.canvas if self.kind == JobKind.EXPAND else self.image_rect
 
 

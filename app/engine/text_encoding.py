@@ -1,7 +1,8 @@
 """Prompt -> the UNet's text conditioning, for SD 1.x/2.x (one CLIP encoder) and SDXL (two, plus pooled).
 
 Prompts longer than one CLIP window (75 tokens) are encoded in 75-token chunks whose embeddings are
-concatenated, as A1111 and ComfyUI do, so long prompts are not silently cut.
+concatenated, as A1111 and ComfyUI do, so long prompts are not silently cut. Prompts encoded together
+are padded to the same number of chunks, so their conditionings can be blended (`blend`).
 """
 from __future__ import annotations
 
@@ -44,6 +45,19 @@ def _encode(model, chunks_per_encoder: list[list[list[int]]], chunks: int, devic
     embeddings = torch.cat(hidden, dim=-1) if len(hidden) > 1 else hidden[0]
     dtype = model.unet.dtype
     return TextConditioning(embeddings.to(dtype), None if pooled is None else pooled.to(dtype))
+
+
+def blend(unstyled: TextConditioning, styled: TextConditioning, strength: float) -> TextConditioning:
+    """lerp(unstyled, styled, strength) of the embeddings and pooled embeddings (a style at strength)."""
+    if strength <= 0.0:
+        return unstyled
+    if strength >= 1.0:
+        return styled
+
+    def lerp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.lerp(a.float(), b.float(), strength).to(a.dtype)
+    pooled = None if unstyled.pooled is None else lerp(unstyled.pooled, styled.pooled)
+    return TextConditioning(lerp(unstyled.embeddings, styled.embeddings), pooled)
 
 
 def zeros_like(cond: TextConditioning) -> TextConditioning:

@@ -68,6 +68,8 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     edit_menu.addAction(make("copy", "&Copy Image", QKeySequence.StandardKey.Copy))
     edit_menu.addAction(make("paste", "&Paste as New Image", QKeySequence.StandardKey.Paste,
                              needs_document=False))
+    edit_menu.addSeparator()
+    edit_menu.addAction(make("restyle", "&Restyle Image", "Ctrl+Shift+R"))
 
     mask_menu = menu_bar.addMenu("&Mask")
     group = QActionGroup(window)
@@ -102,6 +104,7 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     generate_menu = menu_bar.addMenu("&Generate")
     generate_menu.addAction(make("fill", "Generative &Fill", "Ctrl+Return"))
     generate_menu.addAction(make("expand", "&Expand", "Ctrl+Shift+Return"))
+    generate_menu.addAction(actions["restyle"])
     generate_menu.addAction(make("cancel", "&Cancel", "Escape"))
     generate_menu.addAction(make("accept", "&Accept Variant", "Ctrl+Shift+A"))
 

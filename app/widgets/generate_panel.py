@@ -1,14 +1,16 @@
-"""The generation panel: prompt, style, model, sampling settings, Fill/Expand/Cancel and progress."""
+"""The generation panel: prompt, style, model, sampling settings, Fill/Expand/Restyle/Cancel and progress."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                               QPlainTextEdit, QProgressBar, QPushButton, QSlider, QSpinBox, QVBoxLayout,
+                               QWidget)
 
 from app.core.styles import Style
-from app.job_builder import JobSettings
+from app.job_builder import RESTYLE_STRENGTH, JobSettings
 from app.model_library import ModelEntry
 
 ADD_MODEL = "::add-model"        # item data of the model picker's "Add model…" entry
@@ -23,6 +25,7 @@ def _named(widget: QWidget, name: str, accessible: str) -> QWidget:
 class GeneratePanel(QWidget):
     fill_requested = Signal()
     expand_requested = Signal()
+    restyle_requested = Signal()
     cancel_requested = Signal()
     finish_requested = Signal()         # Stop & keep: end the job now, keeping the current preview
     add_model_requested = Signal()
@@ -40,8 +43,25 @@ class GeneratePanel(QWidget):
         self.negative_edit.setTabChangesFocus(True)
         self.negative_edit.setFixedHeight(50)
         self.style_combo = _named(QComboBox(), "styleCombo", "Style")
+        self._styles = {style.name: style for style in styles}
         for style in styles:
             self.style_combo.addItem(style.name)
+            if style.lora:
+                self.style_combo.setItemData(self.style_combo.count() - 1,
+                                             f"Uses the LoRA {Path(style.lora).name} at {style.lora_weight:g}",
+                                             Qt.ItemDataRole.ToolTipRole)
+        self.style_strength_slider = _named(QSlider(Qt.Orientation.Horizontal), "styleStrengthSlider",
+                                            "Style strength")
+        self.style_strength_slider.setRange(0, 100)
+        self.style_strength_slider.setSingleStep(5)
+        self.style_strength_slider.setPageStep(25)
+        self.style_strength_slider.setValue(100)
+        self.style_strength_slider.setToolTip("How much of the style to use: 100 % is the full style, 0 % is "
+                                              "no style (its prompt, LoRA and settings are blended in by this)")
+        self.style_strength_label = QLabel("100 %")
+        self.style_strength_label.setMinimumWidth(40)
+        self.style_strength_slider.valueChanged.connect(lambda v: self.style_strength_label.setText(f"{v} %"))
+        self.style_combo.currentTextChanged.connect(self._style_chosen)
         self.model_combo = _named(QComboBox(), "modelCombo", "Model")
         self.model_combo.setToolTip("The engine or model that paints; add your own with \"Add model…\"")
         self._configs: dict[str, str] = {}         # library location -> its config folder
@@ -59,6 +79,13 @@ class GeneratePanel(QWidget):
         self.strength_spin.setRange(0.05, 1.0)
         self.strength_spin.setSingleStep(0.05)
         self.strength_spin.setValue(1.0)
+        self.strength_spin.setToolTip("Fill: how much of the masked area is repainted (1 = all of it)")
+        self.restyle_strength_spin = _named(QDoubleSpinBox(), "restyleStrengthSpin", "Restyle strength")
+        self.restyle_strength_spin.setRange(0.05, 1.0)
+        self.restyle_strength_spin.setSingleStep(0.05)
+        self.restyle_strength_spin.setValue(RESTYLE_STRENGTH)
+        self.restyle_strength_spin.setToolTip("Restyle: how much of the image is repainted; lower keeps more of "
+                                              "its structure (and runs fewer steps)")
         self.seed_spin = _named(QSpinBox(), "seedSpin", "Seed")
         self.seed_spin.setRange(0, 2**31 - 1)
         self.random_seed_check = _named(QCheckBox("Random"), "randomSeedCheck", "Random seed")
@@ -77,6 +104,9 @@ class GeneratePanel(QWidget):
         self.fill_button.setToolTip("Fill the masked area (Ctrl+Enter)")
         self.expand_button = _named(QPushButton("Expand"), "expandButton", "Expand")
         self.expand_button.setToolTip("Fill the area the canvas was dragged out to (Ctrl+Shift+Enter)")
+        self.restyle_button = _named(QPushButton("Restyle"), "restyleButton", "Restyle image")
+        self.restyle_button.setToolTip("Repaint the whole image in the chosen style, keeping its structure; "
+                                       "needs a diffusion model (Ctrl+Shift+R)")
         self.cancel_button = _named(QPushButton("Cancel"), "cancelButton", "Cancel")
         self.cancel_button.setToolTip("Stop and throw the job away (Esc)")
         self.finish_button = _named(QPushButton("Stop && keep"), "finishButton", "Stop and keep")
@@ -88,24 +118,31 @@ class GeneratePanel(QWidget):
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.fill_button.clicked.connect(self.fill_requested)
         self.expand_button.clicked.connect(self.expand_requested)
+        self.restyle_button.clicked.connect(self.restyle_requested)
         self.cancel_button.clicked.connect(self.cancel_requested)
         self.finish_button.clicked.connect(self.finish_requested)
 
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.seed_spin, 1)
         seed_row.addWidget(self.random_seed_check)
+        style_strength_row = QHBoxLayout()
+        style_strength_row.addWidget(self.style_strength_slider, 1)
+        style_strength_row.addWidget(self.style_strength_label)
         form = QFormLayout()
         form.addRow("Style", self.style_combo)
+        form.addRow("Style strength", style_strength_row)
         form.addRow("Model", self.model_combo)
         form.addRow("Steps", self.steps_spin)
         form.addRow("Guidance", self.guidance_spin)
-        form.addRow("Strength", self.strength_spin)
+        form.addRow("Fill strength", self.strength_spin)
+        form.addRow("Restyle strength", self.restyle_strength_spin)
         form.addRow("Seed", seed_row)
         form.addRow("Variants", self.variants_spin)
         form.addRow("Feather", self.feather_spin)
         buttons = QHBoxLayout()
         buttons.addWidget(self.fill_button)
         buttons.addWidget(self.expand_button)
+        buttons.addWidget(self.restyle_button)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Prompt"))
         layout.addWidget(self.prompt_edit)
@@ -121,15 +158,25 @@ class GeneratePanel(QWidget):
         layout.addWidget(self.status_label)
         layout.addStretch(1)
         self.set_state(can_fill=False, can_expand=False, busy=False)
+        self._style_chosen(self.style_combo.currentText())
 
-    def set_state(self, can_fill: bool, can_expand: bool, busy: bool) -> None:
+    def set_state(self, can_fill: bool, can_expand: bool, busy: bool, can_restyle: bool = False) -> None:
         self.fill_button.setEnabled(can_fill and not busy)
         self.expand_button.setEnabled(can_expand and not busy)
+        self.restyle_button.setEnabled(can_restyle and not busy)
         self.cancel_button.setEnabled(busy)
         self.finish_button.setEnabled(busy)
         if busy != getattr(self, "_busy", None):
             self._busy = busy
             self._update_progress_format()
+
+    def _style_chosen(self, name: str) -> None:
+        """The strength slider means nothing for a style that changes nothing (such as "None")."""
+        style = self._styles.get(name)
+        plain = style is None or (style.prompt.strip() == "{prompt}" and not style.negative_prompt.strip()
+                                  and not style.lora and style.sampler is None and style.steps is None
+                                  and style.guidance is None)
+        self.style_strength_slider.setEnabled(not plain)
 
     # -- the model picker ----------------------------------------------------------------------------
     def set_models(self, engines: Sequence[tuple[str, str]], models: Sequence[ModelEntry],
@@ -195,11 +242,13 @@ class GeneratePanel(QWidget):
             prompt=self.prompt_edit.toPlainText().strip(),
             negative_prompt=self.negative_edit.toPlainText().strip(),
             style=self.style_combo.currentText() or "None",
+            style_strength=self.style_strength_slider.value() / 100,
             model=self.selected_model() or "classic",
             model_config=self._configs.get(self.selected_model(), ""),
             steps=self.steps_spin.value(),
             guidance=self.guidance_spin.value(),
             strength=self.strength_spin.value(),
+            restyle_strength=self.restyle_strength_spin.value(),
             seed=None if self.random_seed_check.isChecked() else self.seed_spin.value(),
             variants=self.variants_spin.value(),
             feather=self.feather_spin.value(),
@@ -209,8 +258,10 @@ class GeneratePanel(QWidget):
     def saved_values(self) -> dict[str, object]:
         return {"prompt": self.prompt_edit.toPlainText(), "negative": self.negative_edit.toPlainText(),
                 "style": self.style_combo.currentText(), "model": self.selected_model(),
+                "style_strength": self.style_strength_slider.value(),
                 "steps": self.steps_spin.value(), "guidance": self.guidance_spin.value(),
-                "strength": self.strength_spin.value(), "seed": self.seed_spin.value(),
+                "strength": self.strength_spin.value(), "restyle_strength": self.restyle_strength_spin.value(),
+                "seed": self.seed_spin.value(),
                 "random_seed": self.random_seed_check.isChecked(), "variants": self.variants_spin.value(),
                 "feather": self.feather_spin.value()}
 
@@ -235,6 +286,8 @@ class GeneratePanel(QWidget):
         num("steps", int, self.steps_spin.setValue)
         num("guidance", float, self.guidance_spin.setValue)
         num("strength", float, self.strength_spin.setValue)
+        num("style_strength", lambda v: int(round(float(v))), self.style_strength_slider.setValue)
+        num("restyle_strength", float, self.restyle_strength_spin.setValue)
         num("seed", int, self.seed_spin.setValue)
         num("variants", int, self.variants_spin.setValue)
         num("feather", int, self.feather_spin.setValue)

@@ -101,7 +101,7 @@ class MainWindow(QMainWindow):
                 "brush_smaller": self.state.shrink_brush, "brush_larger": self.state.grow_brush,
                 "invert_mask": self.state.invert_mask,
                 "select_all": self._mask_everything, "reset_canvas": self._reset_canvas,
-                "fill": self.fill, "expand": self.expand, "cancel": self._escape,
+                "fill": self.fill, "expand": self.expand, "restyle": self.restyle, "cancel": self._escape,
                 "accept": self.accept_current, "zoom_in": c.zoom_in, "zoom_out": c.zoom_out,
                 "zoom_fit": c.fit, "zoom_100": c.zoom_100,
                 "add_model": self.add_model_dialog, "remove_model": self.remove_selected_model}
@@ -144,6 +144,7 @@ class MainWindow(QMainWindow):
         s.history.stack.cleanChanged.connect(self._update_title)
         p.fill_requested.connect(self.fill)
         p.expand_requested.connect(self.expand)
+        p.restyle_requested.connect(self.restyle)
         p.cancel_requested.connect(self.session.cancel)
         p.finish_requested.connect(self.session.finish_early)
         p.add_model_requested.connect(self.add_model_dialog)
@@ -272,6 +273,9 @@ class MainWindow(QMainWindow):
     def expand(self) -> None:
         self.session.expand(self.panel.job_settings())
 
+    def restyle(self) -> None:
+        self.session.restyle(self.panel.job_settings())
+
     def accept_current(self) -> None:
         self.session.accept(self.strip.list.currentRow())
 
@@ -359,9 +363,10 @@ class MainWindow(QMainWindow):
         busy = self.session.busy
         can_fill = has_doc and doc.has_mask()
         can_expand = has_doc and doc.is_extended()
-        self.panel.set_state(can_fill, can_expand, busy)
+        self.panel.set_state(can_fill, can_expand, busy, can_restyle=has_doc)
         self.action_set["fill"].setEnabled(can_fill and not busy)
         self.action_set["expand"].setEnabled(can_expand and not busy)
+        self.action_set["restyle"].setEnabled(has_doc and not busy)
         self.action_set["cancel"].setEnabled(has_doc)
         self._update_model_actions()
         self._update_title()
