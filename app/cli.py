@@ -23,6 +23,7 @@ from app.core.imageio import ImageLoadError, ImageSaveError, load_image, save_im
 from app.core.styles import StyleError, load_styles
 from app.engine.events import CancelToken, EngineError, EngineEvent, EventKind
 from app.engine.registry import EngineRegistry
+from app.engine.request import MEMORY_SAVING, PRECISIONS
 from app.engine.runner import run_job
 from app.job_builder import (DEVICES, RESTYLE_STRENGTH, JobSettings, build_expand_request, build_fill_request,
                              build_restyle_request)
@@ -62,6 +63,10 @@ def _add_generation_options(p: argparse.ArgumentParser, strength: float = 1.0, m
     if masked:
         p.add_argument("--feather", type=int, default=8, help="soft edge of the fill in px (0-63)")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: float16 on a GPU, float32 on the CPU")
+    p.add_argument("--memory-saving", default="auto", choices=MEMORY_SAVING,
+                   help="attention slicing, VAE tiling and CPU offload (auto: by free GPU memory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +115,8 @@ def _settings(args: argparse.Namespace) -> JobSettings:
     return JobSettings(prompt=args.prompt, negative_prompt=args.negative, style=args.style,
                        style_strength=args.style_strength, model=args.model, model_config=args.model_config,
                        steps=args.steps, guidance=args.guidance, seed=args.seed, variants=args.variants,
-                       device=args.device, feather=getattr(args, "feather", JobSettings.feather), **strengths)
+                       device=args.device, precision=args.precision, memory_saving=args.memory_saving,
+                       feather=getattr(args, "feather", JobSettings.feather), **strengths)
 
 
 class _ProgressPrinter:

@@ -36,6 +36,8 @@ class JobSettings:
     seed: int | None = None        # None draws a random seed per job
     variants: int = 1
     device: str = "auto"
+    precision: str = "auto"
+    memory_saving: str = "auto"
     feather: int = 8
 
 
@@ -65,7 +67,8 @@ def _common(settings: JobSettings, styles: list[Style]) -> dict:
                            base_negative_prompt=base_negative, lora=style.lora or "",
                            lora_weight=style.lora_weight)
     return dict(prompt=prompt, negative_prompt=negative, style=options, model=settings.model,
-                model_config=settings.model_config, device=settings.device, sampling=sampling,
+                model_config=settings.model_config, device=settings.device, precision=settings.precision,
+                memory_saving=settings.memory_saving, sampling=sampling,
                 mask_options=MaskOptions(feather=settings.feather))
 
 

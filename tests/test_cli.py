@@ -199,3 +199,20 @@ def test_a_single_file_model_runs_with_its_config_folder(tiny_models, photo, mas
     assert [line for line in lines if line.startswith("step ")] == ["step 1/2", "step 2/2"]
     assert np.asarray(Image.open(out)).shape == photo[1].shape
     assert "Seed: 3" in Image.open(out).text["parameters"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--precision", "float16", "--device", "cpu"], "float16 is not supported on the CPU; use float32 or bfloat16"),
+    (["--device", "cuda"], "device cuda was requested but"),
+])
+def test_device_choices_the_machine_cannot_honour_are_one_line(extra, expected, tiny_models, photo, mask, tmp_path):
+    import torch
+
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "out.png"
+    result = run("fill", photo[0], "--mask", mask[0], "-o", out, "--model", tiny_models.path("sd15"),
+                 "--steps", "1", *extra)
+    assert result.returncode == 1
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -390,3 +390,19 @@ def test_large_expand_runs_native_windows_outward(tiny_models):
     assert all(shape[2] * shape[3] == native_latent ** 2 for shape in shapes)     # never shrunk
     steps = [e.step for e in progress if e.preview is not None]
     assert steps == list(range(1, 2 * windows + 1)) and progress[-1].total == 2 * windows
+
+
+def test_soft_brush_edges_are_partial_strength(tiny_models):
+    image = photo()
+    mask = np.zeros(image.shape[:2], np.uint8)
+    mask[90:140, 100:200] = 60                                # a soft edge 20 px wide around the core
+    mask[100:130, 120:180] = 255
+    result, _ = run(fill_request(tiny_models, image, mask, feather=0))
+    assert result.kind == EventKind.RESULT, result.message
+    out = result.variants[0].image.astype(int)
+    soft_only = (mask == 60)
+    core = mask == 255
+    change_soft = np.abs(out[soft_only] - image[soft_only]).mean()
+    change_core = np.abs(out[core] - image[core]).mean()
+    assert 0 < change_soft < 0.5 * change_core                # changed, but less than the painted core
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])

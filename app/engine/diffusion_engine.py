@@ -74,7 +74,7 @@ class DiffusionEngine(Engine):
 
         sampler = find_sampler(request.sampling.sampler)
         source = resolve_source(request.model, request.model_config)
-        plan = plan_device(request.device)
+        plan = plan_device(request.device, request.precision, request.memory_saving)
         self.label = source.name
 
         def loading(message: str, fraction: float) -> None:
@@ -99,9 +99,14 @@ class DiffusionEngine(Engine):
         native = model.native_size
         if request.kind == JobKind.RESTYLE:
             return self._plan_restyle(request, native, multiple)
+        soft = None
         if request.kind == JobKind.FILL:
             base = request.image
-            hole = imageops.grow_mask(request.mask, request.mask_options.grow)
+            core = request.mask >= 128
+            hole = imageops.grow_mask(core if core.any() else request.mask, request.mask_options.grow)
+            # A soft brush edge (painted values below 128) is a partial strength, not a full fill.
+            soft = np.where(hole > 0, 0, request.mask).astype(np.float32) / 255
+            soft = soft if soft.any() else None
             offset = (0, 0)
         else:
             canvas = request.outpaint.canvas
@@ -120,9 +125,13 @@ class DiffusionEngine(Engine):
                 else np.full(hole.shape, 255, np.uint8)
 
         def make_pass(region: Rect, region_hole: np.ndarray) -> _Pass:
-            return _Pass(region, region_hole, imageops.feather_mask(region_hole, feather),
-                         work_size(region.size, native, multiple))
+            alpha = imageops.feather_mask(region_hole, feather)
+            if soft is not None:
+                alpha = np.maximum(alpha, soft[region.slices()])
+            return _Pass(region, region_hole, alpha, work_size(region.size, native, multiple))
 
+        if soft is not None:
+            hole_bounds = hole_bounds.union(imageops.mask_bounds(request.mask))
         focus = hole_bounds.grown(feather).intersect(limits)
         region = plan_region(focus, limits, context_for(hole_bounds, feather))
         if request.kind == JobKind.FILL or not needs_windows(region, native):

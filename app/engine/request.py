@@ -13,6 +13,10 @@ import numpy as np
 from app.core.geometry import Rect
 
 
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+MEMORY_SAVING = ("auto", "on", "off")
+
+
 class JobKind(str, enum.Enum):
     FILL = "fill"
     EXPAND = "expand"
@@ -101,7 +105,9 @@ class GenerationRequest:
     style: StyleOptions = field(default_factory=StyleOptions)   # a bare name means that style in full
     model: str = "classic"                # an engine id, a model file or folder, or a Hugging Face repo id
     model_config: str = ""                # single files: a diffusers config folder (default: by family)
-    device: str = "auto"
+    device: str = "auto"                  # auto, cpu, cuda or mps
+    precision: str = "auto"               # auto (fp16 on GPUs, fp32 on the CPU), float32, float16, bfloat16
+    memory_saving: str = "auto"           # auto (by free GPU memory), on or off
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     mask_options: MaskOptions = field(default_factory=MaskOptions)
 
@@ -110,6 +116,10 @@ class GenerationRequest:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError("image must be an H x W x 3 or 4 uint8 array")
         object.__setattr__(self, "image", _frozen(image))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{self.precision}'; choose one of: {', '.join(PRECISIONS)}")
+        if self.memory_saving not in MEMORY_SAVING:
+            raise ValueError(f"memory saving must be one of: {', '.join(MEMORY_SAVING)}")
         if isinstance(self.style, str):
             object.__setattr__(self, "style", StyleOptions(name=self.style))
         if self.kind == JobKind.FILL:
