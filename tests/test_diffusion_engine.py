@@ -388,8 +388,12 @@ def test_large_expand_runs_native_windows_outward(tiny_models):
     assert windows >= 4
     native_latent = MANAGER.current.native_size // MANAGER.current.vae_scale
     assert all(shape[2] * shape[3] == native_latent ** 2 for shape in shapes)     # never shrunk
-    steps = [e.step for e in progress if e.preview is not None]
-    assert steps == list(range(1, 2 * windows + 1)) and progress[-1].total == 2 * windows
+    previews = [e for e in progress if e.preview is not None]
+    assert [e.step for e in previews] == list(range(1, 2 * windows + 1)) and progress[-1].total == 2 * windows
+    # Each preview shows the whole new area: what is done so far plus the window being generated.
+    assert all(e.preview_rect == canvas for e in previews)
+    shown = [float((e.preview[..., 3] > 0).mean()) for e in previews]
+    assert shown[0] < shown[-1] and shown == sorted(shown)
 
 
 def test_soft_brush_edges_are_partial_strength(tiny_models):

@@ -277,6 +277,7 @@ def test_stop_and_keep_ends_the_job_with_the_current_step_as_the_result(qtbot, s
     assert window.strip.list.count() == 2 and window.state.candidate is not None
     assert not window.session.busy and not window.panel.finish_button.isEnabled()
     assert "ready" in window.panel.status_label.text()
+    assert window.panel.progress_bar.text().startswith("stopped at step 1/")
     window.accept_current()
     assert window.state.document.image[0, 0].tolist() == [10, 20, 30]
 

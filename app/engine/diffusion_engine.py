@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DRIFT_RING = 24            # px of known pixels around the generated area used to measure colour drift
 PREFILL_REACH = 512        # px of image the Expand prefill reads beyond the new area
+OVERVIEW_SIDE = 1024       # longest side of the previews of a windowed Expand
 
 
 @dataclass
@@ -170,15 +171,21 @@ class DiffusionEngine(Engine):
             chunk = seeds[:batch]
             total = done + per_pass * len(work.passes) * -(-len(seeds) // batch)
             canvases = [work.base] * len(chunk)
+            overview = _Overview(work) if len(work.passes) > 1 else None
             ran_chunk = 0
             try:
                 for p in work.passes:
-                    def on_step(step: int, x0, preview, rect, base_step=done + ran_chunk, total=total) -> bool:
-                        self.report(emit, cancel, job_id, base_step + step, total, preview(x0), rect,
+                    def on_step(step: int, x0, preview, rect, base_step=done + ran_chunk, total=total, p=p) -> bool:
+                        image = preview(x0)
+                        if overview is not None:
+                            image, rect = overview.compose(image, p), overview.rect
+                        self.report(emit, cancel, job_id, base_step + step, total, image, rect,
                                     message=f"step {base_step + step}/{total}")
                         return cancel.finish_requested
                     canvases, ran = self._run_pass(model, request, work, p, canvases, chunk, sampler, on_step)
                     ran_chunk += ran
+                    if overview is not None:
+                        overview.update(canvases[0], p)
                     if cancel.finish_requested:
                         break
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
@@ -240,6 +247,47 @@ class DiffusionEngine(Engine):
         result = canvas.copy()
         result[p.region.slices()] = imageops.composite(current, out, p.alpha)
         return result
+
+
+class _Overview:
+    """Previews of a windowed Expand: everything generated so far plus the current window's step, at most
+    OVERVIEW_SIDE pixels on a side, so the canvas shows the whole new area filling in, not one window."""
+
+    def __init__(self, work: _Work) -> None:
+        bounds = work.passes[0].region
+        for p in work.passes[1:]:
+            bounds = bounds.union(p.region)
+        self.bounds = bounds
+        self.rect = bounds.translated(*work.offset)
+        self.scale = min(1.0, OVERVIEW_SIDE / max(bounds.w, bounds.h))
+        self.size = (max(1, round(bounds.w * self.scale)), max(1, round(bounds.h * self.scale)))
+        self.rgb = _resize(np.ascontiguousarray(work.base[bounds.slices()][..., :3]), self.size).copy()
+        self.alpha = np.zeros(self.size[::-1], np.uint8)
+
+    def _place(self, region: Rect) -> Rect:
+        x, y = region.x - self.bounds.x, region.y - self.bounds.y
+        left, top = round(x * self.scale), round(y * self.scale)
+        right, bottom = round((x + region.w) * self.scale), round((y + region.h) * self.scale)
+        return Rect(left, top, max(1, right - left), max(1, bottom - top)).intersect(
+            Rect(0, 0, *self.size))
+
+    def update(self, canvas: np.ndarray, p: _Pass) -> None:
+        """A pass finished: take its generated pixels into the overview."""
+        place = self._place(p.region)
+        self.rgb[place.slices()] = _resize(np.ascontiguousarray(canvas[p.region.slices()][..., :3]), place.size)
+        done = _resize(p.hole, place.size) > 0
+        self.alpha[place.slices()][done] = 255
+
+    def compose(self, step_preview: np.ndarray, p: _Pass) -> np.ndarray:
+        out = np.dstack([self.rgb, self.alpha])
+        place = self._place(p.region)
+        patch = _resize(step_preview, place.size).astype(np.float32)
+        target = out[place.slices()].astype(np.float32)
+        weight = patch[..., 3:] / 255
+        target[..., :3] += (patch[..., :3] - target[..., :3]) * weight
+        target[..., 3] = np.maximum(target[..., 3], patch[..., 3])
+        out[place.slices()] = np.rint(target).astype(np.uint8)
+        return out
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

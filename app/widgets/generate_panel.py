@@ -228,6 +228,8 @@ class GeneratePanel(QWidget):
     def _update_progress_format(self) -> None:
         if getattr(self, "_busy", False):
             self.progress_bar.setFormat("step %v/%m")
+        elif 0 < self.progress_bar.value() < self.progress_bar.maximum():
+            self.progress_bar.setFormat("stopped at step %v/%m")
         elif self.progress_bar.value() > 0:
             self.progress_bar.setFormat("done: %m steps")
         else:
