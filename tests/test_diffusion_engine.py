@@ -410,3 +410,12 @@ def test_soft_brush_edges_are_partial_strength(tiny_models):
     change_core = np.abs(out[core] - image[core]).mean()
     assert 0 < change_soft < 0.5 * change_core                # changed, but less than the painted core
     np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+
+
+def test_single_file_that_does_not_fit_the_shipped_config_says_so(tiny_models):
+    """A tiny SDXL file is SDXL by its keys but not by its sizes: the shipped real config cannot hold it."""
+    request = fill_request(tiny_models, model=str(tiny_models.path("sdxl", False, "single_file")), device="cpu")
+    result, _ = run(request)
+    assert result.kind == EventKind.ERROR
+    assert result.message.startswith("sdxl.safetensors does not fit the SDXL config sdxl: ")
+    assert "config folder" in result.message and "\n" not in result.message

@@ -121,8 +121,17 @@ def _load_single_file(path: Path, config: str, plan: DevicePlan, progress: Progr
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline_class = getattr(diffusers, PIPELINES[("sdxl" if info.family == "sdxl" else "sd", info.inpaint)])
     progress(f"loading {info.label} weights from {path.name}", -1)
-    pipe = pipeline_class.from_single_file(str(path), config=str(config_dir), local_files_only=True,
-                                           torch_dtype=plan.dtype, **kwargs)
+    try:
+        pipe = pipeline_class.from_single_file(str(path), config=str(config_dir), local_files_only=True,
+                                               torch_dtype=plan.dtype, **kwargs)
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        from app.engine.devices import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            raise
+        hint = "" if config else " (an unusual variant? give its diffusers config folder as the model's config)"
+        raise EngineError(f"{path.name} does not fit the {info.label} config {config_dir.name}: "
+                          f"{_short(exc, 100)}{hint}") from None
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if info.family == "sdxl" else [])
     scheduler_config = dict(pipe.scheduler.config)
     if info.v_prediction:
