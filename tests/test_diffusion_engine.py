@@ -419,3 +419,26 @@ def test_single_file_that_does_not_fit_the_shipped_config_says_so(tiny_models):
     assert result.kind == EventKind.ERROR
     assert result.message.startswith("sdxl.safetensors does not fit the SDXL config sdxl: ")
     assert "config folder" in result.message and "\n" not in result.message
+
+
+def test_thin_strokes_reach_the_inpainting_mask(tiny_models):
+    image = photo(640, 480)
+    mask = np.zeros(image.shape[:2], np.uint8)
+    mask[:, 300:302] = 255                                   # a 2 px wire across the whole image
+    request = fill_request(tiny_models, image, mask, **model_args(tiny_models, "sd15", True))
+    run(request)
+    seen = []
+    handle = MANAGER.current.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 4]))
+    try:
+        result, _ = run(request)
+    finally:
+        handle.remove()
+    assert result.kind == EventKind.RESULT
+    assert all(float(m.max()) == 1.0 for m in seen)          # the model is told to repaint the stroke
+
+
+def test_stop_before_the_first_step_is_a_cancel(tiny_models):
+    token = CancelToken()
+    token.finish()
+    result, _ = run(fill_request(tiny_models), token)
+    assert result.kind == EventKind.CANCELLED

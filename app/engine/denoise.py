@@ -42,6 +42,8 @@ class DenoiseJob:
     base_prompt: str | None = None
     base_negative_prompt: str | None = None
     style_strength: float = 1.0
+    pure_noise: bool = False                # start from noise alone (a full-strength Fill: no ghost of
+                                            # what is being removed); else the re-noised init latents
 
 
 def steps_to_run(steps: int, strength: float) -> int:
@@ -69,7 +71,10 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.seeds]
     noise = torch.cat([torch.randn(init.shape[1:], generator=g, dtype=torch.float32)[None] for g in generators])
     noise = noise.to(device)
-    latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))
+    if job.pure_noise and count == job.steps:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))
     keep = None if job.strength_map is None else job.strength_map.to(device=device, dtype=torch.float32)
 
     embeddings = _batched(cond, uncond, batch, guided)

@@ -27,7 +27,7 @@ from app.core.geometry import Rect
 from app.core.work_region import context_for, needs_windows, plan_region, plan_windows, work_size
 from app.engine import lora
 from app.engine.base import Emit, Engine, format_parameters
-from app.engine.events import CancelToken, EngineError, Variant
+from app.engine.events import CancelToken, Cancelled, EngineError, Variant
 from app.engine.request import GenerationRequest, JobKind
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,8 @@ class DiffusionEngine(Engine):
                 variants.append(Variant(canvas, seed, format_parameters(request, seed, model.name,
                                                                         sampler=sampler.label)))
             seeds = seeds[len(chunk):]
+        if not variants and cancel.finish_requested:
+            raise Cancelled()          # stopped before the first step: nothing to keep
         return tuple(variants)
 
     def _run_pass(self, model, request, work: _Work, p: _Pass, canvases: list[np.ndarray], seeds: list[int],
@@ -217,18 +219,21 @@ class DiffusionEngine(Engine):
             strength_map = strength_map[None, None]
         condition = None
         if model.inpaint:
-            hole_px = (_resize(p.hole, (width, height)) >= 128)[..., None]
-            masked = torch.cat([latent_codec.encode(model, np.where(hole_px, 127, px).astype(np.uint8))
+            # A latent cell is "generate" if any hole pixel falls in it, so thin strokes are not lost; the
+            # masked image is greyed by that same mask, so the two inputs always agree.
+            cells = cv2.resize((p.hole >= 128).astype(np.float32), latent_size, interpolation=cv2.INTER_AREA) > 0
+            hole_px = cv2.resize(cells.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+            masked = torch.cat([latent_codec.encode(model, np.where(hole_px[..., None] > 0, 127, px).astype(np.uint8))
                                 for px in pixels])
-            mask_latent = torch.from_numpy(cv2.resize((p.hole >= 128).astype(np.float32), latent_size,
-                                                      interpolation=cv2.INTER_AREA) >= 0.5).float()
+            mask_latent = torch.from_numpy(cells).float()
             condition = torch.cat([mask_latent[None, None].expand(len(pixels), -1, -1, -1), masked], dim=1)
         preview = latent_codec.make_preview(model, p.alpha, (width, height))
         rect = p.region.translated(*work.offset)
         s, style = request.sampling, request.style
         job = DenoiseJob(init, strength_map, condition, request.prompt, request.negative_prompt,
                          s.guidance, s.steps, s.strength, sampler.name, seeds, (width, height),
-                         style.base_prompt, style.base_negative_prompt, style.strength)
+                         style.base_prompt, style.base_negative_prompt, style.strength,
+                         pure_noise=request.kind == JobKind.FILL)
         x0, ran = run_denoise(model, job, lambda step, steps, x0: on_step(step, x0, preview, rect))
         images = latent_codec.decode(model, x0)
         if shared:

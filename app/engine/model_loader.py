@@ -22,6 +22,7 @@ Progress = Callable[[str, float], None]          # message, fraction done (0..1,
 PIPELINES = {("sd", False): "StableDiffusionPipeline", ("sd", True): "StableDiffusionInpaintPipeline",
              ("sdxl", False): "StableDiffusionXLPipeline", ("sdxl", True): "StableDiffusionXLInpaintPipeline"}
 DOWNLOAD_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer*/*",
+                     "*/*.safetensors.index.json",
                      "unet/*.safetensors", "vae/*.safetensors", "text_encoder*/*.safetensors"]
 
 

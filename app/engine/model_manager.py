@@ -24,7 +24,8 @@ class ModelManager:
 
     def get(self, source: ModelSource, plan: DevicePlan, progress=None):
         """The model for (source, plan), loading it (and freeing any other) when it is not the current one."""
-        key = (source, plan)
+        # Not the whole plan: its memory savers follow free memory, which the loaded model itself changes.
+        key = (source, plan.device, plan.dtype_name)
         with self._lock:
             if self._key == key and self._model is not None:
                 return self._model

@@ -33,11 +33,21 @@ def describe_failure(exc: BaseException, where: str) -> str:
     """One line for the user; unexpected failures also get their traceback logged."""
     if isinstance(exc, EngineError):
         return _one_line(str(exc)) or f"{where} failed"
-    if isinstance(exc, MemoryError) or _is_opencv_out_of_memory(exc):
+    if isinstance(exc, MemoryError) or _is_opencv_out_of_memory(exc) or _is_torch_out_of_memory(exc):
         log.warning("%s ran out of memory", where, exc_info=exc)
         return OUT_OF_MEMORY
     log.error("internal error in %s", where, exc_info=exc)
     return _one_line(f"internal error in {where}: {type(exc).__name__}: {exc}")
+
+
+def _is_torch_out_of_memory(exc: BaseException) -> bool:
+    import sys
+
+    if "torch" not in sys.modules:
+        return False
+    from app.engine.devices import is_out_of_memory
+
+    return is_out_of_memory(exc)
 
 
 def _is_opencv_out_of_memory(exc: BaseException) -> bool:

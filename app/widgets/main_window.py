@@ -171,6 +171,7 @@ class MainWindow(QMainWindow):
         return True
 
     def _set_loaded(self, loaded: LoadedImage, path: Path | None) -> None:
+        self.session.cancel()          # a running job's result belongs to the image it was made from
         self.session.discard()
         self.state.set_document(Document.from_image(loaded.pixels, path, loaded.parameters))
         name = path.name if path else "pasted image"

@@ -1,0 +1,1 @@
+"""Latent Canvas benchmarks: run `python benchmarks/run.py` (see BENCHMARKS.md)."""
