@@ -17,7 +17,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.engine.model_files import CONFIG_ROOT, TOKENIZER_DIR  # noqa: E402
+from app.engine.model_files import CONFIG_ROOT, inspect_folder  # noqa: E402
+from app.engine.model_loader import tokenizers_for  # noqa: E402
 
 
 def build(family: str) -> dict:
@@ -32,15 +33,12 @@ def build(family: str) -> dict:
         "vae": diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(folder / "vae")),
         "text_encoder": transformers.CLIPTextModel(
             transformers.CLIPTextConfig.from_pretrained(folder / "text_encoder")),
-        "tokenizer": transformers.CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"),
-                                                str(TOKENIZER_DIR / "merges.txt"), model_max_length=77),
     }
     if (folder / "text_encoder_2").is_dir():
         components["text_encoder_2"] = transformers.CLIPTextModelWithProjection(
             transformers.CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
-        components["tokenizer_2"] = transformers.CLIPTokenizer(
-            str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77,
-            pad_token="!")
+    tokenizers = tokenizers_for(folder, inspect_folder(folder)[0])      # the app's own, with its pad tokens
+    components.update(zip(("tokenizer", "tokenizer_2"), tokenizers))
     components["scheduler"] = diffusers.EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
     return components
 

@@ -88,9 +88,14 @@ def distance_outside(mask: np.ndarray) -> np.ndarray:
     return np.full(mask.shape, np.inf, np.float32)
 
 
+def _binary(mask: np.ndarray) -> np.ndarray:
+    """0/255 uint8, built in uint8 (np.where with int literals would make an 8-byte-per-pixel temporary)."""
+    return np.where(mask > 0, np.uint8(255), np.uint8(0))
+
+
 def grow_mask(mask: np.ndarray, px: int) -> np.ndarray:
     """Dilate the non-zero pixels by `px` with a disc (elliptical kernel); returns a 0/255 uint8 mask."""
-    binary = np.where(mask > 0, 255, 0).astype(np.uint8)
+    binary = _binary(mask)
     if px <= 0:
         return binary
     if px <= 16:
@@ -102,7 +107,7 @@ def grow_mask(mask: np.ndarray, px: int) -> np.ndarray:
 
 def shrink_mask(mask: np.ndarray, px: int) -> np.ndarray:
     """Erode the non-zero pixels by `px` with a disc; returns a 0/255 uint8 mask."""
-    binary = np.where(mask > 0, 255, 0).astype(np.uint8)
+    binary = _binary(mask)
     if px <= 0:
         return binary
     return 255 - grow_mask(255 - binary, px)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.engine.events import EngineError
+from app.engine.model_files import short_error
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def applied(model, path: str, weight: float, report: Callable[[str], None] | Non
             host.set_adapters(ADAPTER, weight)
     except Exception as exc:  # noqa: BLE001 - undone, then one line
         unload(model)
-        raise EngineError(f"LoRA {file.name} could not be applied: {_short(exc)}") from None
+        raise EngineError(f"LoRA {file.name} could not be applied: {short_error(exc)}") from None
     yield
 
 
@@ -90,7 +91,7 @@ def _read_keys(file: Path) -> list[str]:
             return list(handle.keys())
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise EngineError(f"LoRA {file.name} is not a readable .safetensors file (corrupt or truncated): "
-                          f"{_short(exc)}") from None
+                          f"{short_error(exc)}") from None
 
 
 def _load(model, host, file: Path) -> None:
@@ -121,7 +122,7 @@ def _load(model, host, file: Path) -> None:
                                                             or "not found in the base model" in str(exc)):
             raise EngineError(f"LoRA {file.name} does not fit {model.name} ({family}): it was made for another "
                               "model family") from None
-        raise EngineError(f"LoRA {file.name} could not be applied: {_short(exc)}") from None
+        raise EngineError(f"LoRA {file.name} could not be applied: {short_error(exc)}") from None
 
 
 def _undo(host) -> None:
@@ -177,7 +178,3 @@ def _quiet():
     finally:
         diffusers.utils.logging.set_verbosity(level)
 
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 1] + "…"

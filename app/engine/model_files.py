@@ -94,7 +94,7 @@ def _safetensors_keys(path: Path):
                       if key == UNET_IN or key.endswith("text_projection")}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise EngineError(f"{path.name} is not a readable .safetensors file (corrupt or truncated): "
-                          f"{_short(exc)}") from None
+                          f"{short_error(exc)}") from None
     return keys, shapes.get
 
 
@@ -111,9 +111,9 @@ def load_pickled_state_dict(path: Path) -> dict:
             data = torch.load(str(path), map_location="cpu", weights_only=True)   # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
         raise EngineError(f"refused to load {path.name}: it holds Python objects or code, not just weights "
-                          f"(ask for a .safetensors version): {_short(exc)}") from None
+                          f"(ask for a .safetensors version): {short_error(exc)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise EngineError(f"{path.name} is not a readable checkpoint (corrupt or truncated): {_short(exc)}") \
+        raise EngineError(f"{path.name} is not a readable checkpoint (corrupt or truncated): {short_error(exc)}") \
             from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
@@ -208,12 +208,12 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise EngineError(f"{path.parent.name}/{path.name} is not valid JSON: {_short(exc)}") from None
+        raise EngineError(f"{path.parent.name}/{path.name} is not valid JSON: {short_error(exc)}") from None
     if not isinstance(data, dict):
         raise EngineError(f"{path.parent.name}/{path.name} is not a JSON object")
     return data
 
 
-def _short(exc: BaseException, limit: int = 160) -> str:
+def short_error(exc: BaseException, limit: int = 160) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[:limit - 1] + "…"

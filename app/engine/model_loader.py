@@ -14,7 +14,7 @@ from typing import Any, Callable
 from app.engine.devices import DevicePlan
 from app.engine.events import EngineError
 from app.engine.model_files import (CONFIG_ROOT, PICKLE_SUFFIXES, TOKENIZER_DIR, CheckpointInfo, ModelSource,
-                                    inspect_checkpoint, inspect_folder, _read_json, _short)
+                                    inspect_checkpoint, inspect_folder, _read_json, short_error)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]          # message, fraction done (0..1, or -1 when unknown)
@@ -89,7 +89,7 @@ def load_model(source: ModelSource, plan: DevicePlan, progress: Progress | None 
         if is_out_of_memory(exc):
             raise
         log.warning("could not load %s", source.location, exc_info=exc)
-        raise EngineError(f"could not load {source.name}: {_short(exc)}") from None
+        raise EngineError(f"could not load {source.name}: {short_error(exc)}") from None
 
 
 def _quiet_libraries() -> None:
@@ -114,7 +114,7 @@ def _load_single_file(path: Path, config: str, plan: DevicePlan, progress: Progr
     if not (config_dir / "model_index.json").is_file():
         raise EngineError(f"the config folder {config_dir} has no model_index.json")
     _check_config_matches(config_dir, info, path.name)
-    tokenizers = _tokenizers_for(config_dir, info.family)
+    tokenizers = tokenizers_for(config_dir, info.family)
     kwargs = {"tokenizer": tokenizers[0]}
     if info.family == "sdxl":
         kwargs["tokenizer_2"] = tokenizers[1]
@@ -132,7 +132,7 @@ def _load_single_file(path: Path, config: str, plan: DevicePlan, progress: Progr
             raise
         hint = "" if config else " (an unusual variant? give its diffusers config folder as the model's config)"
         raise EngineError(f"{path.name} does not fit the {info.label} config {config_dir.name}: "
-                          f"{_short(exc, 100)}{hint}") from None
+                          f"{short_error(exc, 100)}{hint}") from None
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if info.family == "sdxl" else [])
     scheduler_config = dict(pipe.scheduler.config)
     if info.v_prediction:
@@ -169,7 +169,7 @@ def _load_folder(folder: Path, name: str, plan: DevicePlan, progress: Progress) 
     if family == "sdxl":
         encoders.append(transformers.CLIPTextModelWithProjection.from_pretrained(
             folder, subfolder="text_encoder_2", **options))
-    tokenizers = _tokenizers_for(folder, family)
+    tokenizers = tokenizers_for(folder, family)
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
     scheduler_config = _read_json(scheduler_path) if scheduler_path.is_file() else \
         _read_json(CONFIG_ROOT / ("sdxl" if family == "sdxl" else "sd15") / "scheduler" / "scheduler_config.json")
@@ -185,7 +185,7 @@ def _refuse_pickles_only(folder: Path, parts: list[str]) -> None:
             raise EngineError(f"{folder.name}/{part} holds no weights (.safetensors or .bin)")
 
 
-def _tokenizers_for(folder: Path, family: str) -> list:
+def tokenizers_for(folder: Path, family: str) -> list:
     from transformers import CLIPTokenizer
 
     def load(sub: str, pad: str):
@@ -218,7 +218,7 @@ def download_repo(repo_id: str, progress: Progress) -> Path:
         raise EngineError(f"{repo_id} is not downloaded yet and the Hugging Face hub cannot be reached "
                           "(offline?)") from None
     except HfHubHTTPError as exc:
-        raise EngineError(f"downloading {repo_id} failed: {_short(exc)}") from None
+        raise EngineError(f"downloading {repo_id} failed: {short_error(exc)}") from None
     folder = Path(path)
     if not (folder / "unet").is_dir():
         raise EngineError(f"{repo_id} is not a diffusers-format Stable Diffusion model (no unet folder); "

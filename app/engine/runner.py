@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from app.engine.base import Emit, Engine
+from app.engine.base import Emit, Engine, _one_line
 from app.engine.events import CancelToken, Cancelled, EngineError, EngineEvent
 from app.engine.request import GenerationRequest
 
@@ -53,10 +53,6 @@ def _is_torch_out_of_memory(exc: BaseException) -> bool:
 def _is_opencv_out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return type(exc).__name__ == "error" and ("Insufficient memory" in text or "Failed to allocate" in text)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _emit_safely(emit: Emit, event: EngineEvent) -> None:
