@@ -165,7 +165,7 @@ def run_child(module: str, args: list[str], env: dict | None = None, timeout: fl
     command = [sys.executable, "-m", f"benchmarks.{module}", *args]
     child_env = dict(os.environ)
     child_env.update(env or {})
-    child_env.setdefault("PYTHONPATH", str(ROOT))
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), child_env.get("PYTHONPATH")]))
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1)

@@ -129,7 +129,8 @@ def build(size: str, family: str) -> dict:
         from benchmarks.random_checkpoint import build as build_real
         from tests.model_factory import SD_SCHEDULER_CONFIG
 
-        components = build_real("sd15-inpaint" if family == "sd15" else "sdxl-inpaint")
+        components = build_real("sd15-inpaint" if family == "sd15" else "sdxl-inpaint",
+                                "cuda" if torch.cuda.is_available() else "cpu")
         components["scheduler"] = _scheduler(SD_SCHEDULER_CONFIG)
         for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
             if name in components:

@@ -21,12 +21,23 @@ from app.engine.model_files import CONFIG_ROOT, inspect_folder  # noqa: E402
 from app.engine.model_loader import tokenizers_for  # noqa: E402
 
 
-def build(family: str) -> dict:
+def build(family: str, device: str = "cpu") -> dict:
+    """Random components of resources/models/<family>; `device` is where the weights are made (random
+    initialisation of a real-size UNet takes a minute on a CPU and a second on a GPU)."""
     import diffusers
     import transformers
 
     folder = CONFIG_ROOT / family
     torch.manual_seed(0)
+    with torch.device(device):
+        components = _models(diffusers, transformers, folder)
+    tokenizers = tokenizers_for(folder, inspect_folder(folder)[0])      # the app's own, with its pad tokens
+    components.update(zip(("tokenizer", "tokenizer_2"), tokenizers))
+    components["scheduler"] = diffusers.EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+    return components
+
+
+def _models(diffusers, transformers, folder: Path) -> dict:
     components = {
         "unet": diffusers.UNet2DConditionModel.from_config(
             diffusers.UNet2DConditionModel.load_config(folder / "unet")),
@@ -37,9 +48,6 @@ def build(family: str) -> dict:
     if (folder / "text_encoder_2").is_dir():
         components["text_encoder_2"] = transformers.CLIPTextModelWithProjection(
             transformers.CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
-    tokenizers = tokenizers_for(folder, inspect_folder(folder)[0])      # the app's own, with its pad tokens
-    components.update(zip(("tokenizer", "tokenizer_2"), tokenizers))
-    components["scheduler"] = diffusers.EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
     return components
 
 

@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     out["wall_s"] = round(time.perf_counter() - started, 1)
     args.results.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.size == "mid" else f"-{args.size}"
+    suffix += "-compile" if args.compile else ""
+    suffix += "-channels-last" if args.channels_last else ""
     suffix += "-smoke" if out["smoke"] else ""
     path = args.results / f"{out['date']}-{label}{suffix}.json"
     path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")

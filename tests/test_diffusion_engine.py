@@ -442,3 +442,59 @@ def test_stop_before_the_first_step_is_a_cancel(tiny_models):
     token.finish()
     result, _ = run(fill_request(tiny_models), token)
     assert result.kind == EventKind.CANCELLED
+
+
+def _reference_fill_plan(mask: np.ndarray, grow: int, feather: int, native: int):
+    """The Fill plan computed over the whole image, as the formulas read: what the engine must reproduce
+    while reading only the mask's neighbourhood."""
+    from app.core.work_region import context_for, plan_region
+
+    limits = Rect(0, 0, mask.shape[1], mask.shape[0])
+    core = mask >= 128
+    hole = imageops.grow_mask(core if core.any() else mask, grow)
+    soft = np.where(hole > 0, 0, mask).astype(np.float32) / 255
+    bounds = imageops.mask_bounds(hole)
+    if soft.any():
+        bounds = bounds.union(imageops.mask_bounds(mask))
+    region = plan_region(bounds.grown(feather).intersect(limits), limits, context_for(bounds, feather))
+    alpha = np.maximum(imageops.feather_mask(hole[region.slices()], feather), soft[region.slices()])
+    return region, hole[region.slices()], alpha
+
+
+@pytest.mark.parametrize("spot, grow, soft_edge", [
+    (Rect(1500, 1700, 40, 30), 0, False),        # a small mask far from the edges
+    (Rect(0, 0, 25, 60), 6, False),              # touching the top-left corner, grown
+    (Rect(1990, 900, 58, 20), 3, True),          # touching the right edge, with a soft brush rim
+    (Rect(700, 2000, 300, 48), 0, True),         # a wide stroke along the bottom
+])
+def test_fill_plan_on_a_large_image_matches_the_whole_image_formulas(spot, grow, soft_edge):
+    mask = np.zeros((2048, 2048), np.uint8)
+    mask[spot.slices()] = 255
+    if soft_edge:
+        rim = imageops.grow_mask(mask, 5) & ~mask
+        mask[rim > 0] = 90                                 # painted below 128: partial strength
+    image = np.zeros((2048, 2048, 3), np.uint8)
+    request = GenerationRequest(JobKind.FILL, image, mask, mask_options=MaskOptions(feather=8, grow=grow),
+                                model="planning only", device="cpu")
+    work = DiffusionEngine._plan_fill(request, 512, 64)
+    region, hole, alpha = _reference_fill_plan(mask, grow, 8, 512)
+    (p,) = work.passes
+    assert p.region == region
+    np.testing.assert_array_equal(p.hole, hole)
+    np.testing.assert_array_equal(p.alpha, alpha)
+
+
+def test_windowed_expand_gives_each_variant_its_own_canvas(tiny_models):
+    image = photo(160, 120)
+    kept = image.copy()
+    canvas = Rect(-160, 0, 480, 120)
+    request = GenerationRequest(JobKind.EXPAND, image, outpaint=OutpaintOptions(canvas),
+                                sampling=SamplingOptions(steps=1, seed=4, variants=2),
+                                mask_options=MaskOptions(feather=4), **model_args(tiny_models, "sd15", True))
+    result, _ = run(request)
+    assert result.kind == EventKind.RESULT, result.message
+    first, second = (v.image for v in result.variants)
+    np.testing.assert_array_equal(image, kept)                       # the request's image is never written
+    for out in (first, second):
+        np.testing.assert_array_equal(out[4:-4, 160 + 4:320 - 4], image[4:-4, 4:-4])
+    assert first is not second and not np.array_equal(first[:, :150], second[:, :150])

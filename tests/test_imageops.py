@@ -183,6 +183,39 @@ def test_composite_with_feather_leaves_far_pixels_untouched():
     assert (out[20:30, 20:30] == fill[20:30, 20:30]).all()
 
 
+@pytest.mark.parametrize("shape", [(40, 50, 3), (40, 50, 4), (40, 50)])
+@pytest.mark.parametrize("partial_share", [0.05, 0.5, 1.0])
+def test_composite_mixes_a_narrow_band_and_a_whole_soft_mask_alike(shape, partial_share):
+    """Few partial pixels (a feather band) and mostly partial ones (a soft mask) take different paths; both
+    must give base * (1 - a) + fill * a rounded, with bit-exact ends."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, shape, dtype=np.uint8)
+    fill = rng.integers(0, 256, shape, dtype=np.uint8)
+    alpha = rng.choice([0.0, 1.0], size=shape[:2]).astype(np.float32)
+    partial = rng.random(shape[:2]) < partial_share
+    alpha[partial] = rng.uniform(0.01, 0.99, int(partial.sum()))
+    out = imageops.composite(base, fill, alpha)
+    a = alpha if len(shape) == 2 else alpha[..., None]
+    expected = np.rint(base.astype(np.float64) + (fill.astype(np.float64) - base) * a)
+    assert out.shape == base.shape and np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    assert (out[alpha == 0] == base[alpha == 0]).all() and (out[alpha == 1] == fill[alpha == 1]).all()
+
+
+@pytest.mark.parametrize("distance, in_ring", [(0, False), (2, False), (3, True), (10, True), (24, True),
+                                               (25, False), (40, False)])
+def test_ring_around_a_hole_is_the_band_between_its_radii(distance, in_ring):
+    mask = np.zeros((101, 101), np.uint8)
+    mask[40:61, 40:61] = 255                            # a 21 px square; its right edge is column 60
+    ring = imageops.ring_around(mask, 2, 24)
+    assert ring.dtype == np.uint8 and set(np.unique(ring)) <= {0, 255}
+    assert (ring[50, 60 + distance] == 255) == in_ring
+
+
+def test_ring_around_a_full_or_empty_mask_is_empty():
+    assert not imageops.ring_around(np.full((8, 8), 255, np.uint8), 2, 24).any()
+    assert not imageops.ring_around(np.zeros((8, 8), np.uint8), 2, 24).any()
+
+
 # -- fills ----------------------------------------------------------------------------------------------
 
 def test_smooth_fill_keeps_known_pixels_and_continues_smoothly():

@@ -134,19 +134,41 @@ def composite(base: np.ndarray, fill: np.ndarray, alpha: np.ndarray) -> np.ndarr
     """base * (1 - alpha) + fill * alpha, rounded to uint8.
 
     alpha is H x W (or H x W x 1) in [0, 1]; where it is 0 the result is base bit for bit, where 1 it is fill.
+    Only the pixels strictly between 0 and 1 (a feather band, usually few) are mixed in floating point.
     """
     if base.shape != fill.shape:
         raise ValueError(f"composite needs equal shapes, got {base.shape} and {fill.shape}")
-    a = np.clip(alpha.astype(np.float32), 0.0, 1.0)
-    if a.ndim == base.ndim - 1:
-        a = a[..., None]
-    base_f = base.astype(np.float32)
-    mixed = base_f + (fill.astype(np.float32) - base_f) * a
-    out = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-    # Exact ends regardless of float rounding.
-    np.copyto(out, base, where=(a == 0.0))
-    np.copyto(out, fill, where=(a == 1.0))
+    a = alpha.reshape(alpha.shape[:2])
+    band = (a > 0.0) & (a < 1.0)
+    if np.count_nonzero(band) * 4 > band.size:          # mostly partial: mix everything at once
+        w = np.clip(a.astype(np.float32), 0.0, 1.0)
+        w = w[..., None] if base.ndim == 3 else w
+        below = base.astype(np.float32)
+        out = np.clip(np.rint(below + (fill.astype(np.float32) - below) * w), 0, 255).astype(np.uint8)
+        np.copyto(out, base, where=w <= 0.0)
+        np.copyto(out, fill, where=w >= 1.0)
+        return out
+    out = base.copy()
+    np.copyto(out, fill, where=(a >= 1.0)[..., None] if base.ndim == 3 else a >= 1.0)
+    rows, cols = np.nonzero(band)
+    if rows.size:
+        weight = a[rows, cols].astype(np.float32)
+        if base.ndim == 3:
+            weight = weight[:, None]
+        below = base[rows, cols].astype(np.float32)
+        mixed = below + (fill[rows, cols].astype(np.float32) - below) * weight
+        out[rows, cols] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     return out
+
+
+def ring_around(mask: np.ndarray, inner: float, outer: float) -> np.ndarray:
+    """0/255 uint8: the pixels farther than `inner` and at most `outer` px from the mask (one distance
+    transform), e.g. the band of known pixels around a hole."""
+    outside = np.where(mask > 0, np.uint8(0), np.uint8(255))
+    if outside.all():
+        return np.zeros(mask.shape, np.uint8)
+    distance = cv2.distanceTransform(outside, cv2.DIST_L2, 5)      # within 2% of Euclidean: enough for a band
+    return np.where((distance > inner + 0.5) & (distance <= outer + 0.5), np.uint8(255), np.uint8(0))
 
 
 def colour_match(fill: np.ndarray, reference: np.ndarray, region_mask: np.ndarray,
@@ -184,20 +206,26 @@ def correct_colour_drift(generated: np.ndarray, original: np.ndarray, ring_mask:
     Unlike colour_match, new content keeps its own colours: only the shift the generator made to the
     known surroundings is removed. Pixels outside the region (and any alpha channel) are unchanged.
     """
-    ring = ring_mask > 0
+    ring = _binary(ring_mask)
     region = region_mask > 0
-    if ring.sum() < 16 or not region.any() or strength <= 0:
+    ring_box, region_box = mask_bounds(ring), mask_bounds(region)
+    if ring_box is None or region_box is None or cv2.countNonZero(ring) < 16 or strength <= 0:
         return generated.copy()
-    gen_lab = cv2.cvtColor(np.ascontiguousarray(generated[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
-    ref_lab = cv2.cvtColor(np.ascontiguousarray(original[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
-    gen_ring, ref_ring = gen_lab[ring], ref_lab[ring]
-    scale = np.clip((ref_ring.std(axis=0) + 1.0) / (gen_ring.std(axis=0) + 1.0), 0.8, 1.25)
-    inside = gen_lab[region]
-    corrected = (inside - gen_ring.mean(axis=0)) * scale + ref_ring.mean(axis=0)
-    gen_lab[region] = inside + (corrected - inside) * float(min(strength, 1.0))
-    rgb = cv2.cvtColor(np.clip(np.rint(gen_lab), 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    # Lab conversions only over the pixels that are read or changed (8-bit Lab: L scaled to 0-255).
+    box = ring_box.union(region_box)
+    gen_lab = cv2.cvtColor(np.ascontiguousarray(generated[box.slices()][..., :3]), cv2.COLOR_RGB2LAB)
+    ref_lab = cv2.cvtColor(np.ascontiguousarray(original[box.slices()][..., :3]), cv2.COLOR_RGB2LAB)
+    gen_mean, gen_std = (v.ravel() for v in cv2.meanStdDev(gen_lab, mask=ring[box.slices()]))
+    ref_mean, ref_std = (v.ravel() for v in cv2.meanStdDev(ref_lab, mask=ring[box.slices()]))
+    scale = np.clip((ref_std + 1.0) / (gen_std + 1.0), 0.8, 1.25)
+    k = float(min(strength, 1.0))
+    # x + k * ((x - gen_mean) * scale + ref_mean - x), per channel: one affine map, rounded and clipped.
+    matrix = np.zeros((3, 4), np.float64)
+    matrix[range(3), range(3)] = 1.0 - k + k * scale
+    matrix[:, 3] = k * (ref_mean - gen_mean * scale)
+    rgb = cv2.cvtColor(cv2.transform(gen_lab, matrix), cv2.COLOR_LAB2RGB)
     out = generated.copy()
-    out[..., :3][region] = rgb[region]
+    np.copyto(out[box.slices()][..., :3], rgb, where=region[box.slices()][..., None])
     return out
 
 

@@ -87,7 +87,8 @@ def plan_windows(unknown, side: int, min_known: float = WINDOW_MIN_KNOWN) -> lis
     area = win_w * win_h
     windows: list[Rect] = []
     while remaining.any():
-        table = np.pad(remaining.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        counts = remaining.astype(np.int32).cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)
+        table = np.pad(counts, ((1, 0), (1, 0)))
         best, best_score = None, (-1.0, -1)
         for y in ys:
             for x in xs:

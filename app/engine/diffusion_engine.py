@@ -100,49 +100,66 @@ class DiffusionEngine(Engine):
         native = model.native_size
         if request.kind == JobKind.RESTYLE:
             return self._plan_restyle(request, native, multiple)
-        soft = None
         if request.kind == JobKind.FILL:
-            base = request.image
-            core = request.mask >= 128
-            hole = imageops.grow_mask(core if core.any() else request.mask, request.mask_options.grow)
-            # A soft brush edge (painted values below 128) is a partial strength, not a full fill.
-            soft = np.where(hole > 0, 0, request.mask).astype(np.float32) / 255
-            soft = soft if soft.any() else None
-            offset = (0, 0)
-        else:
-            canvas = request.outpaint.canvas
-            base = imageops.edge_stretch(request.image, canvas)
-            hole = np.where(imageops.known_region(request.image.shape, canvas) == 0, 255, 0).astype(np.uint8)
-            offset = (canvas.x, canvas.y)
+            return self._plan_fill(request, native, multiple)
+        canvas = request.outpaint.canvas
+        base = imageops.edge_stretch(request.image, canvas)
+        hole = np.where(imageops.known_region(request.image.shape, canvas) == 0, 255, 0).astype(np.uint8)
         limits = Rect(0, 0, base.shape[1], base.shape[0])
         hole_bounds = imageops.mask_bounds(hole)
-        if request.kind == JobKind.EXPAND:
-            reach = hole_bounds.grown(PREFILL_REACH).intersect(limits)
-            base[reach.slices()][..., :3] = imageops.smooth_fill(
-                np.ascontiguousarray(base[reach.slices()][..., :3]), hole[reach.slices()] == 0)
-        fill_alpha = None
-        if base.shape[2] == 4:
-            fill_alpha = base[..., 3].copy() if request.kind == JobKind.EXPAND \
-                else np.full(hole.shape, 255, np.uint8)
+        reach = hole_bounds.grown(PREFILL_REACH).intersect(limits)
+        base[reach.slices()][..., :3] = imageops.smooth_fill(
+            np.ascontiguousarray(base[reach.slices()][..., :3]), hole[reach.slices()] == 0)
+        fill_alpha = base[..., 3].copy() if base.shape[2] == 4 else None
+        offset = (canvas.x, canvas.y)
 
         def make_pass(region: Rect, region_hole: np.ndarray) -> _Pass:
-            alpha = imageops.feather_mask(region_hole, feather)
-            if soft is not None:
-                alpha = np.maximum(alpha, soft[region.slices()])
-            return _Pass(region, region_hole, alpha, work_size(region.size, native, multiple))
+            return _Pass(region, region_hole, imageops.feather_mask(region_hole, feather),
+                         work_size(region.size, native, multiple))
 
-        if soft is not None:
-            hole_bounds = hole_bounds.union(imageops.mask_bounds(request.mask))
         focus = hole_bounds.grown(feather).intersect(limits)
         region = plan_region(focus, limits, context_for(hole_bounds, feather))
-        if request.kind == JobKind.FILL or not needs_windows(region, native):
+        if not needs_windows(region, native):
             return _Work(base, [make_pass(region, hole[region.slices()])], fill_alpha, offset)
         passes = []
         remaining = hole > 0
-        for window in plan_windows(remaining, native):
+        near = hole_bounds.grown(native).intersect(limits)      # every window touching the new area lies here
+        for window in plan_windows(remaining[near.slices()], native):
+            window = window.translated(near.x, near.y)
             passes.append(make_pass(window, np.where(remaining[window.slices()], 255, 0).astype(np.uint8)))
             remaining[window.slices()] = False
         return _Work(base, passes, fill_alpha, offset)
+
+    @staticmethod
+    def _plan_fill(request: GenerationRequest, native: int, multiple: int) -> _Work:
+        """One pass over a crop around the mask. Only the mask's neighbourhood is read: the cost of planning
+        follows the mask, not the image."""
+        options = request.mask_options
+        mask, image = request.mask, request.image
+        limits = Rect(0, 0, mask.shape[1], mask.shape[0])
+        painted = imageops.mask_bounds(mask)
+        near = painted.grown(max(0, options.grow)).intersect(limits)     # all the grown hole can reach
+        local = mask[near.slices()]
+        core = local >= 128
+        hole = imageops.grow_mask(core if core.any() else local, options.grow)
+        # A soft brush edge (painted values below 128) is a partial strength, not a full fill.
+        soft = np.where(hole > 0, np.uint8(0), local)
+        hole_bounds = imageops.mask_bounds(hole).translated(near.x, near.y)
+        if soft.any():
+            hole_bounds = hole_bounds.union(painted)
+        else:
+            soft = None
+        focus = hole_bounds.grown(options.feather).intersect(limits)
+        region = plan_region(focus, limits, context_for(hole_bounds, options.feather))
+        inside = region.translated(-near.x, -near.y)
+        region_hole = imageops.crop(hole, inside)
+        alpha = imageops.feather_mask(region_hole, options.feather)
+        if soft is not None:
+            alpha = np.maximum(alpha, imageops.crop(soft, inside).astype(np.float32) / 255)
+        # RGBA images: generated pixels are opaque (a broadcast view, no image-sized array).
+        fill_alpha = np.broadcast_to(np.uint8(255), mask.shape) if image.shape[2] == 4 else None
+        return _Work(image, [_Pass(region, region_hole, alpha, work_size(region.size, native, multiple))],
+                     fill_alpha, (0, 0))
 
     @staticmethod
     def _plan_restyle(request: GenerationRequest, native: int, multiple: int) -> _Work:
@@ -212,12 +229,11 @@ class DiffusionEngine(Engine):
         latent_size = (width // model.vae_scale, height // model.vae_scale)
         shared = all(c is canvases[0] for c in canvases)
         pixels = [_resize(c[p.region.slices()][..., :3], (width, height)) for c in canvases[:1 if shared else None]]
-        init = torch.cat([latent_codec.encode(model, px) for px in pixels])
         strength_map = None        # Restyle generates everywhere: nothing to blend back
         if request.kind != JobKind.RESTYLE:
             strength_map = torch.from_numpy(cv2.resize(p.alpha, latent_size, interpolation=cv2.INTER_AREA))
             strength_map = strength_map[None, None]
-        condition = None
+        condition = masked = None
         if model.inpaint:
             # A latent cell is "generate" if any hole pixel falls in it, so thin strokes are not lost; the
             # masked image is greyed by that same mask, so the two inputs always agree.
@@ -225,8 +241,14 @@ class DiffusionEngine(Engine):
             hole_px = cv2.resize(cells.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
             masked = torch.cat([latent_codec.encode(model, np.where(hole_px[..., None] > 0, 127, px).astype(np.uint8))
                                 for px in pixels])
-            mask_latent = torch.from_numpy(cells).float()
+            mask_latent = torch.from_numpy(cells).to(masked.device, torch.float32)
             condition = torch.cat([mask_latent[None, None].expand(len(pixels), -1, -1, -1), masked], dim=1)
+        if masked is not None and request.kind == JobKind.FILL and request.sampling.strength >= 1.0:
+            # A full-strength fill starts from pure noise, so the original latents only hold the kept cells
+            # in place, and outside the hole the masked image's are those: one VAE encode instead of two.
+            init = masked
+        else:
+            init = torch.cat([latent_codec.encode(model, px) for px in pixels])
         preview = latent_codec.make_preview(model, p.alpha, (width, height))
         rect = p.region.translated(*work.offset)
         s, style = request.sampling, request.style
@@ -236,20 +258,25 @@ class DiffusionEngine(Engine):
                          pure_noise=request.kind == JobKind.FILL)
         x0, ran = run_denoise(model, job, lambda step, steps, x0: on_step(step, x0, preview, rect))
         images = latent_codec.decode(model, x0)
+        # Each variant's canvas is copied from work.base once; later windows of that variant paint into it.
+        in_place = not (shared and len(images) > 1) and canvases[0] is not work.base
         if shared:
             canvases = [canvases[0]] * len(images)
-        return [self._composite(work, p, canvas, image) for canvas, image in zip(canvases, images)], ran
+        return [self._composite(work, p, canvas, image, in_place)
+                for canvas, image in zip(canvases, images)], ran
 
-    def _composite(self, work: _Work, p: _Pass, canvas: np.ndarray, generated: np.ndarray) -> np.ndarray:
-        """Scale back, remove colour drift, composite with the feathered mask, paste into a new canvas."""
+    def _composite(self, work: _Work, p: _Pass, canvas: np.ndarray, generated: np.ndarray,
+                   in_place: bool = False) -> np.ndarray:
+        """Scale back, remove colour drift, composite with the feathered mask, paste into the canvas (a new
+        one unless `in_place`)."""
         region_h, region_w = p.hole.shape
         out = _resize(generated, (region_w, region_h))
         current = canvas[p.region.slices()]
-        ring = imageops.grow_mask(p.hole, DRIFT_RING) & ~imageops.grow_mask(p.hole, 2)
+        ring = imageops.ring_around(p.hole, 2, DRIFT_RING)
         out = imageops.correct_colour_drift(out, current, ring, p.alpha > 0)
         if work.fill_alpha is not None:
             out = np.dstack([out, work.fill_alpha[p.region.slices()]])
-        result = canvas.copy()
+        result = canvas if in_place else canvas.copy()
         result[p.region.slices()] = imageops.composite(current, out, p.alpha)
         return result
 
