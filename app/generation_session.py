@@ -74,8 +74,7 @@ class GenerationSession(QObject):
 
     def cancel(self) -> None:
         if self._busy:
-            self.controller.cancel()
-            self.status.emit("Cancelling…", False)
+            self.controller.cancel()         # emits CANCELLED before it returns: the UI is idle at once
 
     def finish_early(self) -> None:
         """Stop after the current step and keep what it predicts as the result (Stop & keep)."""

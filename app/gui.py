@@ -4,10 +4,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+PRELOAD_AFTER_MS = 300      # after the window's first paint
+
 
 def run_editor(argv: list[str]) -> int:
+    from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
+    from app.engine.preload import preload
     from app.widgets.main_window import MainWindow
 
     app = QApplication.instance() or QApplication([sys.argv[0], *[a for a in argv if a.startswith("-")]])
@@ -15,6 +19,7 @@ def run_editor(argv: list[str]) -> int:
     app.setApplicationName("Latent Canvas")
     window = MainWindow()
     window.show()
+    QTimer.singleShot(PRELOAD_AFTER_MS, preload)     # torch & co. load while the user looks at the window
     images = [a for a in argv if not a.startswith("-")]
     if images:
         window.open_image(Path(images[0]))

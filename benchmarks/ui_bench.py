@@ -128,6 +128,21 @@ def run(args) -> dict:
     window = MainWindow(settings=settings, library=ModelLibrary(scratch / "models.json"))
     window.resize(1400, 900)
     window.show()
+    # As the editor does (app/gui.py): the diffusion stack is imported on a background thread once the
+    # window is up. The main thread's longest stall meanwhile is reported on its own.
+    from app.engine.preload import preload
+
+    torch_preloaded = "torch" in sys.modules
+    preload_monitor = Monitor()
+    preload_monitor.start()
+    preload_start = time.perf_counter()
+    done = preload()
+    while not done.wait(0.001):
+        app.processEvents()
+    preload_monitor.stop()
+    preload_s = time.perf_counter() - preload_start
+    print(f"engine preload after the window is shown: {preload_s:.2f} s, longest stall "
+          f"{preload_monitor.max_ms():.1f} ms", flush=True)
     entry = window.add_model_from_text(str(folder))
     if entry is None or window.panel.selected_model() != entry.location:
         raise RuntimeError(f"could not add and pick the benchmark model: {window.last_error}")
@@ -215,9 +230,8 @@ def run(args) -> dict:
         app.processEvents()
         return out
 
-    # The first job imports torch/diffusers and loads the model on the worker thread, as the editor's first
-    # diffusion job does: reported, not part of the medians.
-    torch_preloaded = "torch" in sys.modules
+    # The first job loads the model on the worker thread, as the editor's first diffusion job does: reported,
+    # not part of the medians.
     first = one_job()
     print(f"first job (model load): longest stall {first['max_stall_ms']:.1f} ms", flush=True)
     fills = []
@@ -273,12 +287,13 @@ def run(args) -> dict:
         entry("Cancel to idle during the final VAE decode / one step", final["median"] / step_s, 1.0, "steps",
               cancel_ms=round(1000 * final["median"], 1), worst_ms=round(1000 * final["max"], 1),
               step_ms=round(1000 * step_s, 1)),
-        entry("longest main-thread stall, first job (imports torch, loads the model)", first["max_stall_ms"],
-              16.0, "ms"),
+        entry("longest main-thread stall, first job (loads the model)", first["max_stall_ms"], 16.0, "ms"),
+        entry("longest main-thread stall while the engine is imported after the window is shown (once)",
+              preload_monitor.max_ms(), 250.0, "ms", preload_s=round(preload_s, 2)),
     ]
     return {"size": args.size, "family": args.family, "model": describe(args.size, args.family),
             "document": f"{side}x{side}", "mask": f"centred {box}x{box}", "steps": args.steps,
-            "platform": os.environ.get("QT_QPA_PLATFORM", ""), "torch_imported_by_first_job": not torch_preloaded,
+            "platform": os.environ.get("QT_QPA_PLATFORM", ""), "torch_imported_before_window": torch_preloaded,
             "stall_ms": stall, "stall_until_idle_ms": stall_idle, "phase_ms": phases,
             "step_s": step, "cancel_s": cancel, "cancel_final_decode_s": final, "first_job": first,
             "paint_ms": summary(all_paints) if all_paints else None,

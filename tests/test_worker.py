@@ -41,6 +41,10 @@ class ScriptedEngine(Engine):
             raise MemoryError()
         if self.behaviour == "user-error":
             raise EngineError("the prompt is too long")
+        if self.behaviour == "deaf":            # one step, then a long uninterruptible part (a VAE decode)
+            emit(EngineEvent.progress(job_id, 1, 1, message="step 1"))
+            time.sleep(0.4)
+            return (Variant(np.array(request.image), request.sampling.seed, "deaf"),)
         steps = 3 if self.behaviour == "quick" else 5
         for step in range(1, steps + 1):
             self.steps_emitted.append((job_id, step))
@@ -62,7 +66,7 @@ class Factories:
     def __init__(self) -> None:
         self.built: list[ScriptedEngine] = []
         self.registry = EngineRegistry()
-        for behaviour in ("wait", "keep", "quick", "raise", "oom", "user-error"):
+        for behaviour in ("wait", "keep", "quick", "raise", "oom", "user-error", "deaf"):
             self.registry.register(f"scripted-{behaviour}", f"Scripted {behaviour} engine",
                                    self._factory(behaviour))
 
@@ -131,6 +135,20 @@ def test_cancel_stops_a_running_job_within_one_step(qtbot, make_controller, fact
     assert [e.kind for e in events[seen_before_cancel:]] == [EventKind.CANCELLED]
     assert factories.built[0].steps_emitted == [(job_id, 1)]
     assert not controller.busy
+
+
+def test_cancel_is_immediate_even_while_the_engine_cannot_stop(qtbot, make_controller):
+    controller = make_controller()
+    events = record(controller)
+    with qtbot.waitSignal(controller.event, check_params_cb=is_kind(EventKind.PROGRESS), timeout=5000):
+        job_id = controller.start(request("scripted-deaf"))
+    controller.cancel()
+    assert not controller.busy and events[-1].kind == EventKind.CANCELLED and events[-1].job_id == job_id
+    qtbot.wait(700)                                  # the engine finishes its result meanwhile: dropped
+    assert [e.kind for e in events].count(EventKind.CANCELLED) == 1
+    assert EventKind.RESULT not in [e.kind for e in events] and not controller.busy
+    with qtbot.waitSignal(controller.event, check_params_cb=is_kind(EventKind.RESULT), timeout=5000):
+        controller.start(request("scripted-quick"))
 
 
 def test_finish_ends_a_running_job_with_the_current_step_as_its_result(qtbot, make_controller, factories):

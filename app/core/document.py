@@ -56,6 +56,11 @@ class Document:
     def nbytes(self) -> int:
         return int(self.image.nbytes + self.mask.nbytes)
 
+    def __setattr__(self, name: str, value) -> None:
+        if name == "image":
+            value = read_only(value)
+        super().__setattr__(name, value)
+
     def snapshot(self) -> "DocumentState":
         return DocumentState(self.image, self.mask.copy(), self.canvas, self.parameters)
 
@@ -77,3 +82,24 @@ class DocumentState:
     @property
     def nbytes(self) -> int:
         return int(self.image.nbytes + self.mask.nbytes)
+
+
+def read_only(image: np.ndarray) -> np.ndarray:
+    """The image, contiguous and marked read-only in place: document images are replaced, never written, so
+    history states and generation requests can share them without copies."""
+    image = np.ascontiguousarray(image)
+    if image.flags.writeable and image.base is None:
+        image.setflags(write=False)
+    elif image.flags.writeable:
+        image = image.copy()
+        image.setflags(write=False)
+    return image
+
+
+def is_immutable(array: np.ndarray) -> bool:
+    """True when no one can write these pixels: the array and every array it views are read-only."""
+    while isinstance(array, np.ndarray):
+        if array.flags.writeable:
+            return False
+        array = array.base
+    return array is None or isinstance(array, bytes)

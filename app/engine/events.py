@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -17,11 +17,28 @@ class EventKind(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
+THUMBNAIL_SIDE = 192           # px: the variants strip shows 96 px icons, sharp on 2x screens
+
+
 @dataclass(frozen=True)
 class Variant:
     image: np.ndarray         # the whole output (request.output_rect sized), H x W x C uint8
     seed: int
     parameters: str          # the PNG `parameters` text describing how it was made
+    thumbnail: np.ndarray | None = None    # at most THUMBNAIL_SIDE px a side, made on the engine's thread
+
+    def with_thumbnail(self) -> "Variant":
+        """This variant with its thumbnail made (an area average of the image), so the UI thread never has
+        to scale a full-size result."""
+        if self.thumbnail is not None:
+            return self
+        import cv2
+
+        height, width = self.image.shape[:2]
+        scale = min(1.0, THUMBNAIL_SIDE / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        thumbnail = cv2.resize(np.ascontiguousarray(self.image), size, interpolation=cv2.INTER_AREA)
+        return replace(self, thumbnail=thumbnail)
 
 
 @dataclass(frozen=True)

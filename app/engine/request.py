@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.core.document import is_immutable
 from app.core.geometry import Rect
 
 
@@ -160,6 +161,8 @@ class GenerationRequest:
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
+    if is_immutable(array):                  # a document's image: shared, not copied
+        return array
     copy = np.array(array, copy=True)
     copy.setflags(write=False)
     return copy

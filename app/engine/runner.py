@@ -19,6 +19,7 @@ def run_job(engine: Engine, request: GenerationRequest, job_id: int, emit: Emit,
         cancel.check()
         variants = tuple(engine.generate(request, job_id, emit, cancel))
         cancel.check()
+        variants = tuple(variant.with_thumbnail() for variant in variants)
         if not variants:
             raise EngineError(f"{engine.label or engine.id} produced no result")
         terminal = EngineEvent.result(job_id, variants)

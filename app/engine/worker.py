@@ -116,9 +116,14 @@ class EngineController(QObject):
         return self._job_id
 
     def cancel(self) -> None:
-        """Ask the current job to stop; its CANCELLED event follows within one engine step."""
-        if self._token is not None:
-            self._token.cancel()
+        """Stop the current job: it is CANCELLED at once (that event is emitted before this returns) and the
+        controller is idle. The worker drops the job at its next check; whatever it still reports is ignored."""
+        if self._token is None:
+            return
+        self._token.cancel()
+        self._token = None
+        self._set_busy(False)
+        self.event.emit(EngineEvent.cancelled(self._job_id))
 
     def finish(self) -> None:
         """Ask the current job to stop after its current step and keep that step's prediction as the
@@ -132,7 +137,9 @@ class EngineController(QObject):
         if self._shut_down:
             return self._thread.isFinished()
         self._shut_down = True
-        self.cancel()
+        if self._token is not None:
+            self._token.cancel()
+            self._token = None
         self._thread.quit()
         finished = self._thread.wait(timeout_ms)
         if finished:
@@ -145,8 +152,8 @@ class EngineController(QObject):
 
     @Slot(object)
     def _on_worker_event(self, event: EngineEvent) -> None:
-        if event.job_id != self._job_id or self._shut_down:
-            return
+        if event.job_id != self._job_id or self._token is None or self._shut_down:
+            return          # an older job's, or the current one's after it was cancelled
         if event.kind in _TERMINAL:
             self._token = None
             self._set_busy(False)

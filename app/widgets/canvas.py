@@ -76,6 +76,7 @@ class CanvasView(QWidget):
         self._lut = tools.overlay_lut()
         self._preview: tuple[np.ndarray, QImage, Rect] | None = None      # array, its QImage, where
         self._candidate: tuple[np.ndarray, QImage, Rect] | None = None
+        self._candidate_mips: dict[int, tuple[np.ndarray, QImage]] = {}
         self._mouse: QPointF | None = None
         self._hover_edges = ""
         self._space = False
@@ -176,17 +177,19 @@ class CanvasView(QWidget):
 
     def _image_for_zoom(self) -> QImage:
         """The document image, or a cached area-averaged reduction of it when zoomed out (no aliasing)."""
+        return self._for_zoom(self.state.document.image, self._image[1], self._mips)
+
+    def _for_zoom(self, image: np.ndarray, full: QImage, mips: dict) -> QImage:
         level = int(math.floor(math.log2(1.0 / self._zoom))) if self._zoom < 0.5 else 0
-        image = self.state.document.image
         while level > 0 and (image.shape[0] >> level < 2 or image.shape[1] >> level < 2):
             level -= 1
         if level == 0:
-            return self._image[1]
-        if level not in self._mips:
+            return full
+        if level not in mips:
             f = 1 << level
             size = (max(math.ceil(image.shape[1] / f), 1), max(math.ceil(image.shape[0] / f), 1))
-            self._mips[level] = qimage_from_array(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
-        return self._mips[level][1]
+            mips[level] = qimage_from_array(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+        return mips[level][1]
 
     def _rebuild_overlay(self) -> None:
         doc = self.state.document
@@ -241,6 +244,7 @@ class CanvasView(QWidget):
         self._preview = None if preview is None else (*qimage_from_array(preview[0]), preview[1])
         self._candidate = None if candidate is None else (*qimage_from_array(candidate[0]),
                                                           candidate[1])
+        self._candidate_mips = {}
         self.update()
 
     def _on_tool_changed(self, _tool: str) -> None:
@@ -275,7 +279,8 @@ class CanvasView(QWidget):
             p.fillRect(image_w, self._checker)
         p.setRenderHint(QPainter.SmoothPixmapTransform, self._zoom < 2.0)
         if self._candidate is not None and self.state.candidate is not None:
-            p.drawImage(self.image_rect_to_widget(self._candidate[2]), self._candidate[1])
+            pixels, full, rect = self._candidate
+            p.drawImage(self.image_rect_to_widget(rect), self._for_zoom(pixels, full, self._candidate_mips))
         else:
             p.drawImage(image_w, self._image_for_zoom())
             if not canvas.contains_rect(doc.image_rect):

@@ -55,7 +55,8 @@ class VariantsStrip(QWidget):
         self.list.blockSignals(True)
         self.list.clear()
         for i, variant in enumerate(self.variants):
-            pixmap = QPixmap.fromImage(to_qimage(variant.image)).scaled(
+            small = variant.image if variant.thumbnail is None else variant.thumbnail
+            pixmap = QPixmap.fromImage(to_qimage(small)).scaled(
                 THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
             item = QListWidgetItem(QIcon(pixmap), f"{i + 1} · seed {variant.seed}")
             item.setToolTip(variant.parameters)

@@ -1,0 +1,79 @@
+"""Import the diffusion stack on a background thread as soon as the editor window is up.
+
+Importing torch runs its C++ static initialisers while holding the GIL (about 150 ms on a 2-core machine),
+diffusers and transformers add 50-100 ms holds of their own. Whatever thread imports them, the UI thread
+cannot run meanwhile. Done lazily by the first Fill, those stalls would land while the user watches the
+first job's previews; done right after the window appears, they land in the first second of the session,
+before anyone can have clicked. The editor's cold start is unchanged: nothing is imported before the
+window is shown.
+
+The objects those imports create (millions) are then moved out of the garbage collector's reach
+(gc.freeze): otherwise every full collection scans them all, a 150 ms stall of every thread that can strike
+at any moment, in the middle of a job or of a brush stroke.
+"""
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+MODULES = ("torch", "transformers", "diffusers", "app.engine.latent_codec", "app.engine.denoise",
+           "app.engine.model_loader", "app.engine.diffusion_engine")
+# diffusers and transformers import their classes lazily, on first attribute access: these are the ones a
+# first job touches (models, pipelines for single files, schedulers, tokenizer).
+ATTRIBUTES = {
+    "diffusers": ("UNet2DConditionModel", "AutoencoderKL", "AutoencoderTiny", "StableDiffusionPipeline",
+                  "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline",
+                  "DDIMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+                  "EulerDiscreteScheduler", "UniPCMultistepScheduler"),
+    "transformers": ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer"),
+}
+
+_lock = threading.Lock()
+_done = threading.Event()
+_thread: threading.Thread | None = None
+
+
+def preload(modules: tuple[str, ...] = MODULES) -> threading.Event:
+    """Start importing `modules` on a background thread (once per process); the returned event is set when
+    the imports have finished, failed imports included (the first job then reports the failure)."""
+    global _thread
+    with _lock:
+        if _thread is None:
+            _thread = threading.Thread(target=_run, args=(modules,), name="engine-preload")
+            _thread.start()
+    return _done
+
+
+def _run(modules: tuple[str, ...]) -> None:
+    start = time.perf_counter()
+    try:
+        for name in modules:
+            module = importlib.import_module(name)
+            for attribute in ATTRIBUTES.get(name, ()):
+                getattr(module, attribute)
+            gc.freeze()
+        _warm_transformers()
+        gc.freeze()
+        log.info("diffusion engine imported in %.1f s", time.perf_counter() - start)
+    except Exception:  # noqa: BLE001 - a broken install is reported by the first job that needs it
+        log.exception("could not preload the diffusion engine")
+    finally:
+        _done.set()
+
+
+def _warm_transformers() -> None:
+    """transformers compiles ~1000 regular expressions of checkpoint-conversion rules the first time any model
+    loads, then caches them for the process: build that cache now, not during the first job. Best effort: an
+    internal of transformers 5, skipped if it moves."""
+    try:
+        from transformers import conversion_mapping
+
+        conversion_mapping.get_checkpoint_conversion_mapping("clip_text_model")
+    except Exception:  # noqa: BLE001 - only a warm-up
+        log.debug("transformers' conversion mapping was not pre-built", exc_info=True)
+

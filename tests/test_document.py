@@ -1,0 +1,63 @@
+"""The document's images are immutable, so history and generation requests share them instead of copying."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.core.document import Document, is_immutable, read_only
+from app.core.geometry import Rect
+from app.engine.request import GenerationRequest, JobKind
+
+
+def _image(value: int = 10) -> np.ndarray:
+    return np.full((32, 48, 3), value, np.uint8)
+
+
+def test_document_images_cannot_be_written_in_place():
+    doc = Document.from_image(_image())
+    with pytest.raises(ValueError):
+        doc.image[0, 0] = 255
+    doc.restore(doc.snapshot())
+    doc.image = _image(20)                      # a result replaces the image: it is frozen too
+    assert not doc.image.flags.writeable and int(doc.image[0, 0, 0]) == 20
+
+
+def test_a_request_shares_a_document_image_and_copies_anything_writable():
+    doc = Document.from_image(_image())
+    doc.mask[4:8, 4:8] = 255
+    request = GenerationRequest(JobKind.FILL, doc.image, doc.mask)
+    assert request.image is doc.image                    # no copy of a possibly huge image
+    assert request.mask is not doc.mask                  # the mask is painted in place: copied
+    doc.mask[:] = 0
+    assert request.mask.any()
+    loose = _image(30)
+    held = GenerationRequest(JobKind.FILL, loose, doc.mask | 255)
+    loose[:] = 0                                         # the caller's array changes after the job started
+    assert int(held.image[0, 0, 0]) == 30
+
+
+@pytest.mark.parametrize("make, immutable", [
+    (lambda: read_only(_image()), True),
+    (lambda: np.frombuffer(bytes(12), np.uint8).reshape(2, 2, 3), True),
+    (lambda: _image(), False),
+    (lambda: _view_of_writable(), False),
+    (lambda: np.frombuffer(bytearray(12), np.uint8).reshape(2, 2, 3), False),
+])
+def test_only_arrays_nobody_can_write_count_as_immutable(make, immutable):
+    assert is_immutable(make()) is immutable
+
+
+def _view_of_writable() -> np.ndarray:
+    view = _image()[2:10]
+    view.setflags(write=False)                 # read-only view, but its base can still be written
+    return view
+
+
+def test_read_only_keeps_the_pixels_and_a_view_gets_its_own_copy():
+    base = _image(7)
+    view = base[:, :10]
+    frozen = read_only(view)
+    assert not frozen.flags.writeable and frozen.shape == (32, 10, 3) and int(frozen[0, 0, 0]) == 7
+    base[:] = 0
+    assert int(frozen[0, 0, 0]) == 7
+    assert Rect(0, 0, 48, 32) == Document.from_image(base).image_rect
