@@ -99,11 +99,17 @@ class EditorState(QObject):
 
     # -- overlays -----------------------------------------------------------------------------------
     def set_preview(self, image: np.ndarray | None, rect: Rect | None) -> None:
-        self.preview = None if image is None or rect is None else (image, rect)
+        preview = None if image is None or rect is None else (image, rect)
+        if preview is None and self.preview is None:
+            return                     # nothing shown, nothing to clear: no repaint
+        self.preview = preview
         self.overlay_changed.emit()
 
     def set_candidate(self, image: np.ndarray | None, rect: Rect | None) -> None:
-        self.candidate = None if image is None or rect is None else (image, rect)
+        candidate = None if image is None or rect is None else (image, rect)
+        if candidate is None and self.candidate is None:
+            return
+        self.candidate = candidate
         self.overlay_changed.emit()
 
     # -- tools --------------------------------------------------------------------------------------

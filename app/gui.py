@@ -21,6 +21,6 @@ def run_editor(argv: list[str]) -> int:
     window.show()
     QTimer.singleShot(PRELOAD_AFTER_MS, preload)     # torch & co. load while the user looks at the window
     images = [a for a in argv if not a.startswith("-")]
-    if images:
+    if not window.offer_recovery() and images:
         window.open_image(Path(images[0]))
     return app.exec()

@@ -7,7 +7,8 @@ without previews, and itself on small and huge canvases. Run by benchmarks/run.p
 Every variant runs once as a warm-up, then `runs` rounds, each round running every variant once in a
 rotated order, so slow drifts of a shared machine hit all variants alike. Times are wall-clock seconds of
 one whole job: for the engine app.engine.runner.run_job on a fresh DiffusionEngine sharing one loaded
-model (as the editor does), request construction included in the scaling runs; for diffusers one
+model (as the editor does), request construction included in the scaling runs (from read-only images, as
+the editor's documents are, so the request shares the image and copies the mask); for diffusers one
 pipeline call with output_type="pil".
 """
 from __future__ import annotations
@@ -361,7 +362,11 @@ def scaling(args) -> dict:
     small, big, huge = native, args.expand_canvas, args.fill_canvas
     box = Rect(native * 3 // 8, native * 3 // 8, native // 4, native // 4)      # the same small mask
     add, more = native // 2, native * 2                                           # +256 / +1024 at 512
-    images = {small: photo(small, small), big: photo(big, big, seed=1), huge: photo(huge, huge, seed=2)}
+    # Read-only, as the editor's document images are (app.core.document.read_only): requests share them.
+    from app.core.document import read_only
+
+    images = {small: read_only(photo(small, small)), big: read_only(photo(big, big, seed=1)),
+              huge: read_only(photo(huge, huge, seed=2))}
     masks = {small: box_mask(small, small, box), huge: box_mask(huge, huge, box)}
     cases = {
         f"fill {small}^2": lambda: runner.fill_request(images[small], masks[small], args.steps),

@@ -54,7 +54,7 @@ def run(args) -> dict:
     from app.widgets.main_window import MainWindow
 
     window = MainWindow(settings=QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat),
-                        library=ModelLibrary(scratch / "models.json"))
+                        library=ModelLibrary(scratch / "models.json"), recovery_root=scratch / "recovery")
     window.resize(1400, 900)
     window.show()
     side = args.document

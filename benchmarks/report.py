@@ -61,6 +61,11 @@ def render_run(run: dict, name: str) -> list[str]:
              f"{'on' if c['channels_last'] else 'off'}", ""]
     for family, model in c.get("models", {}).items():
         lines.append(f"* model `{family}`: {model}")
+    if run.get("note"):
+        lines.append(f"* note: {run['note']}")
+    times = {part: r["ran_utc"] for part, r in run["benchmarks"].items() if "ran_utc" in r}
+    if len(set(times.values())) > 1:
+        lines.append("* parts ran at (UTC): " + ", ".join(f"{part} {when}" for part, when in times.items()))
     lines.append("")
     lines += summary_table(run)
     b = run["benchmarks"]

@@ -130,6 +130,7 @@ def main(argv=None) -> int:
             out["errors"][name] = str(exc)[-4000:]
             continue
         result["wall_s"] = round(time.perf_counter() - start, 1)
+        result["ran_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
         out["benchmarks"][name] = result
         for figure in result.get("figures", []):
             print(f"   {_figure_line(figure)}", flush=True)
@@ -141,10 +142,25 @@ def main(argv=None) -> int:
     suffix += "-channels-last" if args.channels_last else ""
     suffix += "-smoke" if out["smoke"] else ""
     path = args.results / f"{out['date']}-{label}{suffix}.json"
+    if set(args.only) != set(PARTS) and path.is_file():
+        out = _merged(json.loads(path.read_text(encoding="utf-8")), out)
     path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {path} ({out['wall_s']:.0f} s)")
     print(f"wrote {write_report(args.results, args.report)}")
     return 1 if out["errors"] else 0
+
+
+def _merged(earlier: dict, now: dict) -> dict:
+    """A partial rerun (--only) updates the parts it ran in the same day's results file and keeps the rest;
+    each part records when it ran, and the command line records both runs."""
+    merged = dict(earlier)
+    merged["benchmarks"] = {**earlier.get("benchmarks", {}), **now["benchmarks"]}
+    merged["errors"] = {k: v for k, v in earlier.get("errors", {}).items() if k not in now["benchmarks"]}
+    merged["errors"].update(now["errors"])
+    merged["command"] = f"{earlier['command']}; then {now['command']}"
+    merged["wall_s"] = round(earlier.get("wall_s", 0) + now["wall_s"], 1)
+    merged["smoke"] = bool(earlier.get("smoke")) or now["smoke"]
+    return merged
 
 
 def _figure_line(figure: dict) -> str:

@@ -125,7 +125,8 @@ def run(args) -> dict:
     CanvasView.paintEvent = timed_paint
 
     settings = QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat)
-    window = MainWindow(settings=settings, library=ModelLibrary(scratch / "models.json"))
+    window = MainWindow(settings=settings, library=ModelLibrary(scratch / "models.json"),
+                        recovery_root=scratch / "recovery")
     window.resize(1400, 900)
     window.show()
     # As the editor does (app/gui.py): the diffusion stack is imported on a background thread once the

@@ -1,8 +1,13 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Tests never read or write the user's own settings, model list or recovery data.
+_SCRATCH = tempfile.mkdtemp(prefix="latent-canvas-tests-")
+for _name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
+    os.environ[_name] = os.path.join(_SCRATCH, _name.lower())
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 

@@ -169,6 +169,23 @@ def test_cancel_stops_job_and_keeps_document(qtbot, settings, photo):
     assert window.panel.fill_button.isEnabled()
 
 
+def test_opening_another_image_mid_job_cancels_it_and_its_result_never_lands(qtbot, settings, photo, tmp_path):
+    gate = threading.Event()
+    window = make_window(qtbot, settings, ScriptedEngine(gate))
+    window.open_image(photo[0])
+    window.state.set_mask(np.full((48, 64), 255, np.uint8), "Paint")
+    qtbot.mouseClick(window.panel.fill_button, Qt.MouseButton.LeftButton)
+    assert window.session.busy
+    other = np.full((20, 30, 3), 90, np.uint8)
+    Image.fromarray(other).save(tmp_path / "other.png")
+    assert window.open_image(tmp_path / "other.png")
+    assert not window.session.busy
+    gate.set()                                    # the old job could now run to its end
+    qtbot.wait(300)
+    assert window.session.variants == () and window.state.candidate is None
+    np.testing.assert_array_equal(window.state.document.image, other)
+
+
 def test_engine_error_is_one_line_and_next_job_works(qtbot, settings, photo):
     engine = ScriptedEngine(fail=True)
     window = make_window(qtbot, settings, engine)

@@ -35,7 +35,8 @@ def _scale_shift(vae) -> tuple[float, float]:
 def encode(model, pixels: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 -> (1, C, H/8, W/8) float32 latents (the distribution's mean: deterministic)."""
     vae = model.vae
-    x = torch.from_numpy(np.ascontiguousarray(pixels[..., :3])).permute(2, 0, 1)[None]
+    rgb = pixels[..., :3] if pixels.flags.writeable else pixels[..., :3].copy()    # documents are read-only
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
     x = x.to(model.plan.device, torch.float32) / 127.5 - 1.0
     scale, shift = _scale_shift(vae)
     with on_device(model, [vae]), torch.inference_mode():

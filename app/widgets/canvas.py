@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import (QBrush, QColor, QCursor, QFont, QImage, QPainter, QPainterPath, QPen,
@@ -19,6 +18,7 @@ from app.core.changes import MaskPatchChange
 from app.core.geometry import Rect
 from app.editor_state import EditorState
 from app.widgets import canvas_tools as tools
+from app.widgets.mip_cache import MipCache
 from app.widgets.qt_image import qimage_from_array
 
 HINT = "Open an image (Ctrl+O), drop one here, or paste (Ctrl+V)"
@@ -70,13 +70,15 @@ class CanvasView(QWidget):
         self._offset = QPointF(0.0, 0.0)
         self._auto_fit = True
         self._image: tuple[np.ndarray, QImage] | None = None
-        self._mips: dict[int, tuple[np.ndarray, QImage]] = {}
+        self._mips = MipCache(self)
+        self._mips.ready.connect(self.update)
         self._image_size: tuple[int, int] | None = None
         self._overlay: tuple[np.ndarray, QImage] | None = None
         self._lut = tools.overlay_lut()
         self._preview: tuple[np.ndarray, QImage, Rect] | None = None      # array, its QImage, where
         self._candidate: tuple[np.ndarray, QImage, Rect] | None = None
-        self._candidate_mips: dict[int, tuple[np.ndarray, QImage]] = {}
+        self._candidate_mips = MipCache(self)
+        self._candidate_mips.ready.connect(self.update)
         self._mouse: QPointF | None = None
         self._hover_edges = ""
         self._space = False
@@ -171,25 +173,9 @@ class CanvasView(QWidget):
     # -- caches -----------------------------------------------------------------------------------
     def _rebuild_image(self) -> None:
         doc = self.state.document
-        self._mips.clear()
         self._image = None if doc is None else qimage_from_array(doc.image)
+        self._mips.set_image(*(self._image or (None, None)))
         self._image_size = None if doc is None else (doc.width, doc.height)
-
-    def _image_for_zoom(self) -> QImage:
-        """The document image, or a cached area-averaged reduction of it when zoomed out (no aliasing)."""
-        return self._for_zoom(self.state.document.image, self._image[1], self._mips)
-
-    def _for_zoom(self, image: np.ndarray, full: QImage, mips: dict) -> QImage:
-        level = int(math.floor(math.log2(1.0 / self._zoom))) if self._zoom < 0.5 else 0
-        while level > 0 and (image.shape[0] >> level < 2 or image.shape[1] >> level < 2):
-            level -= 1
-        if level == 0:
-            return full
-        if level not in mips:
-            f = 1 << level
-            size = (max(math.ceil(image.shape[1] / f), 1), max(math.ceil(image.shape[0] / f), 1))
-            mips[level] = qimage_from_array(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
-        return mips[level][1]
 
     def _rebuild_overlay(self) -> None:
         doc = self.state.document
@@ -241,11 +227,21 @@ class CanvasView(QWidget):
 
     def _on_overlay_changed(self) -> None:
         preview, candidate = self.state.preview, self.state.candidate
+        before = self._preview[2] if self._preview is not None else None
+        candidate_before = self._candidate
         self._preview = None if preview is None else (*qimage_from_array(preview[0]), preview[1])
         self._candidate = None if candidate is None else (*qimage_from_array(candidate[0]),
                                                           candidate[1])
-        self._candidate_mips = {}
-        self.update()
+        if self._candidate is None:
+            self._candidate_mips.set_image(None, None)
+        elif self._candidate[0] is not self._candidate_mips._pixels:
+            self._candidate_mips.set_image(*self._candidate[:2])
+        if candidate_before is None and self._candidate is None and before is not None and preview is not None:
+            # A step's preview replaced the last one: repaint only where they lie, not the whole canvas.
+            area = self.image_rect_to_widget(before.union(preview[1])).toAlignedRect().adjusted(-2, -2, 2, 2)
+            self.update(area)
+        else:
+            self.update()
 
     def _on_tool_changed(self, _tool: str) -> None:
         self._update_cursor()
@@ -277,12 +273,15 @@ class CanvasView(QWidget):
         p.fillRect(canvas_w, self._checker)
         if doc.has_alpha:
             p.fillRect(image_w, self._checker)
-        p.setRenderHint(QPainter.SmoothPixmapTransform, self._zoom < 2.0)
         if self._candidate is not None and self.state.candidate is not None:
-            pixels, full, rect = self._candidate
-            p.drawImage(self.image_rect_to_widget(rect), self._for_zoom(pixels, full, self._candidate_mips))
+            image, exact = self._candidate_mips.image_for(self._zoom)
+            p.setRenderHint(QPainter.SmoothPixmapTransform, exact and self._zoom < 2.0)
+            p.drawImage(self.image_rect_to_widget(self._candidate[2]), image)
         else:
-            p.drawImage(image_w, self._image_for_zoom())
+            image, exact = self._mips.image_for(self._zoom)
+            p.setRenderHint(QPainter.SmoothPixmapTransform, exact and self._zoom < 2.0)
+            p.drawImage(image_w, image)
+            p.setRenderHint(QPainter.SmoothPixmapTransform, self._zoom < 2.0)
             if not canvas.contains_rect(doc.image_rect):
                 outside = QPainterPath()
                 outside.addRect(image_w)

@@ -9,7 +9,10 @@ from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplicat
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea,
                                QSlider, QToolBar, QVBoxLayout, QWidget)
 
+from app.autosave import Autosave
 from app.core.document import Document
+from app.core.recovery import RecoveryError, RecoveryStore
+from app.core.recovery import load as recovery_load
 from app.core.geometry import expand_by_fraction, expand_to_aspect
 from app.core.imageio import ImageLoadError, ImageSaveError, LoadedImage, load_image, save_image
 from app.core.styles import StyleError, load_styles
@@ -35,9 +38,16 @@ def default_library_path() -> Path:
     return Path(folder or Path.home() / ".config" / "latent-canvas") / "models.json"
 
 
+def default_recovery_root() -> Path:
+    """Where autosaved work for crash recovery goes: the per-user data folder."""
+    folder = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
+    return Path(folder or Path.home() / ".local" / "share" / "latent-canvas") / "recovery"
+
+
 class MainWindow(QMainWindow):
     def __init__(self, settings: QSettings | None = None, registry: EngineRegistry | None = None,
-                 parent: QWidget | None = None, library: ModelLibrary | None = None) -> None:
+                 parent: QWidget | None = None, library: ModelLibrary | None = None,
+                 recovery_root: Path | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("mainWindow")
         self.setAccessibleName("Latent Canvas")
@@ -53,6 +63,9 @@ class MainWindow(QMainWindow):
         self.registry = registry or EngineRegistry()
         self.library = library if library is not None else ModelLibrary(default_library_path())
         self.session = GenerationSession(self.state, styles, self.registry, self)
+        self.recovery = RecoveryStore(recovery_root if recovery_root is not None else default_recovery_root())
+        self.autosave = Autosave(self.state, self.recovery, parent=self)
+        self.autosave.failed.connect(lambda text: self.statusBar().showMessage(text, 10000))
         self.canvas = CanvasView(self.state, self)
         self.setCentralWidget(self._centre())
         self.panel = GeneratePanel(styles, self.registry.entries(), self, self.library.entries())
@@ -429,7 +442,50 @@ class MainWindow(QMainWindow):
             return
         self._save_settings()
         self.session.shutdown()
+        self.autosave.close()          # saved or knowingly discarded: nothing to recover
         event.accept()
+
+    # -- crash recovery ---------------------------------------------------------------------------------
+    def offer_recovery(self, ask=None) -> bool:
+        """If an editor crashed with unsaved work, offer it back. `ask(text) -> "recover" | "discard" |
+        "later"` (default: a dialog). Returns True when a session was recovered."""
+        crashed = self.recovery.crashed()
+        if not crashed:
+            return False
+        folder = crashed[0]
+        try:
+            found = recovery_load(folder)
+        except RecoveryError as exc:
+            self._show_status(f"Could not recover the last session: {exc}", True)
+            RecoveryStore.discard(folder)
+            return False
+        text = (f"Latent Canvas did not close properly last time. Recover the unsaved work?\n\n"
+                f"{found.describe()}")
+        answer = (ask or self._ask_recovery)(text)
+        if answer == "discard":
+            RecoveryStore.discard(folder)
+        if answer != "recover":
+            return False
+        if not self._confirm_discard_changes():
+            return False
+        self.state.set_document(found.document)
+        self.state.history.restore(found.changes, found.index)
+        self.state.image_changed.emit()
+        self.autosave.save_now()                      # under this editor's folder before the old one goes
+        self.autosave.wait()
+        RecoveryStore.discard(folder)
+        self.statusBar().showMessage(f"Recovered {found.describe()}.", 10000)
+        return True
+
+    def _ask_recovery(self, text: str) -> str:
+        box = QMessageBox(QMessageBox.Icon.Question, "Latent Canvas", text, parent=self)
+        recover = box.addButton("Recover", QMessageBox.ButtonRole.AcceptRole)
+        discard = box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton("Not now", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(recover)
+        box.exec()
+        clicked = box.clickedButton()
+        return "recover" if clicked is recover else "discard" if clicked is discard else "later"
 
     def _restore_settings(self) -> None:
         s = self.settings

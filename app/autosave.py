@@ -1,0 +1,116 @@
+"""Autosave for crash recovery: a few seconds after each change, the document, its mask and its undo history
+are written to this editor's recovery folder (app/core/recovery.py), on a background thread.
+
+The snapshot is taken on the UI thread (references to immutable arrays and a copy of the live mask, a few ms
+at 4096x4096); the writing happens on a thread, one save at a time, and a change made meanwhile is saved
+after it. A document with nothing unsaved (just opened, or saved) has no recovery data.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from app.core.recovery import RecoveryStore, take_snapshot
+from app.editor_state import EditorState
+
+log = logging.getLogger(__name__)
+
+DELAY_MS = 3000
+
+
+class Autosave(QObject):
+    saved = Signal(str)          # the manifest written (emitted on the UI thread)
+    failed = Signal(str)         # one line: why the recovery data could not be written
+
+    def __init__(self, state: EditorState, store: RecoveryStore, delay_ms: int = DELAY_MS,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.store = store
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(delay_ms)
+        self._timer.timeout.connect(self.save_now)
+        self._thread: threading.Thread | None = None
+        self._pending = False
+        self._has_data = False
+        self._finished = _Relay(self)
+        for signal in (state.image_changed, state.mask_changed, state.canvas_changed, state.document_replaced,
+                       state.history.stack.indexChanged, state.history.stack.cleanChanged):
+            signal.connect(self.schedule)
+
+    def schedule(self, *_args) -> None:
+        """Something changed: save in a few seconds, or drop the recovery data if nothing is unsaved."""
+        if self._nothing_to_lose():
+            self._timer.stop()
+            self._pending = False
+            if self._has_data:
+                self._clear()
+            return
+        self._timer.start()
+
+    def save_now(self) -> None:
+        if self._nothing_to_lose():
+            return
+        if self._thread is not None and self._thread.is_alive():
+            self._pending = True          # saved again when the running save ends
+            return
+        history = self.state.history
+        snapshot = take_snapshot(self.state.document, history.changes(), history.stack.index())
+        self._has_data = True
+        self._thread = threading.Thread(target=self._write, args=(snapshot,), name="autosave", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Block until the running save (if any) has finished; True if none is running any more."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def close(self) -> None:
+        """The editor is closing with nothing unsaved (or the user chose to discard): no recovery needed."""
+        self._timer.stop()
+        self._pending = False
+        self.wait()
+        self._clear()
+
+    def _nothing_to_lose(self) -> bool:
+        try:
+            return self.state.document is None or self.state.history.stack.isClean()
+        except RuntimeError:           # the window is being destroyed: its undo stack is already gone
+            return True
+
+    def _clear(self) -> None:
+        self.wait()
+        self.store.clear()
+        self._has_data = False
+
+    def _write(self, snapshot) -> None:
+        try:
+            path = str(self.store.save(snapshot))
+            self._finished.done.emit(path, "")
+        except Exception as exc:  # noqa: BLE001 - a full disk must not take the editor down
+            log.warning("autosave failed", exc_info=exc)
+            self._finished.done.emit("", f"Could not write the recovery copy: {exc}")
+
+    def _after_write(self, path: str, error: str) -> None:
+        if error:
+            self.failed.emit(error.splitlines()[0])
+        else:
+            self.saved.emit(path)
+        if self._pending:
+            self._pending = False
+            self.save_now()
+
+
+class _Relay(QObject):
+    """Carries a finished save from the writer thread to the UI thread (a queued signal)."""
+    done = Signal(str, str)
+
+    def __init__(self, owner: Autosave) -> None:
+        super().__init__(owner)
+        self.done.connect(owner._after_write)

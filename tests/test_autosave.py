@@ -1,0 +1,122 @@
+"""Autosave and crash recovery in the editor: work survives a killed process, and is offered back once."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtCore import QSettings
+
+from app import MainWindow
+from app.core.geometry import Rect
+from app.model_library import ModelLibrary
+
+
+@pytest.fixture
+def photo(tmp_path):
+    pixels = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(pixels).save(path)
+    return path, pixels
+
+
+def window_for(qtbot, tmp_path, delay_ms: int = 20) -> MainWindow:
+    window = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat),
+                        library=ModelLibrary(tmp_path / "models.json"), recovery_root=tmp_path / "recovery")
+    window.autosave._timer.setInterval(delay_ms)
+    qtbot.addWidget(window)
+    return window
+
+
+def crash(window: MainWindow) -> Path:
+    """What a killed editor leaves: its recovery folder, under a pid that no longer runs."""
+    window.autosave.wait()
+    dead = window.recovery.folder.with_name("999999")
+    window.recovery.folder.rename(dead)
+    return dead
+
+
+def paint(window: MainWindow, rect: Rect) -> None:
+    mask = window.state.document.mask.copy()
+    mask[rect.slices()] = 255
+    window.state.set_mask(mask, "Paint mask")
+
+
+def test_a_change_is_autosaved_and_a_new_editor_offers_it_back_with_its_history(qtbot, tmp_path, photo):
+    window = window_for(qtbot, tmp_path)
+    assert window.open_image(photo[0])
+    assert not window.recovery.folder.exists()                     # nothing unsaved yet: nothing written
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        paint(window, Rect(10, 10, 20, 12))
+    paint(window, Rect(40, 30, 8, 8))
+    window.state.history.stack.undo()                               # the second stroke is redoable
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        pass
+    dead = crash(window)
+
+    asked = []
+    again = window_for(qtbot, tmp_path)
+    assert again.offer_recovery(lambda text: asked.append(text) or "recover")
+    assert "photo.png, 64x48, 1 undo step" in asked[0]
+    doc = again.state.document
+    np.testing.assert_array_equal(doc.image, photo[1])
+    assert doc.mask[10:22, 10:30].all() and not doc.mask[30:38, 40:48].any()
+    assert not dead.exists() and again.has_unsaved_changes()
+    stack = again.state.history.stack
+    stack.redo()
+    assert doc.mask[30:38, 40:48].all()
+    stack.undo()
+    stack.undo()
+    assert not doc.mask.any()
+    assert not again.offer_recovery(lambda text: "recover")         # offered once
+
+
+def test_not_now_keeps_the_work_for_later_and_discard_deletes_it(qtbot, tmp_path, photo):
+    window = window_for(qtbot, tmp_path)
+    window.open_image(photo[0])
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        paint(window, Rect(0, 0, 5, 5))
+    dead = crash(window)
+    later = window_for(qtbot, tmp_path)
+    assert not later.offer_recovery(lambda text: "later") and dead.exists()
+    assert not later.offer_recovery(lambda text: "discard") and not dead.exists()
+
+
+def test_saving_or_closing_removes_the_recovery_copy(qtbot, tmp_path, photo):
+    window = window_for(qtbot, tmp_path)
+    window.open_image(photo[0])
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        paint(window, Rect(0, 0, 5, 5))
+    assert (window.recovery.folder / "session.json").is_file()
+    assert window.save_image(tmp_path / "saved.png")
+    qtbot.waitUntil(lambda: not window.recovery.folder.exists(), timeout=5000)
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        paint(window, Rect(20, 20, 5, 5))
+    window.close()
+    assert not window.recovery.folder.exists()
+
+
+def test_damaged_recovery_data_is_one_line_and_the_editor_starts_empty(qtbot, tmp_path):
+    folder = tmp_path / "recovery" / "999998"
+    folder.mkdir(parents=True)
+    (folder / "session.json").write_text("{broken")
+    window = window_for(qtbot, tmp_path)
+    assert not window.offer_recovery(lambda text: pytest.fail("a damaged session must not be offered"))
+    assert window.last_error.startswith("Could not recover the last session: the recovery data")
+    assert "\n" not in window.last_error and window.state.document is None and not folder.exists()
+
+
+def test_a_failing_disk_is_reported_and_the_editor_keeps_working(qtbot, tmp_path, photo, monkeypatch):
+    from app.core import recovery
+
+    def full(path, array):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(recovery, "_write_array", full)
+    window = window_for(qtbot, tmp_path)
+    window.open_image(photo[0])
+    with qtbot.waitSignal(window.autosave.failed, timeout=5000) as failed:
+        paint(window, Rect(0, 0, 5, 5))
+    assert "No space left on device" in failed.args[0]
+    assert window.state.document.mask[0:5, 0:5].all() and window.state.history.stack.canUndo()
