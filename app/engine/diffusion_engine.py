@@ -206,7 +206,7 @@ class DiffusionEngine(Engine):
                     if cancel.finish_requested:
                         break
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-                batch = _after_out_of_memory(exc, model, batch, work.passes[0].size)
+                batch = _after_out_of_memory(exc, model, len(chunk), work.passes[0].size)   # what ran
                 continue
             done += ran_chunk
             for seed, canvas in zip(chunk, canvases):
