@@ -12,6 +12,7 @@ def run_editor(argv: list[str]) -> int:
     from PySide6.QtWidgets import QApplication
 
     from app.engine.preload import preload
+    from app.engine.worker import exit_code_after_shutdown
     from app.widgets.main_window import MainWindow
 
     app = QApplication.instance() or QApplication([sys.argv[0], *[a for a in argv if a.startswith("-")]])
@@ -23,4 +24,4 @@ def run_editor(argv: list[str]) -> int:
     images = [a for a in argv if not a.startswith("-")]
     if not window.offer_recovery() and images:
         window.open_image(Path(images[0]))
-    return app.exec()
+    return exit_code_after_shutdown(app.exec())

@@ -337,3 +337,52 @@ def test_closing_the_app_mid_job_exits_cleanly(tmp_path):
     assert "progress" in done.stdout
     assert "busy after quit: False finished: True" in done.stdout
     assert "Destroyed while thread" not in output
+
+
+ENGINE_STUCK_AT_EXIT = """
+import sys, time
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+from app.engine.base import Engine
+from app.engine.events import EngineEvent, Variant
+from app.engine.registry import EngineRegistry
+from app.engine.worker import EngineController, exit_code_after_shutdown
+import numpy as np
+from app.engine.request import GenerationRequest, JobKind
+
+class Stuck(Engine):
+    id = label = "stuck"
+    def generate(self, request, job_id, emit, cancel):
+        emit(EngineEvent.progress(job_id, 1, 1))
+        time.sleep(3)                              # a decode that cannot be interrupted
+        return (Variant(np.array(request.image), 1, ""),)
+
+registry = EngineRegistry()
+registry.register("stuck", "Stuck", Stuck)
+controller = EngineController(registry)      # made before the app: it does not wait 5 s at quit itself
+app = QApplication([])
+mask = np.full((8, 8), 255, np.uint8)
+controller.start(GenerationRequest(JobKind.FILL, np.zeros((8, 8, 3), np.uint8), mask, model="stuck"))
+QTimer.singleShot(500, app.quit)                   # the window closes while the engine is stuck
+code = app.exec()
+print("stopped in time:", controller.shutdown(timeout_ms=100), flush=True)
+sys.exit(exit_code_after_shutdown(code))
+"""
+
+
+def test_an_engine_stuck_at_exit_does_not_crash_the_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "stuck_at_exit.py"
+    script.write_text(ENGINE_STUCK_AT_EXIT)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    output = done.stdout + done.stderr
+    assert "stopped in time: False" in done.stdout, output
+    assert done.returncode == 0, output
+    assert "Destroyed while thread" not in output

@@ -6,6 +6,8 @@ events. EngineWorker lives on the worker thread and runs one job at a time, in s
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
@@ -20,6 +22,22 @@ log = logging.getLogger(__name__)
 _TERMINAL = (EventKind.RESULT, EventKind.ERROR, EventKind.CANCELLED)
 # Threads whose engine did not stop in time at shutdown: kept referenced so Qt never destroys them running.
 _abandoned_threads: list[QThread] = []
+
+
+def exit_code_after_shutdown(code: int) -> int:
+    """Call as the editor's process ends. If an engine did not stop within its shutdown timeout (a step or a
+    VAE decode of a big model on a slow CPU can take longer), its QThread is still running, and letting
+    Python tear it down would abort the process ("QThread: Destroyed while thread is still running"). Then
+    the process ends here, at once, with `code`: nothing is left to save by then (the window has closed)."""
+    if any(thread.isRunning() for thread in _abandoned_threads):
+        log.warning("an engine was still busy at exit; ending the process without waiting for it")
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
 
 
 class EngineWorker(QObject):
