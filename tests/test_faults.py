@@ -27,28 +27,12 @@ from app.engine.registry import EngineRegistry
 from app.engine.request import GenerationRequest, JobKind, MaskOptions, OutpaintOptions, SamplingOptions
 from app.engine.runner import run_job
 from app.engine.worker import EngineController
+from tests.test_diffusion_engine import box_mask, photo    # the shared test image and mask
 
 MANAGER = ModelManager()          # this file's own: models patched here never reach other test files
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-
-def photo(width: int, height: int, channels: int = 3, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
-                     (x + y) * 255 // (width + height)], axis=-1)
-    image = np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
-    if channels == 4:
-        image = np.dstack([image, np.full((height, width), 200, np.uint8)])
-    return image
-
-
-def box_mask(shape, rect: Rect) -> np.ndarray:
-    mask = np.zeros(shape[:2], np.uint8)
-    mask[rect.slices()] = 255
-    return mask
-
 
 def model_args(tiny_models, inpaint: bool = False) -> dict:
     return dict(model=str(tiny_models.path("sd15", inpaint, "folder")), device="cpu")

@@ -320,19 +320,24 @@ print("busy after quit:", controller.busy, "finished:", controller.thread.isFini
 """
 
 
-def test_closing_the_app_mid_job_exits_cleanly(tmp_path):
+def run_script(tmp_path, code: str):
+    """Run `code` as its own Python process from the project folder, headless; returns (process, output)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    script = tmp_path / "close_mid_job.py"
-    script.write_text(APP_CLOSED_MID_JOB)
+    script = tmp_path / "script.py"
+    script.write_text(code)
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(root))
     done = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
                           timeout=120)
-    output = done.stdout + done.stderr
+    return done, done.stdout + done.stderr
+
+
+def test_closing_the_app_mid_job_exits_cleanly(tmp_path):
+    done, output = run_script(tmp_path, APP_CLOSED_MID_JOB)
     assert done.returncode == 0, output
     assert "progress" in done.stdout
     assert "busy after quit: False finished: True" in done.stdout
@@ -371,18 +376,7 @@ sys.exit(exit_code_after_shutdown(code))
 
 
 def test_an_engine_stuck_at_exit_does_not_crash_the_process(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    script = tmp_path / "stuck_at_exit.py"
-    script.write_text(ENGINE_STUCK_AT_EXIT)
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(root))
-    done = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
-    output = done.stdout + done.stderr
+    done, output = run_script(tmp_path, ENGINE_STUCK_AT_EXIT)
     assert "stopped in time: False" in done.stdout, output
     assert done.returncode == 0, output
     assert "Destroyed while thread" not in output
