@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -18,6 +19,7 @@ from app.editor_state import EditorState
 log = logging.getLogger(__name__)
 
 DELAY_MS = 3000
+MAX_WAIT_S = 30.0           # however often the user keeps changing things, a save at least this often
 
 
 class Autosave(QObject):
@@ -36,6 +38,7 @@ class Autosave(QObject):
         self._thread: threading.Thread | None = None
         self._pending = False
         self._has_data = False
+        self._waiting_since = time.monotonic()
         self._finished = _Relay(self)
         for signal in (state.image_changed, state.mask_changed, state.canvas_changed, state.document_replaced,
                        state.history.stack.indexChanged, state.history.stack.cleanChanged):
@@ -43,15 +46,25 @@ class Autosave(QObject):
 
     def schedule(self, *_args) -> None:
         """Something changed: save in a few seconds, or drop the recovery data if nothing is unsaved."""
+        if self._rebuilding():
+            return                     # the undo stack is being trimmed or restored: no real change
         if self._nothing_to_lose():
             self._timer.stop()
             self._pending = False
             if self._has_data:
                 self._clear()
             return
-        self._timer.start()
+        now = time.monotonic()
+        if not self._timer.isActive():
+            self._waiting_since = now
+        if now - self._waiting_since >= MAX_WAIT_S:
+            self.save_now()            # changes every few seconds must not postpone the save for ever
+        else:
+            self._timer.start()
 
     def save_now(self) -> None:
+        self._timer.stop()
+        self._waiting_since = time.monotonic()
         if self._nothing_to_lose():
             return
         if self._thread is not None and self._thread.is_alive():
@@ -77,6 +90,12 @@ class Autosave(QObject):
         self._pending = False
         self.wait()
         self._clear()
+
+    def _rebuilding(self) -> bool:
+        try:
+            return self.state.history.rebuilding
+        except RuntimeError:
+            return False
 
     def _nothing_to_lose(self) -> bool:
         try:

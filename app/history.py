@@ -50,18 +50,19 @@ class History(QObject):
         self.budget_bytes = budget_bytes
         self.min_levels = min_levels
         self.muted = False          # while True, moving through the stack leaves the document alone
+        self.rebuilding = False     # while True, the stack's signals (clean, index) describe no real change
 
     def restore(self, changes: list[Change], index: int) -> None:
         """Rebuild the history of a recovered document, which is at the state after changes[:index]: those
         are undoable, the rest redoable. Nothing is applied to the document; the result counts as unsaved."""
-        self.muted = True
+        self.muted = self.rebuilding = True
         try:
             self.stack.clear()
             for change in changes:
                 self.stack.push(_Command(self, change, already_applied=True))
             self.stack.setIndex(index)
         finally:
-            self.muted = False
+            self.muted = self.rebuilding = False
         self.stack.resetClean()
 
     def push(self, change: Change, already_applied: bool = False) -> None:
@@ -88,11 +89,15 @@ class History(QObject):
             total -= changes[drop].nbytes
             drop += 1
         clean_index = self.stack.cleanIndex() - drop    # where the saved state lies after the drop
-        self.stack.clear()
-        self.stack.resetClean()
-        for i, change in enumerate(changes[drop:]):
-            if i == clean_index:
+        self.rebuilding = True
+        try:
+            self.stack.clear()
+            self.stack.resetClean()
+            for i, change in enumerate(changes[drop:]):
+                if i == clean_index:
+                    self.stack.setClean()
+                self.stack.push(_Command(self, change, already_applied=True))
+            if clean_index == len(changes) - drop:
                 self.stack.setClean()
-            self.stack.push(_Command(self, change, already_applied=True))
-        if clean_index == len(changes) - drop:
-            self.stack.setClean()
+        finally:
+            self.rebuilding = False

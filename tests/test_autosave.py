@@ -71,6 +71,42 @@ def test_a_change_is_autosaved_and_a_new_editor_offers_it_back_with_its_history(
     stack.undo()
     assert not doc.mask.any()
     assert not again.offer_recovery(lambda text: "recover")         # offered once
+    # The crashed folder became this editor's (renamed, not copied): there was never a moment without it.
+    assert (again.recovery.folder / "session.json").is_file()
+
+
+def test_recovering_when_the_disk_is_full_keeps_the_crashed_copy(qtbot, tmp_path, photo, monkeypatch):
+    from app.core import recovery
+
+    window = window_for(qtbot, tmp_path)
+    window.open_image(photo[0])
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        paint(window, Rect(3, 3, 9, 9))
+    crash(window)
+
+    def full(path, array):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(recovery, "_write_array", full)
+    again = window_for(qtbot, tmp_path)
+    with qtbot.waitSignal(again.autosave.failed, timeout=5000):
+        assert again.offer_recovery(lambda text: "recover")
+    back = recovery.load(again.recovery.folder)                     # the crashed session is still on disk
+    assert back.document.mask[3:12, 3:12].all()
+
+
+def test_trimming_the_undo_history_keeps_the_recovery_copy(qtbot, tmp_path, photo):
+    window = window_for(qtbot, tmp_path, delay_ms=5000)
+    window.open_image(photo[0])
+    history = window.state.history
+    history.budget_bytes, history.min_levels = 64 * 48 * 3, 1           # every stroke goes over the budget
+    paint(window, Rect(0, 0, 5, 5))
+    window.autosave.save_now()
+    window.autosave.wait()
+    qtbot.wait(50)
+    for left in range(10, 60, 10):
+        paint(window, Rect(left, 10, 5, 5))                        # each push trims the oldest steps
+    assert history.stack.count() < 6
+    assert (window.recovery.folder / "session.json").is_file()
 
 
 def test_not_now_keeps_the_work_for_later_and_discard_deletes_it(qtbot, tmp_path, photo):
@@ -105,7 +141,9 @@ def test_damaged_recovery_data_is_one_line_and_the_editor_starts_empty(qtbot, tm
     window = window_for(qtbot, tmp_path)
     assert not window.offer_recovery(lambda text: pytest.fail("a damaged session must not be offered"))
     assert window.last_error.startswith("Could not recover the last session: the recovery data")
-    assert "\n" not in window.last_error and window.state.document is None and not folder.exists()
+    assert "\n" not in window.last_error and window.state.document is None
+    assert not folder.exists() and folder.with_name("999998.damaged").is_dir()      # kept, never offered again
+    assert window.recovery.crashed() == []
 
 
 def test_a_failing_disk_is_reported_and_the_editor_keeps_working(qtbot, tmp_path, photo, monkeypatch):

@@ -61,3 +61,12 @@ def test_read_only_keeps_the_pixels_and_a_view_gets_its_own_copy():
     base[:] = 0
     assert int(frozen[0, 0, 0]) == 7
     assert Rect(0, 0, 48, 32) == Document.from_image(base).image_rect
+
+
+def test_a_read_only_view_of_pixels_someone_else_owns_is_copied():
+    base = _image(5)
+    view = base[:, :]
+    view.setflags(write=False)
+    frozen = read_only(view)
+    base[:] = 0
+    assert frozen is not view and int(frozen[0, 0, 0]) == 5 and not frozen.flags.writeable

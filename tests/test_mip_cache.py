@@ -43,3 +43,21 @@ def test_a_reduction_of_a_replaced_image_is_dropped(qtbot):
         cache.image_for(0.25)
     image, exact = cache.image_for(0.25)
     assert exact and int(from_qimage(image)[0, 0, 0]) == 200
+
+
+@pytest.mark.parametrize("channels, width", [(3, 64), (4, 10), (3, 10)])
+def test_pixels_read_from_a_qimage_outlive_it(channels, width):
+    """A pasted or dropped image becomes a document: its pixels must not point into a freed QImage."""
+    import gc
+
+    from PySide6.QtGui import QImage
+
+    pixels = np.random.default_rng(1).integers(0, 256, (12, width, channels), dtype=np.uint8)
+    image = qimage_from_array(pixels)[1].copy()
+    out = from_qimage(image)
+    del image
+    gc.collect()
+    assert out.flags.owndata and out.base is None
+    np.testing.assert_array_equal(out, pixels)
+    _ = [QImage(64, 64, QImage.Format.Format_RGB888) for _ in range(50)]     # reuse the freed memory
+    np.testing.assert_array_equal(out, pixels)

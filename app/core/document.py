@@ -88,11 +88,11 @@ def read_only(image: np.ndarray) -> np.ndarray:
     """The image, contiguous and marked read-only in place: document images are replaced, never written, so
     history states and generation requests can share them without copies."""
     image = np.ascontiguousarray(image)
-    if image.flags.writeable and image.base is None:
-        image.setflags(write=False)
-    elif image.flags.writeable:
+    if is_immutable(image):
+        return image
+    if image.base is not None:             # a view: its owner could still change or free the pixels
         image = image.copy()
-        image.setflags(write=False)
+    image.setflags(write=False)
     return image
 
 

@@ -31,6 +31,7 @@ from app.core.geometry import Rect
 MANIFEST = "session.json"
 FORMAT = 1
 _CLAIMED: set[Path] = set()         # folders this process writes
+DAMAGED = ".damaged"                # suffix of folders whose data could not be read back
 
 
 class RecoveryError(ValueError):
@@ -54,6 +55,7 @@ class Recovered:
     index: int
     saved_at: float
     folder: Path
+    arrays: dict[str, np.ndarray]       # file name -> the array read from it (shared with the history)
 
     def describe(self) -> str:
         name = self.document.path.name if self.document.path else "an unsaved image"
@@ -77,7 +79,10 @@ class RecoveryStore:
         self._written: dict[int, tuple[np.ndarray, str]] = {}     # id(array) -> (array, file name)
         if self.folder.is_dir() and self.folder not in _CLAIMED:
             # A crashed editor had this pid: move its work aside, where crashed() offers it.
-            self.folder.rename(self.root / f"{self.pid}-{uuid.uuid4().hex[:8]}")
+            try:
+                self.folder.rename(self.root / f"{self.pid}-{uuid.uuid4().hex[:8]}")
+            except OSError:
+                self.folder = self.root / f"{self.pid}-{uuid.uuid4().hex[:8]}"
         _CLAIMED.add(self.folder)
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -120,6 +125,25 @@ class RecoveryStore:
                 path.unlink(missing_ok=True)
         return self.folder / MANIFEST
 
+    def adopt(self, recovered: "Recovered") -> None:
+        """Continue a recovered session in this editor's folder: the crashed folder is renamed (no copy, no
+        moment without a recovery copy) and its files are reused by the next save."""
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        recovered.folder.rename(self.folder)
+        recovered.folder = self.folder
+        self._written = {id(array): (array, name) for name, array in recovered.arrays.items()}
+
+    @staticmethod
+    def set_aside(folder: Path) -> Path:
+        """Unusable recovery data is kept (renamed, never offered again) rather than deleted."""
+        target = folder.with_name(folder.name + DAMAGED)
+        try:
+            folder.rename(target)
+        except OSError:
+            return folder
+        return target
+
     def clear(self) -> None:
         """Nothing left to lose (clean exit, or the document saved): remove this process's folder."""
         self._written = {}
@@ -132,7 +156,9 @@ class RecoveryStore:
             return []
         found = []
         for folder in self.root.iterdir():
-            if not folder.is_dir() or folder == self.folder or not (folder / MANIFEST).is_file():
+            if not folder.is_dir() or folder == self.folder or folder.name.endswith(DAMAGED):
+                continue
+            if not (folder / MANIFEST).is_file():
                 continue
             if folder.name.isdigit() and _running(int(folder.name)):
                 continue
@@ -170,10 +196,10 @@ def load(folder: Path) -> Recovered:
         index = int(manifest["index"])
         if not 0 <= index <= len(changes):
             raise RecoveryError(f"undo position {index} outside 0..{len(changes)}")
-        return Recovered(document, changes, index, float(manifest["saved_at"]), folder)
+        return Recovered(document, changes, index, float(manifest["saved_at"]), folder, arrays)
     except RecoveryError:
         raise
-    except (OSError, KeyError, TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever is in the folder, the editor must still start
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise RecoveryError(f"the recovery data in {folder} is damaged ({type(exc).__name__}: {detail})") from None
 

@@ -49,6 +49,13 @@ def preload(modules: tuple[str, ...] = MODULES) -> threading.Event:
     return _done
 
 
+def wait_if_started(timeout: float = 120.0) -> None:
+    """Let a preload that has started finish first: two threads importing torch at once can fail, and a
+    job's objects must not be frozen with the libraries'."""
+    if _thread is not None:
+        _done.wait(timeout)
+
+
 def _run(modules: tuple[str, ...]) -> None:
     start = time.perf_counter()
     try:

@@ -11,6 +11,7 @@ import sys
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
+from app.engine import preload
 from app.engine.base import Engine
 from app.engine.events import CancelToken, EngineEvent, EventKind
 from app.engine.registry import EngineRegistry
@@ -53,6 +54,7 @@ class EngineWorker(QObject):
         if cancel.cancelled:
             self.event.emit(EngineEvent.cancelled(job_id))
             return
+        preload.wait_if_started()
         try:
             engine = self._engine_for(request.model)
         except Exception as exc:  # noqa: BLE001 - reported as the job's one ERROR event

@@ -456,8 +456,8 @@ class MainWindow(QMainWindow):
         try:
             found = recovery_load(folder)
         except RecoveryError as exc:
-            self._show_status(f"Could not recover the last session: {exc}", True)
-            RecoveryStore.discard(folder)
+            kept = RecoveryStore.set_aside(folder)
+            self._show_status(f"Could not recover the last session: {exc} (kept in {kept})", True)
             return False
         text = (f"Latent Canvas did not close properly last time. Recover the unsaved work?\n\n"
                 f"{found.describe()}")
@@ -468,12 +468,16 @@ class MainWindow(QMainWindow):
             return False
         if not self._confirm_discard_changes():
             return False
+        self.autosave.close()                        # this editor's own unsaved work was just discarded
+        try:
+            self.recovery.adopt(found)                # the crashed folder becomes this editor's
+        except OSError as exc:
+            self._show_status(f"Could not take over the recovery data in {folder}: {exc}", True)
+            return False
         self.state.set_document(found.document)
         self.state.history.restore(found.changes, found.index)
         self.state.image_changed.emit()
-        self.autosave.save_now()                      # under this editor's folder before the old one goes
-        self.autosave.wait()
-        RecoveryStore.discard(folder)
+        self.autosave.save_now()
         self.statusBar().showMessage(f"Recovered {found.describe()}.", 10000)
         return True
 

@@ -30,4 +30,5 @@ def from_qimage(image: QImage) -> np.ndarray:
     w, h, c = converted.width(), converted.height(), 4 if has_alpha else 3
     stride = converted.bytesPerLine()
     buffer = np.frombuffer(converted.constBits(), np.uint8, count=stride * h).reshape(h, stride)
-    return np.ascontiguousarray(buffer[:, : w * c].reshape(h, w, c))
+    # A copy: the buffer belongs to `converted`, which Python frees when this function returns.
+    return np.array(buffer[:, : w * c].reshape(h, w, c), copy=True)
