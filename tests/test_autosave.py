@@ -33,6 +33,7 @@ def window_for(qtbot, tmp_path, delay_ms: int = 20) -> MainWindow:
 def crash(window: MainWindow) -> Path:
     """What a killed editor leaves: its recovery folder, under a pid that no longer runs."""
     window.autosave.wait()
+    window.recovery._release_lock()                                   # a dead process holds no lock
     dead = window.recovery.folder.with_name("999999")
     window.recovery.folder.rename(dead)
     return dead

@@ -38,7 +38,9 @@ def test_a_saved_session_comes_back_exactly(tmp_path):
     doc, changes, index = _session()
     store = RecoveryStore(tmp_path, pid=999_001)
     store.save(take_snapshot(doc, changes, index))
-    (found,) = RecoveryStore(tmp_path, pid=999_002).crashed()     # 999001 is not running
+    assert RecoveryStore(tmp_path, pid=999_002).crashed() == []     # its editor still holds the folder
+    store._release_lock()                                           # the editor dies
+    (found,) = RecoveryStore(tmp_path, pid=999_002).crashed()
     back = load(found)
     np.testing.assert_array_equal(back.document.image, doc.image)
     np.testing.assert_array_equal(back.document.mask, doc.mask)
@@ -86,9 +88,18 @@ def test_a_crash_while_writing_keeps_the_previous_save(tmp_path, monkeypatch):
 
 def test_running_editors_are_not_offered_and_a_reused_pid_keeps_the_old_work(tmp_path):
     doc, changes, index = _session()
-    RecoveryStore(tmp_path, pid=os.getppid()).save(take_snapshot(doc, changes, index))   # alive
-    assert RecoveryStore(tmp_path, pid=999_005).crashed() == []
-    RecoveryStore(tmp_path, pid=999_006).save(take_snapshot(doc, changes, index))
+    running = RecoveryStore(tmp_path, pid=999_004)
+    running.save(take_snapshot(doc, changes, index))
+    assert RecoveryStore(tmp_path, pid=999_005).crashed() == []     # its lock is held: it is running
+    # After a reboot the dead editor's pid may belong to a live process: its released lock still tells.
+    crashed = RecoveryStore(tmp_path, pid=os.getppid())
+    crashed.save(take_snapshot(doc, changes, index))
+    crashed._release_lock()
+    assert [f.name for f in RecoveryStore(tmp_path, pid=999_005).crashed()] == [str(os.getppid())]
+    RecoveryStore.discard(crashed.folder)
+    first = RecoveryStore(tmp_path, pid=999_006)
+    first.save(take_snapshot(doc, changes, index))
+    first._release_lock()
     recovery._CLAIMED.discard(tmp_path / "999006")              # as if this were another process
     again = RecoveryStore(tmp_path, pid=999_006)                # a new editor got the crashed one's pid
     assert [f.name.startswith("999006-") for f in again.crashed()] == [True]

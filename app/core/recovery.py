@@ -24,6 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:                 # Windows: liveness falls back to the process id
+    fcntl = None
+
 from app.core.changes import CanvasChange, Change, DocumentChange, MaskPatchChange
 from app.core.document import Document, DocumentState, read_only
 from app.core.geometry import Rect
@@ -32,6 +37,7 @@ MANIFEST = "session.json"
 FORMAT = 1
 _CLAIMED: set[Path] = set()         # folders this process writes
 DAMAGED = ".damaged"                # suffix of folders whose data could not be read back
+LOCK = ".lock"                      # held (flock) by the editor writing the folder, for as long as it runs
 
 
 class RecoveryError(ValueError):
@@ -77,18 +83,23 @@ class RecoveryStore:
         self.pid = os.getpid() if pid is None else pid
         self.folder = self.root / str(self.pid)
         self._written: dict[int, tuple[np.ndarray, str]] = {}     # id(array) -> (array, file name)
+        self._lock = None
         if self.folder.is_dir() and self.folder not in _CLAIMED:
-            # A crashed editor had this pid: move its work aside, where crashed() offers it.
-            try:
-                self.folder.rename(self.root / f"{self.pid}-{uuid.uuid4().hex[:8]}")
-            except OSError:
-                self.folder = self.root / f"{self.pid}-{uuid.uuid4().hex[:8]}"
+            aside = self.root / f"{self.pid}-{uuid.uuid4().hex[:8]}"
+            if _locked_by_another(self.folder):
+                self.folder = aside          # a live editor with the same pid (another pid namespace)
+            else:
+                try:                         # a crashed editor had this pid: its work goes where crashed() looks
+                    self.folder.rename(aside)
+                except OSError:
+                    self.folder = self.root / f"{self.pid}-{uuid.uuid4().hex[:8]}"
         _CLAIMED.add(self.folder)
 
     # -- writing ------------------------------------------------------------------------------------------
     def save(self, snapshot: Snapshot) -> Path:
         """Write the snapshot; the previous one stays readable until the new manifest replaces it."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._hold_lock()
         used: dict[int, tuple[np.ndarray, str]] = {}
 
         def ref(array: np.ndarray) -> str:
@@ -119,7 +130,7 @@ class RecoveryStore:
             os.fsync(handle.fileno())
         os.replace(temporary, self.folder / MANIFEST)
         self._written = used
-        keep = {name for _, name in used.values()} | {MANIFEST}
+        keep = {name for _, name in used.values()} | {MANIFEST, LOCK}
         for path in self.folder.iterdir():
             if path.name not in keep and not path.name.startswith(f".{MANIFEST}"):
                 path.unlink(missing_ok=True)
@@ -128,10 +139,12 @@ class RecoveryStore:
     def adopt(self, recovered: "Recovered") -> None:
         """Continue a recovered session in this editor's folder: the crashed folder is renamed (no copy, no
         moment without a recovery copy) and its files are reused by the next save."""
+        self._release_lock()
         if self.folder.exists():
             shutil.rmtree(self.folder)
         recovered.folder.rename(self.folder)
         recovered.folder = self.folder
+        self._hold_lock()
         self._written = {id(array): (array, name) for name, array in recovered.arrays.items()}
 
     @staticmethod
@@ -147,7 +160,29 @@ class RecoveryStore:
     def clear(self) -> None:
         """Nothing left to lose (clean exit, or the document saved): remove this process's folder."""
         self._written = {}
+        self._release_lock()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _hold_lock(self) -> None:
+        if self._lock is not None or fcntl is None:
+            return
+        handle = open(self.folder / LOCK, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return
+        self._lock = handle
+
+    def _release_lock(self) -> None:
+        """Let go of the folder (tests use it to stand for this process's death)."""
+        if self._lock is not None:
+            try:
+                fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            except OSError:
+                pass
+            self._lock.close()
+            self._lock = None
 
     # -- crashed sessions ------------------------------------------------------------------------------------
     def crashed(self) -> list[Path]:
@@ -160,9 +195,11 @@ class RecoveryStore:
                 continue
             if not (folder / MANIFEST).is_file():
                 continue
-            if folder.name.isdigit() and _running(int(folder.name)):
-                continue
-            found.append(folder)
+            alive = _locked_by_another(folder)
+            if alive is None:            # no lock to ask (Windows, or written by an older version): the pid
+                alive = folder.name.isdigit() and _running(int(folder.name))
+            if not alive:
+                found.append(folder)
         return sorted(found, key=lambda f: (f / MANIFEST).stat().st_mtime, reverse=True)
 
     @staticmethod
@@ -262,6 +299,24 @@ def _check_image(image: np.ndarray, mask: np.ndarray) -> None:
         raise RecoveryError("a recovered image is not H x W x 3 or 4 uint8")
     if mask.dtype != np.uint8 or mask.shape != image.shape[:2]:
         raise RecoveryError("a recovered mask does not match its image")
+
+
+def _locked_by_another(folder: Path) -> bool | None:
+    """Whether a running editor holds the folder's lock; None when that cannot be told (no lock file, or no
+    flock). A lock dies with its process, so unlike a process id it cannot be fooled by a reused pid."""
+    lock = folder / LOCK
+    if fcntl is None or not lock.is_file():
+        return None
+    try:
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return None
 
 
 def _running(pid: int) -> bool:
