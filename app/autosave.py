@@ -25,6 +25,7 @@ MAX_WAIT_S = 30.0           # however often the user keeps changing things, a sa
 class Autosave(QObject):
     saved = Signal(str)          # the manifest written (emitted on the UI thread)
     failed = Signal(str)         # one line: why the recovery data could not be written
+    _save_done = Signal(str, str)  # (manifest, error) from the writer thread, delivered queued on the UI thread
 
     def __init__(self, state: EditorState, store: RecoveryStore, delay_ms: int = DELAY_MS,
                  parent: QObject | None = None) -> None:
@@ -39,7 +40,7 @@ class Autosave(QObject):
         self._pending = False
         self._has_data = False
         self._waiting_since = time.monotonic()
-        self._finished = _Relay(self)
+        self._save_done.connect(self._after_write)
         for signal in (state.image_changed, state.mask_changed, state.canvas_changed, state.document_replaced,
                        state.history.stack.indexChanged, state.history.stack.cleanChanged):
             signal.connect(self.schedule)
@@ -88,7 +89,6 @@ class Autosave(QObject):
         """The editor is closing with nothing unsaved (or the user chose to discard): no recovery needed."""
         self._timer.stop()
         self._pending = False
-        self.wait()
         self._clear()
 
     def _rebuilding(self) -> bool:
@@ -111,10 +111,10 @@ class Autosave(QObject):
     def _write(self, snapshot) -> None:
         try:
             path = str(self.store.save(snapshot))
-            self._finished.done.emit(path, "")
+            self._save_done.emit(path, "")
         except Exception as exc:  # noqa: BLE001 - a full disk must not take the editor down
             log.warning("autosave failed", exc_info=exc)
-            self._finished.done.emit("", f"Could not write the recovery copy: {exc}")
+            self._save_done.emit("", f"Could not write the recovery copy: {exc}")
 
     def _after_write(self, path: str, error: str) -> None:
         if error:
@@ -124,12 +124,3 @@ class Autosave(QObject):
         if self._pending:
             self._pending = False
             self.save_now()
-
-
-class _Relay(QObject):
-    """Carries a finished save from the writer thread to the UI thread (a queued signal)."""
-    done = Signal(str, str)
-
-    def __init__(self, owner: Autosave) -> None:
-        super().__init__(owner)
-        self.done.connect(owner._after_write)

@@ -26,14 +26,14 @@ class _Command(QUndoCommand):
         self._skip_redo = already_applied
 
     def redo(self) -> None:
-        if self._skip_redo or self._history.muted:
+        if self._skip_redo or self._history.rebuilding:
             self._skip_redo = False
             return
         self.change.apply(self._history.document())
         self._history.notify(self.change)
 
     def undo(self) -> None:
-        if self._history.muted:
+        if self._history.rebuilding:
             return
         self.change.revert(self._history.document())
         self._history.notify(self.change)
@@ -49,20 +49,21 @@ class History(QObject):
         self.notify = notify
         self.budget_bytes = budget_bytes
         self.min_levels = min_levels
-        self.muted = False          # while True, moving through the stack leaves the document alone
-        self.rebuilding = False     # while True, the stack's signals (clean, index) describe no real change
+        # While True, moving through the stack leaves the document alone and its signals (clean, index)
+        # describe no real change: the stack is being trimmed or restored.
+        self.rebuilding = False
 
     def restore(self, changes: list[Change], index: int) -> None:
         """Rebuild the history of a recovered document, which is at the state after changes[:index]: those
         are undoable, the rest redoable. Nothing is applied to the document; the result counts as unsaved."""
-        self.muted = self.rebuilding = True
+        self.rebuilding = True
         try:
             self.stack.clear()
             for change in changes:
                 self.stack.push(_Command(self, change, already_applied=True))
             self.stack.setIndex(index)
         finally:
-            self.muted = self.rebuilding = False
+            self.rebuilding = False
         self.stack.resetClean()
 
     def push(self, change: Change, already_applied: bool = False) -> None:

@@ -80,11 +80,12 @@ def mask_bounds(mask: np.ndarray) -> Rect | None:
     return Rect.from_edges(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
-def distance_outside(mask: np.ndarray) -> np.ndarray:
-    """float32 Euclidean distance of every pixel to the nearest non-zero mask pixel (0 on the mask)."""
-    outside = np.where(mask > 0, 0, 255).astype(np.uint8)
+def distance_outside(mask: np.ndarray, precise: bool = True) -> np.ndarray:
+    """float32 Euclidean distance of every pixel to the nearest non-zero mask pixel (0 on the mask); with
+    precise=False a 5x5-mask approximation (within 2 %, faster)."""
+    outside = np.where(mask > 0, np.uint8(0), np.uint8(255))
     if not outside.all():
-        return cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        return cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE if precise else 5)
     return np.full(mask.shape, np.inf, np.float32)
 
 
@@ -164,10 +165,7 @@ def composite(base: np.ndarray, fill: np.ndarray, alpha: np.ndarray) -> np.ndarr
 def ring_around(mask: np.ndarray, inner: float, outer: float) -> np.ndarray:
     """0/255 uint8: the pixels farther than `inner` and at most `outer` px from the mask (one distance
     transform), e.g. the band of known pixels around a hole."""
-    outside = np.where(mask > 0, np.uint8(0), np.uint8(255))
-    if outside.all():
-        return np.zeros(mask.shape, np.uint8)
-    distance = cv2.distanceTransform(outside, cv2.DIST_L2, 5)      # within 2% of Euclidean: enough for a band
+    distance = distance_outside(mask, precise=False)              # within 2 %: enough for a band
     return np.where((distance > inner + 0.5) & (distance <= outer + 0.5), np.uint8(255), np.uint8(0))
 
 

@@ -92,7 +92,7 @@ class RecoveryStore:
                 try:                         # a crashed editor had this pid: its work goes where crashed() looks
                     self.folder.rename(aside)
                 except OSError:
-                    self.folder = self.root / f"{self.pid}-{uuid.uuid4().hex[:8]}"
+                    self.folder = aside      # it cannot be moved: leave it to crashed(), write beside it
         _CLAIMED.add(self.folder)
 
     # -- writing ------------------------------------------------------------------------------------------

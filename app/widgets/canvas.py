@@ -232,10 +232,7 @@ class CanvasView(QWidget):
         self._preview = None if preview is None else (*qimage_from_array(preview[0]), preview[1])
         self._candidate = None if candidate is None else (*qimage_from_array(candidate[0]),
                                                           candidate[1])
-        if self._candidate is None:
-            self._candidate_mips.set_image(None, None)
-        elif self._candidate[0] is not self._candidate_mips._pixels:
-            self._candidate_mips.set_image(*self._candidate[:2])
+        self._candidate_mips.set_image(*(self._candidate[:2] if self._candidate is not None else (None, None)))
         if candidate_before is None and self._candidate is None and before is not None and preview is not None:
             # A step's preview replaced the last one: repaint only where they lie, not the whole canvas.
             area = self.image_rect_to_widget(before.union(preview[1])).toAlignedRect().adjusted(-2, -2, 2, 2)
@@ -273,15 +270,14 @@ class CanvasView(QWidget):
         p.fillRect(canvas_w, self._checker)
         if doc.has_alpha:
             p.fillRect(image_w, self._checker)
-        if self._candidate is not None and self.state.candidate is not None:
-            image, exact = self._candidate_mips.image_for(self._zoom)
-            p.setRenderHint(QPainter.SmoothPixmapTransform, exact and self._zoom < 2.0)
-            p.drawImage(self.image_rect_to_widget(self._candidate[2]), image)
-        else:
-            image, exact = self._mips.image_for(self._zoom)
-            p.setRenderHint(QPainter.SmoothPixmapTransform, exact and self._zoom < 2.0)
-            p.drawImage(image_w, image)
-            p.setRenderHint(QPainter.SmoothPixmapTransform, self._zoom < 2.0)
+        candidate = self._candidate is not None and self.state.candidate is not None
+        mips, target = ((self._candidate_mips, self.image_rect_to_widget(self._candidate[2])) if candidate
+                        else (self._mips, image_w))
+        image, exact = mips.image_for(self._zoom)
+        p.setRenderHint(QPainter.SmoothPixmapTransform, exact and self._zoom < 2.0)
+        p.drawImage(target, image)
+        p.setRenderHint(QPainter.SmoothPixmapTransform, self._zoom < 2.0)
+        if not candidate:
             if not canvas.contains_rect(doc.image_rect):
                 outside = QPainterPath()
                 outside.addRect(image_w)

@@ -41,7 +41,10 @@ class MipCache(QObject):
         self._made.connect(self._store)
 
     def set_image(self, pixels: np.ndarray | None, full: QImage | None) -> None:
-        """A new image (None: none); reductions of the previous one are dropped, late ones ignored."""
+        """A new image (None: none); reductions of the previous one are dropped, late ones ignored. The same
+        array again keeps them: the images drawn here are never written in place."""
+        if pixels is not None and pixels is self._pixels:
+            return
         self._generation += 1
         self._pixels, self._full = pixels, full
         self._levels.clear()
