@@ -1,7 +1,8 @@
 """Where and how a model runs: device, precision and the memory savers, chosen from what the machine has.
 
-CUDA runs the UNet and text encoders in fp16 (bf16 when asked), the VAE in fp32 when the model says its
-fp16 VAE overflows (SDXL's force_upcast); MPS runs fp16 with attention slicing; the CPU runs fp32.
+CUDA runs the UNet and text encoders in fp16 (bf16 when asked). A VAE whose config says fp16 overflows
+(SDXL's force_upcast) runs in bf16 where the GPU computes it natively (Ampere and later; bf16 has fp32's
+range, and ComfyUI runs its VAEs so), else in fp32; MPS runs fp16 with attention slicing; the CPU runs fp32.
 Attention slicing, VAE tiling and model CPU offload switch on by free memory and can be forced.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ class DevicePlan:
     attention_slicing: bool = False
     vae_tiling: bool = False
     offload: bool = False
+    native_bf16: bool = False     # the device computes bf16 at full speed (CUDA compute capability >= 8)
 
     @property
     def dtype(self):
@@ -32,6 +34,12 @@ class DevicePlan:
     @property
     def half(self) -> bool:
         return self.dtype_name != "float32"
+
+    def vae_dtype_name(self, force_upcast: bool) -> str:
+        """The VAE's precision: the plan's own, unless that is fp16 and the VAE's config says fp16 overflows."""
+        if self.dtype_name != "float16" or not force_upcast:
+            return self.dtype_name
+        return "bfloat16" if self.native_bf16 else "float32"
 
     def describe(self) -> str:
         savers = [name for name, on in (("attention slicing", self.attention_slicing),
@@ -61,7 +69,8 @@ def plan_device(requested: str = "auto", precision: str = "auto", memory_saving:
     else:
         free = torch.cuda.mem_get_info()[0]
         plan = DevicePlan("cuda", "float16", attention_slicing=free < SLICE_BELOW,
-                          vae_tiling=free < SLICE_BELOW, offload=free < OFFLOAD_BELOW)
+                          vae_tiling=free < SLICE_BELOW, offload=free < OFFLOAD_BELOW,
+                          native_bf16=torch.cuda.get_device_capability()[0] >= 8)
     if precision == "float32" or (precision == "auto" and plan.device == "cpu"):
         plan = replace(plan, dtype_name="float32")
     elif precision in ("float16", "bfloat16"):

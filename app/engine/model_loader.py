@@ -7,6 +7,7 @@ downloaded into the standard Hugging Face cache first (only the files a diffuser
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -186,19 +187,71 @@ def _refuse_pickles_only(folder: Path, parts: list[str]) -> None:
 
 
 def tokenizers_for(folder: Path, family: str) -> list:
+    """The model's CLIP tokenizers: its own if it has them, else (single files) the shipped vocabulary's."""
     from transformers import CLIPTokenizer
 
     def load(sub: str, pad: str):
         own = folder / sub
-        if (own / "vocab.json").is_file() and (own / "merges.txt").is_file():
-            return CLIPTokenizer.from_pretrained(own, local_files_only=True)
-        return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"),
-                             model_max_length=77, pad_token=pad)
+        if not ((own / "vocab.json").is_file() and (own / "merges.txt").is_file()):
+            return shipped_tokenizer(pad)
+        if _is_shipped_vocabulary(own, pad):
+            return shipped_tokenizer(pad)
+        return CLIPTokenizer.from_pretrained(own, local_files_only=True)
 
     # SD 2.x and SDXL's second encoder are OpenCLIP models, which pad with "!" (token 0).
     if family == "sdxl":
         return [load("tokenizer", "<|endoftext|>"), load("tokenizer_2", "!")]
     return [load("tokenizer", "!" if family == "sd2" else "<|endoftext|>")]
+
+
+# Building a CLIP tokenizer parses a 49k-word vocabulary and 48k merges in one call that holds the GIL for
+# about 45 ms: a stall of the editor's UI thread when it happens during a job. Nearly every model uses the
+# same vocabulary, so the tokenizers are built once per process (the engine only reads them), and the
+# background preload builds them before the first job.
+_shipped: dict[str, Any] = {}
+_shipped_lock = threading.Lock()
+_STANDARD_SPECIALS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+
+
+def shipped_tokenizer(pad: str):
+    """The CLIP tokenizer of resources/tokenizers/clip with `pad` as its padding token, shared."""
+    with _shipped_lock:
+        if pad not in _shipped:
+            from transformers import CLIPTokenizer
+
+            _shipped[pad] = CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"),
+                                          model_max_length=77, pad_token=pad)
+        return _shipped[pad]
+
+
+def _is_shipped_vocabulary(folder: Path, pad: str) -> bool:
+    """True if the tokenizer folder holds the shipped vocabulary and merges, byte for byte, the standard
+    special tokens with `pad`, and nothing that would change how it tokenizes (added tokens, tokenizer.json)."""
+    if (folder / "tokenizer.json").exists() or (folder / "added_tokens.json").exists():
+        return False
+    specials: dict[str, Any] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                specials.update(_read_json(path))
+            except (EngineError, ValueError, OSError):
+                return False
+    added = specials.get("added_tokens_decoder") or {}
+    if not isinstance(added, dict) or set(added) - {"49406", "49407"}:
+        return False
+    expected = dict(_STANDARD_SPECIALS, pad_token=pad)
+    for key, value in expected.items():
+        declared = specials.get(key, "<|endoftext|>" if key == "pad_token" else value)
+        if isinstance(declared, dict):
+            declared = declared.get("content")
+        if declared != value:
+            return False
+    try:
+        return all((folder / name).read_bytes() == (TOKENIZER_DIR / name).read_bytes()
+                   for name in ("vocab.json", "merges.txt"))
+    except OSError:
+        return False
 
 
 # -- the Hugging Face hub -----------------------------------------------------------------------------------
@@ -251,7 +304,7 @@ def _finish(model: DiffusionModel) -> DiffusionModel:
 
     plan = model.plan
     force_upcast = bool(getattr(model.vae.config, "force_upcast", False))
-    model.vae_dtype_name = "float32" if (plan.half and force_upcast) else plan.dtype_name
+    model.vae_dtype_name = plan.vae_dtype_name(force_upcast)
     if model.vae.dtype != getattr(torch, model.vae_dtype_name):
         model.vae.to(dtype=getattr(torch, model.vae_dtype_name))
     for module in model.components():
