@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from app.core import imageops
 from app.core.geometry import Rect
@@ -274,6 +275,20 @@ def test_long_prompts_are_encoded_in_windows(tiny_models):
     cond, uncond = encode_prompts(MANAGER.current, [long_prompt, ""], "cpu")
     assert cond.embeddings.shape[1] == 77 * 2 or cond.embeddings.shape[1] > 77
     assert cond.embeddings.shape == uncond.embeddings.shape
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_a_prompt_encodes_the_same_whatever_it_is_batched_with(tiny_models, family):
+    from app.engine.text_encoding import encode_prompts
+
+    run(fill_request(tiny_models, **model_args(tiny_models, family)))
+    [alone] = encode_prompts(MANAGER.current, ["a lighthouse at dusk"], "cpu")
+    first, second = encode_prompts(MANAGER.current, ["a lighthouse at dusk", "blurry, watermark, text"], "cpu")
+    torch.testing.assert_close(first.embeddings, alone.embeddings, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(second.embeddings, alone.embeddings)
+    if family == "sdxl":
+        torch.testing.assert_close(first.pooled, alone.pooled, rtol=1e-4, atol=1e-5)
+        assert first.pooled.shape == (1, alone.pooled.shape[1])
 
 
 # -- model errors ----------------------------------------------------------------------------------------

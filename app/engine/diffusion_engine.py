@@ -239,14 +239,16 @@ class DiffusionEngine(Engine):
             # masked image is greyed by that same mask, so the two inputs always agree.
             cells = cv2.resize((p.hole >= 128).astype(np.float32), latent_size, interpolation=cv2.INTER_AREA) > 0
             hole_px = cv2.resize(cells.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-            masked = torch.cat([latent_codec.encode(model, np.where(hole_px[..., None] > 0, 127, px).astype(np.uint8))
-                                for px in pixels])
+            greyed = [np.where(hole_px[..., None] > 0, np.uint8(127), px) for px in pixels]
+            # The image's own latents too, even for a full-strength fill that starts from noise: they hold the
+            # kept cells in place, and the masked image's would carry its grey into the cells at the hole's
+            # edge and into the ring the colour drift is measured on. One more VAE encode buys that.
+            both = latent_codec.encode(model, greyed + pixels)
+            masked, init = both[:len(pixels)], both[len(pixels):]
             mask_latent = torch.from_numpy(cells).to(masked.device, torch.float32)
             condition = torch.cat([mask_latent[None, None].expand(len(pixels), -1, -1, -1), masked], dim=1)
-        # The image's own latents, even for a full-strength fill that starts from noise: they hold the kept
-        # cells in place, and the masked image's would carry its grey into the cells at the hole's edge and
-        # into the ring the colour drift is measured on. One more VAE encode (2-4 % of a job) buys that.
-        init = torch.cat([latent_codec.encode(model, px) for px in pixels])
+        else:
+            init = latent_codec.encode(model, pixels)
         preview = latent_codec.make_preview(model, p.alpha, (width, height))
         rect = p.region.translated(*work.offset)
         s, style = request.sampling, request.style

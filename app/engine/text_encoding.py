@@ -21,19 +21,17 @@ class TextConditioning:
 
 
 def encode_prompts(model, prompts: list[str], device) -> list[TextConditioning]:
-    """The conditioning of each prompt (batch 1 each, all the same length) on `device`, in the UNet's dtype."""
-    tokenized = [[_token_chunks(tok, prompt) for tok in model.tokenizers] for prompt in prompts]
-    chunks = max(len(c) for per_prompt in tokenized for c in per_prompt)
-    return [_encode(model, per_prompt, chunks, device) for per_prompt in tokenized]
-
-
-def _encode(model, chunks_per_encoder: list[list[list[int]]], chunks: int, device) -> TextConditioning:
+    """The conditioning of each prompt (batch 1 each, all the same length) on `device`, in the UNet's dtype.
+    All prompts go through each encoder together, one batched call per 77-token window."""
+    tokenized = [[_token_chunks(tok, prompt) for prompt in prompts] for tok in model.tokenizers]
+    chunks = max(len(c) for per_encoder in tokenized for c in per_encoder)
     hidden, pooled = [], None
-    for index, (encoder, tok_chunks) in enumerate(zip(model.text_encoders, chunks_per_encoder)):
-        tok_chunks = tok_chunks + [_framed(model.tokenizers[index], [])] * (chunks - len(tok_chunks))
+    for index, (encoder, per_prompt) in enumerate(zip(model.text_encoders, tokenized)):
+        empty = _framed(model.tokenizers[index], [])
         parts = []
-        for chunk_index, ids in enumerate(tok_chunks):
-            ids = torch.tensor([ids], device=device)
+        for chunk_index in range(chunks):
+            ids = torch.tensor([c[chunk_index] if chunk_index < len(c) else empty for c in per_prompt],
+                               device=device)
             if model.is_xl:
                 out = encoder(ids, output_hidden_states=True)
                 parts.append(out.hidden_states[-2])
@@ -44,7 +42,8 @@ def _encode(model, chunks_per_encoder: list[list[list[int]]], chunks: int, devic
         hidden.append(torch.cat(parts, dim=1))
     embeddings = torch.cat(hidden, dim=-1) if len(hidden) > 1 else hidden[0]
     dtype = model.unet.dtype
-    return TextConditioning(embeddings.to(dtype), None if pooled is None else pooled.to(dtype))
+    return [TextConditioning(embeddings[i:i + 1].to(dtype), None if pooled is None else pooled[i:i + 1].to(dtype))
+            for i in range(len(prompts))]
 
 
 def blend(unstyled: TextConditioning, styled: TextConditioning, strength: float) -> TextConditioning:
