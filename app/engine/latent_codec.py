@@ -41,6 +41,8 @@ def encode(model, images: list[np.ndarray]) -> torch.Tensor:
     rgb = [image[..., :3] if image.flags.writeable else image[..., :3].copy() for image in images]  # read-only docs
     x = torch.from_numpy(np.ascontiguousarray(np.stack(rgb))).permute(0, 3, 1, 2)
     x = x.to(model.plan.device, torch.float32) / 127.5 - 1.0
+    if model.plan.device == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)     # as the VAE's weights there (model_loader)
     scale, shift = _scale_shift(vae)
     with on_device(model, [vae]), torch.inference_mode():
         latents = vae.encode(x.to(vae.dtype)).latent_dist.mean.float()

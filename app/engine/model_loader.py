@@ -307,6 +307,10 @@ def _finish(model: DiffusionModel) -> DiffusionModel:
     model.vae_dtype_name = plan.vae_dtype_name(force_upcast)
     if model.vae.dtype != getattr(torch, model.vae_dtype_name):
         model.vae.to(dtype=getattr(torch, model.vae_dtype_name))
+    if plan.device == "cpu":
+        # oneDNN's convolutions run the VAE 8 % (encode) to 20 % (decode) faster in channels-last at SD 1.5's
+        # size; the UNet is 10 % slower so, and stays as it is (BENCHMARKS.md).
+        model.vae.to(memory_format=torch.channels_last)
     for module in model.components():
         module.eval()
         module.requires_grad_(False)
