@@ -36,7 +36,11 @@ def encode(model, images: list[np.ndarray]) -> torch.Tensor:
     """H x W x 3 uint8 images (one size) -> (B, C, H/8, W/8) float32 latents (the distributions' means:
     deterministic). A GPU encodes them in one batch; the CPU one by one, which is faster there."""
     if model.plan.device == "cpu" and len(images) > 1:
-        return torch.cat([encode(model, [image]) for image in images])
+        return torch.cat([_encode(model, [image]) for image in images])
+    return _encode(model, images)
+
+
+def _encode(model, images: list[np.ndarray]) -> torch.Tensor:
     vae = model.vae
     rgb = [image[..., :3] if image.flags.writeable else image[..., :3].copy() for image in images]  # read-only docs
     x = torch.from_numpy(np.ascontiguousarray(np.stack(rgb))).permute(0, 3, 1, 2)
