@@ -72,7 +72,7 @@ class EditorState(QObject):
         doc = self.document
         if doc is None:
             return
-        before = doc.mask.copy()
+        before = doc.begin_mask_edit()
         doc.mask[...] = mask
         self.push_applied(MaskPatchChange.capture(doc, doc.image_rect, before, label))
 

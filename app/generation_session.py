@@ -41,7 +41,7 @@ class GenerationSession(QObject):
         if doc is None or not doc.has_mask():
             self.status.emit("Paint a mask over the area to fill first.", True)
             return False
-        return self._start(lambda: build_fill_request(doc.image, doc.mask, settings, self.styles))
+        return self._start(lambda: build_fill_request(doc.image, doc.shared_mask(), settings, self.styles))
 
     def expand(self, settings: JobSettings) -> bool:
         doc = self.state.document

@@ -70,3 +70,18 @@ def test_a_read_only_view_of_pixels_someone_else_owns_is_copied():
     frozen = read_only(view)
     base[:] = 0
     assert frozen is not view and int(frozen[0, 0, 0]) == 5 and not frozen.flags.writeable
+
+
+def test_a_shared_mask_is_never_written_and_edits_work_on_one_copy():
+    doc = Document.from_image(_image())
+    doc.mask[2:4, 2:4] = 255
+    shared = doc.shared_mask()
+    assert doc.has_mask() and not shared.flags.writeable
+    before = doc.begin_mask_edit()                 # an edit after a request took the mask
+    assert before is shared and doc.mask is not shared and doc.mask.flags.writeable
+    doc.mask[0, 0] = 255
+    assert shared[0, 0] == 0 and doc.editable_mask() is doc.mask     # no second copy
+    fresh = doc.begin_mask_edit()                  # not shared: the undo copy is a copy
+    assert fresh is not doc.mask and np.array_equal(fresh, doc.mask)
+    doc.mask[...] = 0
+    assert not doc.has_mask()

@@ -55,11 +55,11 @@ class MaskPatchChange(Change):
 
     def apply(self, doc: Document) -> None:
         rows, cols = self.rect.slices()
-        doc.mask[rows, cols] = self.after
+        doc.editable_mask()[rows, cols] = self.after
 
     def revert(self, doc: Document) -> None:
         rows, cols = self.rect.slices()
-        doc.mask[rows, cols] = self.before
+        doc.editable_mask()[rows, cols] = self.before
 
 
 @dataclass

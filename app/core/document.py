@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from app.core.geometry import Rect
@@ -47,7 +48,29 @@ class Document:
         return self.image.shape[2] == 4
 
     def has_mask(self) -> bool:
-        return bool(self.mask.any())
+        return bool(cv2.hasNonZero(self.mask))       # stops at the first painted pixel
+
+    # The mask is edited in place by the brush, and shared without a copy by the generation request that
+    # reads it: shared_mask() marks it read-only, and the next edit works on a copy of it.
+    def shared_mask(self) -> np.ndarray:
+        """The mask, read-only from now on, for a request to keep without copying it."""
+        self.mask.setflags(write=False)
+        return self.mask
+
+    def editable_mask(self) -> np.ndarray:
+        """The mask, writable (a copy of it if it was shared)."""
+        if not self.mask.flags.writeable:
+            self.mask = self.mask.copy()
+        return self.mask
+
+    def begin_mask_edit(self) -> np.ndarray:
+        """Before an edit: the mask's content as an array no one will write (for undo), with `mask` left
+        writable. One copy either way: a shared mask is itself that array."""
+        if self.mask.flags.writeable:
+            return self.mask.copy()
+        before = self.mask
+        self.mask = before.copy()
+        return before
 
     def is_extended(self) -> bool:
         """True when the canvas reaches beyond the image on at least one side (Expand has work)."""

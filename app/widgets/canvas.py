@@ -412,7 +412,7 @@ class CanvasView(QWidget):
             self._gesture = _Gesture("edge", button, pos, img, img, edges=edges,
                                      start_canvas=doc.canvas, canvas=doc.canvas)
         elif tool in ("brush", "eraser"):
-            self._gesture = _Gesture("stroke", button, pos, img, img, before=doc.mask.copy(),
+            self._gesture = _Gesture("stroke", button, pos, img, img, before=doc.begin_mask_edit(),
                                      erase=tool == "eraser")
             self._stroke_to(img)
         elif tool in ("rect", "lasso"):
@@ -485,7 +485,7 @@ class CanvasView(QWidget):
     def _stroke_to(self, img: tuple[float, float], g: _Gesture | None = None) -> None:
         g = g or self._gesture
         doc = self.state.document
-        dirty = tools.paint_segment(doc.mask, g.last_image, img, self.state.brush_size,
+        dirty = tools.paint_segment(doc.editable_mask(), g.last_image, img, self.state.brush_size,
                                     self.state.brush_softness, g.erase)
         g.last_image = img
         if not dirty.is_empty():
@@ -494,7 +494,7 @@ class CanvasView(QWidget):
 
     def _apply_selection(self, g: _Gesture, img: tuple[float, float]) -> None:
         doc = self.state.document
-        before = doc.mask.copy()
+        before = doc.begin_mask_edit()
         value = 0 if g.subtract else 255
         if g.kind == "rect":
             dirty = tools.fill_rect(doc.mask, tools.rect_from_points(g.start_image, img), value)
@@ -512,7 +512,7 @@ class CanvasView(QWidget):
         doc = self.state.document
         if g is not None and g.kind == "stroke" and doc is not None and not g.dirty.is_empty():
             rows, cols = g.dirty.slices()
-            doc.mask[rows, cols] = g.before[rows, cols]
+            doc.editable_mask()[rows, cols] = g.before[rows, cols]
             self._refresh_overlay(g.dirty)
         self._update_cursor()
         self.update()
