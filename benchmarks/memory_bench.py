@@ -71,7 +71,7 @@ def run(args) -> dict:
         x = 256 + (index * 397) % (side - 768)
         y = 256 + (index * 631) % (side - 768)
         rect = Rect(x, y, 256, 256)
-        before = doc.mask.copy()
+        before = doc.begin_mask_edit()                 # as the brush does: a fill shared the last mask
         doc.mask[rect.slices()] = 255
         state.push_applied(MaskPatchChange.capture(doc, rect, before, "Brush stroke"))
         del before

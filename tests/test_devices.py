@@ -12,7 +12,8 @@ from app.engine.events import EngineError
     ("float16", True, False, "float16"),
     ("float16", True, True, "bfloat16"),      # SDXL's VAE overflows fp16: bf16 on Ampere and later ...
     ("float16", False, True, "float32"),      # ... fp32 on older GPUs
-    ("bfloat16", False, True, "bfloat16"),    # bf16 asked for: it never overflows
+    ("bfloat16", True, True, "bfloat16"),     # bf16 asked for, on a GPU that has it
+    ("bfloat16", False, True, "float32"),     # ... emulated (the CPU, older GPUs): the VAE keeps fp32
 ])
 def test_vae_precision(dtype, native_bf16, force_upcast, expected):
     plan = DevicePlan("cuda", dtype, native_bf16=native_bf16)

@@ -282,13 +282,17 @@ def test_a_prompt_encodes_the_same_whatever_it_is_batched_with(tiny_models, fami
     from app.engine.text_encoding import encode_prompts
 
     run(fill_request(tiny_models, **model_args(tiny_models, family)))
-    [alone] = encode_prompts(MANAGER.current, ["a lighthouse at dusk"], "cpu")
-    first, second = encode_prompts(MANAGER.current, ["a lighthouse at dusk", "blurry, watermark, text"], "cpu")
-    torch.testing.assert_close(first.embeddings, alone.embeddings, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(second.embeddings, alone.embeddings)
-    if family == "sdxl":
-        torch.testing.assert_close(first.pooled, alone.pooled, rtol=1e-4, atol=1e-5)
-        assert first.pooled.shape == (1, alone.pooled.shape[1])
+    long_prompt = ", ".join(["a lighthouse at dusk on a rocky coast"] * 12)      # two 75-token windows
+    prompts = ["a lighthouse at dusk", "blurry, watermark, text", long_prompt]
+    together = encode_prompts(MANAGER.current, prompts, "cpu")
+    for prompt, batched in zip(prompts, together):
+        [alone] = encode_prompts(MANAGER.current, [prompt], "cpu")
+        width = alone.embeddings.shape[1]          # a short prompt batched with a long one gets padded windows
+        torch.testing.assert_close(batched.embeddings[:, :width], alone.embeddings, rtol=1e-4, atol=1e-5)
+        if family == "sdxl":
+            assert batched.pooled.shape == alone.pooled.shape == (1, alone.pooled.shape[1])
+            torch.testing.assert_close(batched.pooled, alone.pooled, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(together[0].embeddings, together[1].embeddings)
 
 
 # -- model errors ----------------------------------------------------------------------------------------

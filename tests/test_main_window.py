@@ -436,7 +436,8 @@ def test_remove_selected_model_takes_it_off_the_list_only(qtbot, settings, check
     assert "Only models you added" in window.last_error
 
 
-def test_painting_during_a_fill_changes_the_document_not_the_running_job(qtbot, settings, photo):
+@pytest.mark.parametrize("edit", ["brush stroke", "clear_mask", "invert_mask"])
+def test_editing_the_mask_during_a_fill_changes_the_document_not_the_running_job(qtbot, settings, photo, edit):
     from tests.test_canvas import drag
 
     gate = threading.Event()
@@ -449,16 +450,19 @@ def test_painting_during_a_fill_changes_the_document_not_the_running_job(qtbot, 
     qtbot.waitUntil(lambda: len(engine.requests) == 1, timeout=5000)
     job_mask = engine.requests[0].mask
     assert np.shares_memory(job_mask, painted)           # the request shares the mask: no copy on the UI thread
-    window.canvas.resize(640, 480)
-    window.canvas.fit()
-    window.state.set_brush(size=8, softness=0.0)
-    drag(qtbot, window.canvas, [(40, 40), (50, 40), (60, 40)])
+    if edit == "brush stroke":
+        window.canvas.resize(640, 480)
+        window.canvas.fit()
+        window.state.set_brush(size=8, softness=0.0)
+        drag(qtbot, window.canvas, [(40, 40), (50, 40), (60, 40)])
+    else:
+        window.action_set[edit].trigger()
     doc_mask = window.state.document.mask
-    assert doc_mask.any() and not np.array_equal(doc_mask, tools_rect_mask())    # the stroke landed ...
+    assert not np.array_equal(doc_mask, tools_rect_mask())                        # the edit landed ...
     np.testing.assert_array_equal(job_mask, tools_rect_mask())                    # ... not in the job's mask
     gate.set()
     qtbot.waitUntil(lambda: not window.session.busy, timeout=5000)
-    window.action_set["undo"].trigger()                                          # the stroke is one undo step
+    window.action_set["undo"].trigger()                                          # the edit is one undo step
     np.testing.assert_array_equal(window.state.document.mask, tools_rect_mask())
     window.action_set["redo"].trigger()
     np.testing.assert_array_equal(window.state.document.mask, doc_mask)

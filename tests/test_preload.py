@@ -22,7 +22,7 @@ def test_preload_imports_the_engine_in_a_background_thread_and_freezes_its_objec
         assert not missing, missing
         assert gc.get_freeze_count() > frozen_before + 100000
         from app.engine import model_loader
-        assert set(model_loader._shipped) == {"<|endoftext|>", "!"}   # the first model load builds none
+        assert set(model_loader._shipped) == {"<|endoftext|>", "!"}   # built here, not by a model load
         for thread in [t for t in threading.enumerate() if t.name == "engine-preload"]:
             thread.join(5)
             assert not thread.is_alive()

@@ -23,7 +23,7 @@ class DevicePlan:
     attention_slicing: bool = False
     vae_tiling: bool = False
     offload: bool = False
-    native_bf16: bool = False     # the device computes bf16 at full speed (CUDA compute capability >= 8)
+    native_bf16: bool = False     # the device computes bf16 at full speed (NVIDIA compute capability >= 8)
 
     @property
     def dtype(self):
@@ -36,8 +36,9 @@ class DevicePlan:
         return self.dtype_name != "float32"
 
     def vae_dtype_name(self, force_upcast: bool) -> str:
-        """The VAE's precision: the plan's own, unless that is fp16 and the VAE's config says fp16 overflows."""
-        if self.dtype_name != "float16" or not force_upcast:
+        """The VAE's precision: the plan's own, unless that is half and the VAE's config says fp16 overflows
+        (then bf16 where the GPU computes it natively, else fp32)."""
+        if self.dtype_name == "float32" or not force_upcast:
             return self.dtype_name
         return "bfloat16" if self.native_bf16 else "float32"
 
@@ -70,7 +71,8 @@ def plan_device(requested: str = "auto", precision: str = "auto", memory_saving:
         free = torch.cuda.mem_get_info()[0]
         plan = DevicePlan("cuda", "float16", attention_slicing=free < SLICE_BELOW,
                           vae_tiling=free < SLICE_BELOW, offload=free < OFFLOAD_BELOW,
-                          native_bf16=torch.cuda.get_device_capability()[0] >= 8)
+                          # ROCm reports its own architecture numbers here: it keeps the fp32 VAE
+                          native_bf16=torch.version.hip is None and torch.cuda.get_device_capability()[0] >= 8)
     if precision == "float32" or (precision == "auto" and plan.device == "cpu"):
         plan = replace(plan, dtype_name="float32")
     elif precision in ("float16", "bfloat16"):

@@ -42,8 +42,7 @@ def encode(model, images: list[np.ndarray]) -> torch.Tensor:
 
 def _encode(model, images: list[np.ndarray]) -> torch.Tensor:
     vae = model.vae
-    rgb = [image[..., :3] if image.flags.writeable else image[..., :3].copy() for image in images]  # read-only docs
-    x = torch.from_numpy(np.ascontiguousarray(np.stack(rgb))).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.stack([image[..., :3] for image in images])).permute(0, 3, 1, 2)   # a copy
     x = x.to(model.plan.device, torch.float32) / 127.5 - 1.0
     if model.plan.device == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)     # as the VAE's weights there (model_loader)
