@@ -191,6 +191,21 @@ def test_a_second_job_drops_stale_events_of_the_first(qtbot, make_controller):
     assert not controller.busy
 
 
+def test_a_job_replaced_or_cancelled_before_it_reached_the_engine_never_runs(qtbot, make_controller, factories):
+    """Jobs reach the engine thread one event-loop turn after start(), behind the window's repaint: a job
+    cancelled or replaced before that turn is never run at all."""
+    controller = make_controller()
+    events = record(controller)
+    controller.start(request("scripted-wait"))
+    controller.cancel()
+    controller.start(request("scripted-keep"))
+    with qtbot.waitSignal(controller.event, check_params_cb=is_kind(EventKind.RESULT), timeout=5000):
+        third = controller.start(request("scripted-quick"))
+    assert [engine.behaviour for engine in factories.built] == ["quick"]
+    assert [e.kind for e in events] == [EventKind.CANCELLED] + [EventKind.PROGRESS] * 3 + [EventKind.RESULT]
+    assert all(e.job_id == third for e in events[1:])
+
+
 def test_an_engine_that_raises_gives_error_and_the_next_job_works(qtbot, make_controller):
     controller = make_controller()
     with qtbot.waitSignal(controller.event, check_params_cb=is_kind(EventKind.ERROR), timeout=5000) as blocker:

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal, Slot
 
 from app.engine import preload
 from app.engine.base import Engine
@@ -132,8 +132,15 @@ class EngineController(QObject):
         self._job_id += 1
         self._token = CancelToken()
         self._set_busy(True)
-        self._submit.emit(self._job_id, request, self._token)
+        # Queued behind the repaints the new busy state asks for: the window shows the job as started before
+        # the engine thread starts competing for the GIL (a model load is seconds of Python).
+        job, token = self._job_id, self._token
+        QTimer.singleShot(0, self, lambda: self._submit_unless_cancelled(job, request, token))
         return self._job_id
+
+    def _submit_unless_cancelled(self, job: int, request: GenerationRequest, token: CancelToken) -> None:
+        if not token.cancelled and not self._shut_down:
+            self._submit.emit(job, request, token)
 
     def cancel(self) -> None:
         """Stop the current job: it is CANCELLED at once (that event is emitted before this returns) and the
