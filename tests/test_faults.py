@@ -323,11 +323,10 @@ def test_a_hundred_start_cancel_cycles_leave_no_result_no_thread_and_a_working_e
             controller.cancel()
             assert not controller.busy
             assert events[-1].kind == EventKind.CANCELLED and events[-1].job_id == job   # before cancel returned
-            if cycle % 10 == 5:                                     # idle until the worker has reported it too
-                qtbot.waitUntil(lambda job=job: any(e.job_id == job and e.kind != EventKind.PROGRESS for e in raw),
-                                timeout=5000)
-                qtbot.wait(20)                                      # its queued report reaches the controller
+            if cycle % 10 == 5:                                     # idle a while: nothing more comes of it
+                qtbot.wait(50)
                 assert not controller.busy and events[-1].job_id == job
+                assert not [e for e in raw if e.job_id == job]      # cancelled before it was handed over
             cancelled_ids.append(job)
             counts.append(threading.active_count())
 
@@ -344,7 +343,9 @@ def test_a_hundred_start_cancel_cycles_leave_no_result_no_thread_and_a_working_e
             mine = [e.kind for e in events if e.job_id == job and e.kind != EventKind.PROGRESS]
             assert mine == [EventKind.CANCELLED], (job, mine)
             worker_said = [e.kind for e in raw if e.job_id == job and e.kind != EventKind.PROGRESS]
-            assert worker_said == [EventKind.CANCELLED], (job, worker_said)   # the engine stopped, no result
+            # the engine stopped with no result: jobs cancelled while running report CANCELLED, the others
+            # were cancelled before they were handed to the engine thread and never ran
+            assert worker_said == ([EventKind.CANCELLED] if (job - 2) % 10 == 0 else []), (job, worker_said)
         assert [e.kind for e in events].count(EventKind.CANCELLED) == 100
         assert not controller.busy and busy[-1] is False
         assert busy == [True, False] * (len(busy) // 2)
