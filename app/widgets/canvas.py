@@ -262,6 +262,7 @@ class CanvasView(QWidget):
         if doc is None:
             p.setPen(QColor(170, 170, 175))
             p.drawText(self.rect().adjusted(16, 16, -16, -16), Qt.AlignCenter | Qt.TextWordWrap, HINT)
+            p.end()
             return
         canvas = self.canvas_preview or doc.canvas
         image_w = self.image_rect_to_widget(doc.image_rect)
@@ -291,6 +292,7 @@ class CanvasView(QWidget):
         self._paint_canvas_frame(p, canvas_w)
         self._paint_gesture(p, canvas)
         self._paint_brush_cursor(p)
+        p.end()
 
     def _paint_canvas_frame(self, p: QPainter, rect: QRectF) -> None:
         p.setRenderHint(QPainter.Antialiasing, False)
