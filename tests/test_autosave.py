@@ -6,20 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from PySide6.QtCore import QSettings
 
 from app import MainWindow
 from app.core.geometry import Rect
 from app.model_library import ModelLibrary
-
-
-@pytest.fixture
-def photo(tmp_path):
-    pixels = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    path = tmp_path / "photo.png"
-    Image.fromarray(pixels).save(path)
-    return path, pixels
 
 
 def window_for(qtbot, tmp_path, delay_ms: int = 20) -> MainWindow:

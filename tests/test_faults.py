@@ -173,12 +173,15 @@ def test_out_of_memory_in_vae_decode_retries_one_variant_at_a_time(tiny_models, 
     np.testing.assert_array_equal(result.variants[0].image[far], request.image[far])
 
 
+def _fits_only_tiled(call, real, z):
+    """A VAE decode that runs out of memory unless tiling is on."""
+    if not call["tiling"]:
+        raise out_of_memory()
+    return real()
+
+
 def test_out_of_memory_in_vae_decode_until_tiled_still_gives_the_result(tiny_models, loaded, monkeypatch):
-    def fits_only_tiled(call, real, z):
-        if not call["tiling"]:
-            raise out_of_memory()
-        return real()
-    calls = patch_decode(monkeypatch, loaded.vae, fits_only_tiled)
+    calls = patch_decode(monkeypatch, loaded.vae, _fits_only_tiled)
     request = fill_request(tiny_models)
     result = terminal(run(request))
     assert result.kind == EventKind.RESULT, result.message
@@ -191,11 +194,7 @@ def test_out_of_memory_in_vae_decode_until_tiled_still_gives_the_result(tiny_mod
 
 
 def test_out_of_memory_with_one_variant_goes_straight_to_the_memory_savers(tiny_models, loaded, monkeypatch):
-    def fits_only_tiled(call, real, z):
-        if not call["tiling"]:
-            raise out_of_memory()
-        return real()
-    calls = patch_decode(monkeypatch, loaded.vae, fits_only_tiled)
+    calls = patch_decode(monkeypatch, loaded.vae, _fits_only_tiled)
     result = terminal(run(fill_request(tiny_models, variants=1)))
     assert result.kind == EventKind.RESULT, result.message
     assert [c["tiling"] for c in calls] == [False, True]  # not a second, identical, untiled attempt

@@ -77,14 +77,6 @@ def make_window(qtbot, settings, engine, library=None):
     return window
 
 
-@pytest.fixture
-def photo(tmp_path):
-    pixels = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    path = tmp_path / "photo.png"
-    Image.fromarray(pixels).save(path)
-    return path, pixels
-
-
 def test_window_builds_hidden_with_named_accessible_widgets(qtbot, settings):
     window = MainWindow(settings=settings)
     qtbot.addWidget(window)

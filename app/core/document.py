@@ -48,7 +48,7 @@ class Document:
         return self.image.shape[2] == 4
 
     def has_mask(self) -> bool:
-        return bool(cv2.hasNonZero(self.mask))       # stops at the first painted pixel
+        return any_painted(self.mask)
 
     # The mask is edited in place by the brush, and shared without a copy by the generation request that
     # reads it: shared_mask() marks it read-only, and the next edit works on a copy of it.
@@ -117,6 +117,11 @@ def read_only(image: np.ndarray) -> np.ndarray:
         image = image.copy()
     image.setflags(write=False)
     return image
+
+
+def any_painted(mask: np.ndarray) -> bool:
+    """True if any pixel of the H x W uint8 mask is non-zero; stops at the first one."""
+    return bool(cv2.hasNonZero(np.ascontiguousarray(mask)))
 
 
 def is_immutable(array: np.ndarray) -> bool:

@@ -192,11 +192,10 @@ def tokenizers_for(folder: Path, family: str) -> list:
 
     def load(sub: str, pad: str):
         own = folder / sub
-        if not ((own / "vocab.json").is_file() and (own / "merges.txt").is_file()):
-            return shipped_tokenizer(pad)
-        if _is_shipped_vocabulary(own, pad):
-            return shipped_tokenizer(pad)
-        return CLIPTokenizer.from_pretrained(own, local_files_only=True)
+        has_own = (own / "vocab.json").is_file() and (own / "merges.txt").is_file()
+        if has_own and not _is_shipped_vocabulary(own, pad):
+            return CLIPTokenizer.from_pretrained(own, local_files_only=True)
+        return shipped_tokenizer(pad)
 
     # SD 2.x and SDXL's second encoder are OpenCLIP models, which pad with "!" (token 0).
     if family == "sdxl":

@@ -87,7 +87,6 @@ def _warm_transformers() -> None:
         log.debug("transformers' conversion mapping was not pre-built", exc_info=True)
 
 
-
 def _warm_tokenizers() -> None:
     """Build the shared CLIP tokenizers (both padding tokens) that the first model load would build."""
     try:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
-from app.core.document import is_immutable
+from app.core.document import any_painted, is_immutable
 from app.core.geometry import Rect
 
 
@@ -131,7 +130,7 @@ class GenerationRequest:
             if mask.shape != image.shape[:2] or mask.dtype != np.uint8:
                 raise ValueError(f"mask must be a {image.shape[1]}x{image.shape[0]} uint8 array, "
                                  f"got {mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]}")
-            if not cv2.hasNonZero(np.ascontiguousarray(mask)):
+            if not any_painted(mask):
                 raise ValueError("the mask is empty: paint the area to fill first")
             object.__setattr__(self, "mask", _frozen(mask))
         elif self.kind == JobKind.EXPAND:
