@@ -12,6 +12,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 import pytest  # noqa: E402
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+from tests.fuzzing import PROFILE as _FUZZ_PROFILE  # noqa: E402
+
+_hypothesis_settings.load_profile(_FUZZ_PROFILE)
 
 
 @pytest.fixture

@@ -1,0 +1,218 @@
+"""Files written so that nothing is lost, and files read within bounds. Qt-free.
+
+Every writer of the editor (images, the model list, recovery manifests and arrays) goes through
+`write_atomically`: the new contents go to a temporary file beside the target, are flushed and fsynced,
+then renamed over the target (os.replace, atomic on one file system) and the folder is fsynced, so a crash,
+a kill or a full disk at any moment leaves either the old file or the new one, never half of one.
+
+A temporary file left behind by a process that was killed mid-write is named so a user can tell what it is
+(".photo.png.latent-canvas-partial-<pid>-<hex>.tmp") and is removed by the next write into that folder once
+its process is gone.
+
+Readers of small files (settings-like JSON) use `read_bounded`, which refuses a file over its size limit
+before reading it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+TEMP_TAG = "latent-canvas-partial"
+_TEMP_NAME = re.compile(r"^\..+\." + TEMP_TAG + r"-(\d+)-[0-9a-f]{12}\.tmp$")
+STALE_AFTER_S = 3600.0          # however it was named, a temporary older than this is no write in progress
+
+Writer = Callable[[BinaryIO], None]
+
+
+class FileTooLarge(OSError):
+    """A file is over the size its reader accepts."""
+
+
+def temporary_for(target: Path) -> Path:
+    return target.parent / f".{target.name}.{TEMP_TAG}-{os.getpid()}-{secrets.token_hex(6)}.tmp"
+
+
+def is_temporary(path: Path) -> bool:
+    return _TEMP_NAME.match(path.name) is not None
+
+
+def real_target(target: Path) -> Path:
+    """Writing through a symbolic link replaces the file it points at, not the link."""
+    target = Path(target)
+    return Path(os.path.realpath(target)) if target.is_symlink() else target
+
+
+def write_atomically(target: Path, write: Writer) -> None:
+    """Write `target` through `write(handle)` all or nothing. Exceptions (OSError, or whatever `write`
+    raises) propagate after the temporary file is removed; the old target is untouched."""
+    temp = prepare(target, write)
+    try:
+        os.replace(temp, real_target(target))
+    except BaseException:
+        _unlink(temp)
+        raise
+    sync_folder(real_target(target).parent)
+
+
+def write_text_atomically(target: Path, text: str) -> None:
+    write_atomically(target, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def prepare(target: Path, write: Writer) -> Path:
+    """The first half of an atomic write: the new contents in a synced temporary file beside `target`,
+    with the target's permissions. The caller renames it into place (os.replace) or removes it."""
+    target = real_target(Path(target))
+    remove_stale_temporaries(target.parent)
+    try:
+        existing_mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        existing_mode = None
+    temp = temporary_for(target)
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if existing_mode is not None:
+            os.chmod(temp, existing_mode)
+    except BaseException:
+        _unlink(temp)
+        raise
+    return temp
+
+
+class AtomicBatch:
+    """Several files written all or nothing: each is prepared in a temporary file, and only when every one
+    is ready are they renamed into place. A failure at any point leaves no new file and no temporary."""
+
+    def __init__(self) -> None:
+        self._ready: list[tuple[Path, Path]] = []     # (temporary, target)
+
+    def add(self, target: Path, write: Writer) -> None:
+        try:
+            self._ready.append((prepare(target, write), real_target(Path(target))))
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        placed: list[Path] = []
+        try:
+            for temp, target in self._ready:
+                os.replace(temp, target)
+                placed.append(target)
+        except BaseException:
+            for target in placed:       # the user asked for these files to be replaced; none stays half-done
+                _unlink(target)
+            self.discard()
+            raise
+        for folder in {target.parent for _, target in self._ready}:
+            sync_folder(folder)
+        self._ready = []
+
+    def discard(self) -> None:
+        for temp, _ in self._ready:
+            _unlink(temp)
+        self._ready = []
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporaries of our naming in `folder` whose writer is gone (or which are over an hour old).
+    Best effort: a folder that cannot be listed, or a file that cannot be removed, is left alone."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+        except OSError:
+            continue
+        pid = int(match.group(1))
+        if old or (pid != os.getpid() and not process_running(pid)):
+            if _unlink(Path(entry.path)):
+                removed.append(Path(entry.path))
+    return removed
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of `path`; FileTooLarge when it is over `limit` bytes (checked before reading), OSError
+    as open() raises it otherwise."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise FileTooLarge(f"{size:,} bytes; at most {limit:,} are read")
+        data = handle.read(limit + 1)
+    if len(data) > limit:                 # grew while being read, or a special file
+        raise FileTooLarge(f"over {limit:,} bytes")
+    return data
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder so a rename in it survives a power cut (POSIX; a no-op elsewhere)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process `pid` exists (another user's process counts as running)."""
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    if os.name == "nt":            # os.kill(pid, 0) would send Ctrl+C there
+        return _running_windows(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def _running_windows(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(0x1000, False, pid)       # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    try:
+        code = ctypes.c_ulong()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
