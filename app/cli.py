@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from app.core.geometry import Rect, canvas_from_margins
-from app.core.imageio import ImageLoadError, ImageSaveError, load_image, save_image
-from app.core.styles import StyleError, load_styles
+from app.core.imageio import ImageLoadError, ImageSaveError, load_image, load_mask, save_images
+from app.core.styles import StyleError, read_styles
 from app.engine.events import CancelToken, EngineError, EngineEvent, EventKind
 from app.engine.registry import EngineRegistry
-from app.engine.request import MEMORY_SAVING, PRECISIONS
+from app.engine.request import MEMORY_SAVING, PRECISIONS, SamplingOptions
 from app.engine.runner import run_job
 from app.job_builder import (DEVICES, RESTYLE_STRENGTH, JobSettings, build_expand_request, build_fill_request,
                              build_restyle_request)
@@ -90,15 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def mask_from_image(pixels: np.ndarray) -> np.ndarray:
-    """White = fill. Grey levels are kept as a soft mask; transparent pixels never fill."""
-    rgb = pixels[..., :3].astype(np.uint16)
-    grey = ((rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000).astype(np.uint16)
-    if pixels.shape[2] == 4:
-        grey = (grey * pixels[..., 3] + 127) // 255
-    return grey.astype(np.uint8)
-
-
 def variant_paths(output: Path, count: int) -> list[Path]:
     return [output] + [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(2, count + 1)]
 
@@ -108,6 +98,31 @@ def _check_output(output: Path) -> None:
         raise UsageError(f"{output}: unsupported output format '{output.suffix}'; use .png, .jpg or .webp")
     if not output.parent.resolve().is_dir():
         raise UsageError(f"{output}: the folder {output.parent} does not exist")
+
+
+def _check_outputs_spare_inputs(args: argparse.Namespace) -> None:
+    """No result may be written over a file the run reads: the same path, a link to it (symbolic or hard),
+    or another spelling of it on a case-insensitive file system."""
+    inputs = [("image", args.image)]
+    if getattr(args, "mask", None) is not None:
+        inputs.append(("mask", args.mask))
+    if Path(args.model).is_file():
+        inputs.append(("model", Path(args.model)))
+    SamplingOptions(variants=args.variants)         # a count out of range is refused before its paths are made
+    for number, output in enumerate(variant_paths(args.output, args.variants), start=1):
+        for role, source in inputs:
+            if _same_file(output, source):
+                which = f"the output {output}" if number == 1 else f"variant {number} ({output})"
+                raise UsageError(f"{which} would overwrite the input {role} {source}; choose another -o")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b)):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:         # either one does not exist (yet), so they are not one file
+        return False
 
 
 def _settings(args: argparse.Namespace) -> JobSettings:
@@ -144,8 +159,17 @@ def _check_model(registry: EngineRegistry, model: str, config: str) -> None:
     describe_model(model, config)
 
 
+def _styles() -> list:
+    """The styles; a damaged styles file leaves out what it cannot use and says so, as the editor does."""
+    found = read_styles()
+    for problem in found.problems:
+        print(f"note: {problem}", file=sys.stderr)
+    return found.styles
+
+
 def _generate(args: argparse.Namespace) -> int:
     _check_output(args.output)
+    _check_outputs_spare_inputs(args)
     registry = EngineRegistry()
     if args.command == "restyle" and (args.model.strip() or registry.default_id) in registry:
         raise UsageError("restyle needs a diffusion model: give --model with a .safetensors file, a diffusers "
@@ -154,14 +178,13 @@ def _generate(args: argparse.Namespace) -> int:
     for note in loaded.notes:
         print(f"note: {args.image.name}: {note}", file=sys.stderr)
     image = loaded.pixels
-    styles = load_styles()
+    styles = _styles()
     settings = _settings(args)
     if args.command == "fill":
-        mask_image = load_image(args.mask).pixels
-        if mask_image.shape[:2] != image.shape[:2]:
-            raise UsageError(f"{args.mask}: mask is {mask_image.shape[1]}x{mask_image.shape[0]} but the "
+        mask = load_mask(args.mask)
+        if mask.shape != image.shape[:2]:
+            raise UsageError(f"{args.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but the "
                              f"image is {image.shape[1]}x{image.shape[0]}; they must be the same size")
-        mask = mask_from_image(mask_image)
         if not mask.any():
             raise UsageError(f"{args.mask}: the mask is empty (no white pixels): nothing to fill")
         request = build_fill_request(image, mask, settings, styles)
@@ -194,8 +217,9 @@ def _generate(args: argparse.Namespace) -> int:
         raise EngineError(final.message)
     if final.kind != EventKind.RESULT:
         raise EngineError("the job was cancelled")
-    for path, variant in zip(variant_paths(args.output, len(final.variants)), final.variants):
-        save_image(path, variant.image, variant.parameters)
+    written = list(zip(variant_paths(args.output, len(final.variants)), final.variants))
+    save_images([(path, variant.image, variant.parameters) for path, variant in written])
+    for path, variant in written:
         print(f"wrote {path} (seed {variant.seed})", file=sys.stderr)
     return 0
 
@@ -203,10 +227,11 @@ def _generate(args: argparse.Namespace) -> int:
 def run(argv: list[str]) -> int:
     # Library warnings (with their tracebacks) would bury the one-line error; internal errors still log.
     logging.basicConfig(level=logging.ERROR, format="latent-canvas: %(levelname)s: %(name)s: %(message)s")
+    logging.getLogger("PIL").setLevel(logging.CRITICAL)     # what it logs about a bad file, ImageLoadError says
     try:
         args = build_parser().parse_args(argv)
         if args.command == "styles":
-            for style in load_styles():
+            for style in _styles():
                 print(style.name)
             return 0
         return _generate(args)

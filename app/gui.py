@@ -15,6 +15,13 @@ def run_editor(argv: list[str]) -> int:
     from app.engine.worker import exit_code_after_shutdown
     from app.widgets.main_window import MainWindow
 
+    if QApplication.instance() is None:
+        from app.display_check import display_problem
+
+        problem = display_problem()
+        if problem:                   # Qt would abort with a generic message (exit 134)
+            print(f"latent-canvas: error: {problem}", file=sys.stderr)
+            return 1
     app = QApplication.instance() or QApplication([sys.argv[0], *[a for a in argv if a.startswith("-")]])
     app.setOrganizationName("LatentCanvas")
     app.setApplicationName("Latent Canvas")

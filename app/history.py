@@ -6,13 +6,16 @@ are dropped by rebuilding the stack from the core Change objects (without re-app
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
-from PySide6.QtCore import QObject
 
 from app.core.changes import Change
 from app.core.document import Document
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_BYTES = 1024 * 1024 * 1024
 MIN_LEVELS = 5
@@ -29,17 +32,28 @@ class _Command(QUndoCommand):
         if self._skip_redo or self._history.rebuilding:
             self._skip_redo = False
             return
-        self.change.apply(self._history.document())
-        self._history.notify(self.change)
+        self._run("redo", self.change.apply)
 
     def undo(self) -> None:
         if self._history.rebuilding:
             return
-        self.change.revert(self._history.document())
+        self._run("undo", self.change.revert)
+
+    def _run(self, what: str, step: Callable[[Document], None]) -> None:
+        # An exception must not leave this Qt virtual: with PySide6 6.11 on Python 3.11 one raised in C
+        # (numpy's, say) crashes the process there. The changes check themselves before touching the document.
+        try:
+            step(self._history.document())
+        except Exception as exc:  # noqa: BLE001 - reported in one line; the document is as it was
+            log.error("could not %s %s", what, self.change.label, exc_info=exc)
+            self._history.failed.emit(f"Could not {what} \"{self.change.label}\": {exc}")
+            return
         self._history.notify(self.change)
 
 
 class History(QObject):
+    failed = Signal(str)          # an undo or redo could not be made (one line); the document is unchanged
+
     def __init__(self, document: Callable[[], Document], notify: Callable[[Change], None],
                  budget_bytes: int = DEFAULT_BUDGET_BYTES, min_levels: int = MIN_LEVELS,
                  parent: QObject | None = None) -> None:

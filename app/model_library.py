@@ -9,17 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app.core.safe_files import FileTooLarge, read_bounded, write_text_atomically
 from app.engine.events import EngineError
-from app.engine.model_files import CheckpointInfo, inspect_checkpoint, inspect_folder, resolve_source
+from app.engine.model_files import (CheckpointInfo, inspect_checkpoint, inspect_folder, resolve_source,
+                                    short_error)
 
 log = logging.getLogger(__name__)
 
 KINDS = ("file", "folder", "repo")
 FORMAT_VERSION = 1
+MAX_FILE_BYTES = 8 << 20
+MAX_TEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -48,18 +52,21 @@ def describe_model(location: str, config: str = "") -> ModelEntry:
     info = inspect_checkpoint(path)
     config_dir = ""
     if source.config:
-        config_path = Path(source.config).expanduser()
-        if not (config_path / "model_index.json").is_file():
-            raise EngineError(f"{source.config} is not a diffusers config folder (no model_index.json)")
-        config_dir = str(config_path.resolve())
+        from app.engine.config_folder import check_config_folder    # the loader's own check of it
+
+        config_dir = str(check_config_folder(source.config, info, path.name).path)
     return ModelEntry(str(path), f"{path.name} — {info.label}", "file", config_dir)
 
 
 class ModelLibrary:
-    """The list of models the user added, in the order they were added, saved after every change."""
+    """The list of models the user added, in the order they were added, saved after every change.
+
+    A damaged list never stops the editor: entries that cannot be used are left out, the file as it was is
+    kept beside it (models.json.damaged-<time>) before anything overwrites it, and `problems` says so."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self.problems: list[str] = []
         self._entries: list[ModelEntry] = self._load()
 
     def entries(self) -> list[ModelEntry]:
@@ -74,7 +81,10 @@ class ModelLibrary:
         existing = self.find(location.strip())
         if existing is not None:
             return existing
-        entry = describe_model(location, config)
+        return self.add_checked(describe_model(location, config))
+
+    def add_checked(self, entry: ModelEntry) -> ModelEntry:
+        """Add an entry describe_model made (on another thread, say), unless the model is listed already."""
         existing = self.find(entry.location)
         if existing is not None:
             return existing
@@ -96,56 +106,85 @@ class ModelLibrary:
         data = {"version": FORMAT_VERSION, "models": [asdict(e) for e in entries]}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as file:
-                    json.dump(data, file, indent=2, ensure_ascii=False)
-                    file.write("\n")
-                os.replace(temp, self.path)
-            except BaseException:
-                Path(temp).unlink(missing_ok=True)
-                raise
+            write_text_atomically(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         except OSError as exc:
             raise EngineError(f"could not save the model list {self.path}: {exc.strerror or exc}") from None
         self._entries = entries
 
     def _load(self) -> list[ModelEntry]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = read_bounded(self.path, MAX_FILE_BYTES)
         except FileNotFoundError:
             return []
+        except FileTooLarge as exc:
+            return self._damaged(f"it is too large ({exc})", [])
         except OSError as exc:
-            log.warning("could not read the model list %s: %s; starting with an empty one", self.path, exc)
+            self._report(f"Could not read the model list {self.path} ({exc.strerror or exc}); it is left as it "
+                         "is and no models are listed.")
             return []
+        entries, problem = parse_model_list(raw)
+        return self._damaged(problem, entries) if problem else entries
+
+    def _damaged(self, problem: str, entries: list[ModelEntry]) -> list[ModelEntry]:
+        kept = _unused_name(self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
         try:
-            return _parse(text)
-        except ValueError as exc:
-            bad = self.path.with_suffix(".json.bad")
-            log.warning("the model list %s is damaged (%s); starting with an empty one, the old file is kept "
-                        "as %s", self.path, exc, bad.name)
+            os.replace(self.path, kept)
+            where = f"the file as it was is kept as {kept.name}"
+        except OSError as exc:
+            where = f"it could not be set aside ({exc.strerror or exc})"
+            entries = []              # nothing may overwrite it then: list nothing, change nothing
+        listed = f"{len(entries)} model{'s' if len(entries) != 1 else ''} listed" if entries else "no models listed"
+        self._report(f"The model list {self.path.name} is damaged ({problem}); {listed}, {where}.")
+        if entries:
             try:
-                os.replace(self.path, bad)
-            except OSError as move_error:
-                log.warning("could not keep %s as %s: %s", self.path, bad, move_error)
-            return []
+                self._commit(entries)     # the readable entries, as the new list
+            except EngineError as exc:
+                self._report(str(exc))
+        return entries
+
+    def _report(self, line: str) -> None:
+        log.warning("%s", line)
+        self.problems.append(line)
 
 
-def _parse(text: str) -> list[ModelEntry]:
-    """The entries of a saved model list; ValueError when it is not one."""
-    data = json.loads(text)       # json.JSONDecodeError is a ValueError
+def parse_model_list(raw: bytes) -> tuple[list[ModelEntry], str]:
+    """The usable entries of a saved model list and what was wrong with it ("" when nothing was)."""
+    try:
+        data = json.loads(raw.decode("utf-8"))       # json.JSONDecodeError is a ValueError
+    except UnicodeDecodeError:
+        return [], "it is not UTF-8 text"
+    except (ValueError, RecursionError) as exc:
+        return [], f"not valid JSON: {short_error(exc, 80)}"
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise ValueError("expected an object with a 'models' list")
-    entries = []
+        return [], "expected an object with a 'models' list"
+    entries: list[ModelEntry] = []
+    bad = 0
     for item in data["models"]:
-        if not isinstance(item, dict):
-            raise ValueError("a model is not an object")
-        values = {key: item.get(key, "") for key in ("location", "label", "kind", "config")}
-        if not all(isinstance(v, str) for v in values.values()) or not values["location"] \
-                or values["kind"] not in KINDS:
-            raise ValueError(f"invalid model entry {item!r:.80}")
-        entries.append(ModelEntry(values["location"], values["label"] or values["location"], values["kind"],
-                                  values["config"]))
-    return entries
+        entry = _entry_from(item)
+        if entry is None:
+            bad += 1
+        elif all(e.location != entry.location for e in entries):
+            entries.append(entry)
+    return entries, f"{bad} entr{'ies' if bad != 1 else 'y'} could not be read" if bad else ""
+
+
+def _entry_from(item: object) -> ModelEntry | None:
+    if not isinstance(item, dict):
+        return None
+    values = {key: item.get(key, "") for key in ("location", "label", "kind", "config")}
+    if not all(isinstance(v, str) and len(v) <= MAX_TEXT and "\0" not in v for v in values.values()):
+        return None
+    if not values["location"].strip() or values["kind"] not in KINDS:
+        return None
+    return ModelEntry(values["location"], values["label"] or values["location"], values["kind"], values["config"])
+
+
+def _unused_name(path: Path) -> Path:
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
 
 
 def _normalised(location: str) -> str:

@@ -41,7 +41,7 @@ def run(args) -> dict:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     scratch = Path(tempfile.mkdtemp(prefix="lc-memory-bench-"))
     os.environ["XDG_CONFIG_HOME"] = str(scratch)
-    from PySide6.QtCore import QEventLoop, QSettings, QTimer
+    from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(["latent-canvas-benchmark"])
@@ -53,7 +53,7 @@ def run(args) -> dict:
     from app.model_library import ModelLibrary
     from app.widgets.main_window import MainWindow
 
-    window = MainWindow(settings=QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat),
+    window = MainWindow(settings=scratch / "settings.json",
                         library=ModelLibrary(scratch / "models.json"), recovery_root=scratch / "recovery")
     window.resize(1400, 900)
     window.show()

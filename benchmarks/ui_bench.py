@@ -104,7 +104,7 @@ def run(args) -> dict:
     os.environ["XDG_CONFIG_HOME"] = str(scratch)        # no user settings or model list leak in
     folder = model_folder(args.size, args.family, dtype=args.model_dtype)
 
-    from PySide6.QtCore import QEventLoop, QSettings, QTimer
+    from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(["latent-canvas-benchmark"])
@@ -124,7 +124,7 @@ def run(args) -> dict:
             paints.append(time.perf_counter() - start)
     CanvasView.paintEvent = timed_paint
 
-    settings = QSettings(str(scratch / "settings.ini"), QSettings.Format.IniFormat)
+    settings = scratch / "settings.json"
     window = MainWindow(settings=settings, library=ModelLibrary(scratch / "models.json"),
                         recovery_root=scratch / "recovery")
     window.resize(1400, 900)

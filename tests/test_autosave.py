@@ -1,21 +1,24 @@
-"""Autosave and crash recovery in the editor: work survives a killed process, and is offered back once."""
+"""Autosave and crash recovery in the editor: work survives a killed process and is offered back once; damaged
+recovery data is one line, set aside, and never stops the editor."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings
 
 from app import MainWindow
 from app.core.geometry import Rect
 from app.model_library import ModelLibrary
+from tests.test_recovery import DAMAGE, saved_session
 
 
 def window_for(qtbot, tmp_path, delay_ms: int = 20) -> MainWindow:
-    window = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat),
-                        library=ModelLibrary(tmp_path / "models.json"), recovery_root=tmp_path / "recovery")
+    window = MainWindow(settings=tmp_path / "settings.json", library=ModelLibrary(tmp_path / "models.json"),
+                        recovery_root=tmp_path / "recovery")
     window.autosave._timer.setInterval(delay_ms)
     qtbot.addWidget(window)
     return window
@@ -150,3 +153,113 @@ def test_a_failing_disk_is_reported_and_the_editor_keeps_working(qtbot, tmp_path
         paint(window, Rect(0, 0, 5, 5))
     assert "No space left on device" in failed.args[0]
     assert window.state.document.mask[0:5, 0:5].all() and window.state.history.stack.canUndo()
+
+
+WINDOW_DAMAGE = ["saved_at 1e20", "saved_at nan", "label 12", "parameters a dict", "parameters not unicode",
+                 "canvas strings", "patch outside", "sizes do not chain", "manifest a folder",
+                 "link outside the folder", "header claims 10^12 values"]
+
+
+@pytest.mark.parametrize("case", WINDOW_DAMAGE)
+def test_damaged_recovery_data_is_set_aside_with_one_line_and_never_offered_again(qtbot, tmp_path, case):
+    damage, message = DAMAGE[case]
+    folder = saved_session(tmp_path / "recovery", 999_997)
+    damage(folder)
+    window = window_for(qtbot, tmp_path)
+    assert not window.offer_recovery(lambda text: pytest.fail("damaged recovery data must not be offered"))
+    assert window.last_error.startswith("Could not recover the last session: the recovery data")
+    assert message in window.last_error and "\n" not in window.last_error
+    assert window.statusBar().currentMessage() == window.last_error
+    assert window.state.document is None
+    assert not folder.exists() and folder.with_name("999997.damaged").is_dir()
+    again = window_for(qtbot, tmp_path)
+    assert again.recovery.crashed() == []
+    assert not again.offer_recovery(lambda text: pytest.fail("offered again")) and again.last_error == ""
+
+
+def test_the_editor_starts_when_its_recovery_data_is_damaged(tmp_path):
+    """The real launch (app.gui.run_editor): it used to end in an uncaught error and Qt's abort (exit 134)."""
+    root = tmp_path / "data" / "LatentCanvas" / "Latent Canvas" / "recovery"
+    folder = saved_session(root, 999_996)
+    DAMAGE["saved_at 1e20"][0](folder)
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+app = QApplication([sys.argv[0]])
+QTimer.singleShot(0, app.quit)          # once the window is up and the recovery offer has been made
+from app.gui import run_editor
+sys.exit(run_editor([]))
+"""
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"), XDG_CONFIG_HOME=str(tmp_path / "config"),
+               QT_QPA_PLATFORM="offscreen")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not folder.exists() and folder.with_name("999996.damaged").is_dir()
+
+
+def test_undoing_a_mask_patch_that_does_not_fit_is_refused_not_a_crash(tmp_path):
+    """numpy's error for a patch of the wrong place, raised inside QUndoCommand.undo(), used to kill the
+    process (PySide6 6.11 segfaults on it); the change now refuses in Python and the mask is untouched."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+import numpy as np
+from PySide6.QtCore import QCoreApplication
+from app.core.changes import MaskPatchChange
+from app.core.document import Document
+from app.core.geometry import Rect
+from app.editor_state import EditorState
+app = QCoreApplication([])
+state = EditorState()
+state.document = Document.from_image(np.zeros((40, 60, 3), np.uint8))
+patch = np.full((10, 20), 255, np.uint8)
+state.history.restore([MaskPatchChange(Rect(50, 35, 20, 10), patch * 0, patch)], 1)
+state.history.failed.connect(lambda line: print("refused:", line))
+state.history.stack.undo()
+print("mask untouched:", not state.document.mask.any())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert "does not fit the 60x40 mask" in result.stdout and "mask untouched: True" in result.stdout
+
+
+def test_ctrl_z_after_recovering_strokes_at_the_image_edges_works(qtbot, tmp_path, photo):
+    window = window_for(qtbot, tmp_path)
+    window.open_image(photo[0])
+    paint(window, Rect(0, 0, 8, 8))
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        paint(window, Rect(56, 40, 8, 8))                            # the bottom right corner
+    crash(window)
+    again = window_for(qtbot, tmp_path)
+    assert again.offer_recovery(lambda text: "recover")
+    doc, stack = again.state.document, again.state.history.stack
+    stack.undo()
+    assert doc.mask[0:8, 0:8].all() and not doc.mask[40:48, 56:64].any()
+    stack.undo()
+    assert not doc.mask.any()
+    stack.redo()
+    stack.redo()
+    assert doc.mask[40:48, 56:64].all()
+
+
+def test_a_recovered_result_keeps_its_parameters_and_save_writes_them(qtbot, tmp_path, photo):
+    from app.core.imageio import read_parameters
+
+    window = window_for(qtbot, tmp_path)
+    window.open_image(photo[0])
+    window.state.accept(255 - photo[1], "a red door\nSteps: 20, Seed: 7")
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        paint(window, Rect(5, 5, 10, 10))
+    crash(window)
+    again = window_for(qtbot, tmp_path)
+    assert again.offer_recovery(lambda text: "recover")
+    assert again.state.document.parameters == "a red door\nSteps: 20, Seed: 7"
+    assert again.save_image(tmp_path / "saved.png")
+    assert read_parameters(tmp_path / "saved.png") == "a red door\nSteps: 20, Seed: 7"
+    again.state.history.stack.undo()
+    again.state.history.stack.undo()
+    assert again.state.document.parameters == ""
+    np.testing.assert_array_equal(again.state.document.image, photo[1])

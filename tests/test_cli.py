@@ -1,6 +1,12 @@
-"""The command line as a user runs it: `python main.py ...` in a subprocess."""
+"""The command line as a user runs it: `python main.py ...` in a subprocess; in-process (app.cli.run) only
+where a fault is injected or torch is loaded already."""
+import errno
+import io
+import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +93,29 @@ def small_mask(tmp_path):
     return p
 
 
+def over_pillows_limit(tmp_path):
+    """A PNG header claiming 10000 x 10000 (past Pillow's 89-megapixel warning, within our 150) and no pixels."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    ihdr = b"IHDR" + struct.pack(">II", 10_000, 10_000) + png[24:29]
+    p = tmp_path / "huge.png"
+    p.write_bytes(png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:])
+    return p
+
+
+def tiff_of_23299_samples(tmp_path):
+    """Pillow logs an error about it (and then refuses it)."""
+    entries = [(256, 3, 1, 2), (257, 3, 1, 1), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 0), (277, 3, 1, 23299), (278, 3, 1, 1), (279, 4, 1, 2)]
+    strip = 8 + 2 + 12 * len(entries) + 4
+    ifd = b"".join(struct.pack("<HHI" + ("I" if kind == 4 else "H2x"), tag, kind, count,
+                               strip if tag == 273 else value) for tag, kind, count, value in entries)
+    p = tmp_path / "samples.tif"
+    p.write_bytes(b"II*\0" + struct.pack("<IH", 8, len(entries)) + ifd + bytes(4) + b"\x10\xf0")
+    return p
+
+
 def empty_mask(tmp_path):
     p = tmp_path / "empty.png"
     Image.fromarray(np.zeros((96, 128), np.uint8)).save(p)
@@ -96,6 +125,10 @@ def empty_mask(tmp_path):
 @pytest.mark.parametrize("case, make_args, expected", [
     ("missing image", lambda t, ph, m: ["fill", t / "nope.png", "--mask", m], "nope.png"),
     ("corrupt image", lambda t, ph, m: ["fill", corrupt(t), "--mask", m], "broken.png"),
+    ("header past Pillow's limit, no pixels", lambda t, ph, m: ["fill", over_pillows_limit(t), "--mask", m],
+     "huge.png: the file is truncated or corrupt"),
+    ("a TIFF Pillow logs about", lambda t, ph, m: ["fill", tiff_of_23299_samples(t), "--mask", m],
+     "samples.tif: the file is truncated or corrupt"),
     ("missing mask", lambda t, ph, m: ["fill", ph, "--mask", t / "nomask.png"], "nomask.png"),
     ("mask of another size", lambda t, ph, m: ["fill", ph, "--mask", small_mask(t)], "same size"),
     ("empty mask", lambda t, ph, m: ["fill", ph, "--mask", empty_mask(t)], "empty"),
@@ -216,3 +249,178 @@ def test_device_choices_the_machine_cannot_honour_are_one_line(extra, expected, 
     assert result.returncode == 1
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+# -- outputs never replace inputs; all variants or none -----------------------------------------------------
+
+def case_insensitive(folder: Path) -> bool:
+    probe = folder / "Case-Probe.tmp"
+    probe.write_bytes(b"")
+    try:
+        return (folder / "case-probe.tmp").exists()
+    finally:
+        probe.unlink()
+
+
+@pytest.mark.parametrize("case, make_args", [
+    ("variant 2 is the image", lambda t: ["fill", t / "photo-2.png", "--mask", t / "mask.png", "-o",
+                                          t / "photo.png", "--variants", "2"]),
+    ("the output is the image", lambda t: ["expand", t / "photo.png", "--left", "8", "-o", t / "photo.png"]),
+    ("the output is the mask", lambda t: ["fill", t / "photo.png", "--mask", t / "mask.png", "-o", t / "mask.png"]),
+    ("another spelling of the image", lambda t: ["fill", t / "photo.png", "--mask", t / "mask.png", "-o",
+                                                 t / "sub" / ".." / "photo.png"]),
+    ("a symbolic link to the image", lambda t: ["fill", t / "photo.png", "--mask", t / "mask.png", "-o",
+                                                t / "link.png"]),
+    ("variant 3 is a hard link to the mask", lambda t: ["fill", t / "photo.png", "--mask", t / "mask.png", "-o",
+                                                        t / "hard.png", "--variants", "3"]),
+    ("the image in other letter case", lambda t: ["fill", t / "photo.png", "--mask", t / "mask.png", "-o",
+                                                  t / "PHOTO.PNG"]),
+])
+def test_an_output_that_is_an_input_is_refused_before_any_work(case, make_args, photo, mask, tmp_path):
+    if "letter case" in case and not case_insensitive(tmp_path):
+        pytest.skip("this file system tells letter cases apart")
+    (tmp_path / "photo-2.png").write_bytes(photo[0].read_bytes())
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.png").symlink_to(photo[0])
+    os.link(mask[0], tmp_path / "hard-3.png")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    result = run(*make_args(tmp_path))
+    assert result.returncode == 2, f"{case}: {result.stderr}"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "would overwrite the input" in lines[0], f"{case}: {result.stderr}"
+    after = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    assert after == before, case
+
+
+def test_a_variant_that_cannot_be_written_leaves_no_output_at_all(photo, mask, tmp_path):
+    (tmp_path / "v-2.png").mkdir()
+    result = run("fill", photo[0], "--mask", mask[0], "-o", tmp_path / "v.png", "--variants", "3", "--seed", "1")
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if not line.startswith("step ")] == [
+        "latent-canvas: error: v-2.png: a folder with that name already exists"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mask.png", "photo.png", "v-2.png"]
+    assert not any((tmp_path / "v-2.png").iterdir())
+
+
+@pytest.mark.parametrize("fault", ["encoder", "rename"])
+def test_a_later_variant_failing_keeps_every_earlier_file_as_it_was(fault, photo, mask, tmp_path, monkeypatch,
+                                                                   capsys):
+    from app import cli
+
+    (tmp_path / "v-3.png").write_bytes(b"the result of an earlier run")
+    owner, name = (Image.Image, "save") if fault == "encoder" else (os, "replace")
+    real, calls = getattr(owner, name), []
+
+    def second_fails(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2 and fault == "rename":
+            raise OSError(errno.EIO, "Input/output error", str(args[0]), None, str(args[1]))
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, second_fails)
+    status = cli.run(["fill", str(photo[0]), "--mask", str(mask[0]), "-o", str(tmp_path / "v.png"),
+                      "--variants", "3", "--seed", "1"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("step ")]
+    assert status == 1
+    assert errors == ["latent-canvas: error: v-2.png: cannot write the file (Input/output error)"]
+    # After a failed rename, v.png (already in place) is taken back; v-3.png was never reached.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mask.png", "photo.png", "v-3.png"]
+    assert (tmp_path / "v-3.png").read_bytes() == b"the result of an earlier run"
+
+
+# -- masks as files ------------------------------------------------------------------------------------------
+
+def noise_photo(tmp_path):
+    pixels = np.random.default_rng(7).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "noise.png")
+    return tmp_path / "noise.png", pixels
+
+
+def test_a_grey_and_transparent_mask_file_fills_what_it_says(tmp_path):
+    """White fills; grey 131 (which the old reader took for 0) is at least mid-grey, so it is filled too; white
+    but fully transparent never fills. --feather 0: all else is kept exactly."""
+    path, pixels = noise_photo(tmp_path)
+    rgba = np.zeros((96, 128, 4), np.uint8)
+    rgba[30:70, 40:90] = (131, 131, 131, 255)
+    rgba[40:60, 50:80] = (255, 255, 255, 255)
+    rgba[5:20, 5:30] = (255, 255, 255, 0)
+    Image.fromarray(rgba).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    result = run("fill", path, "--mask", tmp_path / "mask.png", "-o", out, "--feather", "0", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    got = np.asarray(Image.open(out))
+    painted = np.zeros((96, 128), bool)
+    painted[30:70, 40:90] = True
+    assert np.array_equal(got[~painted], pixels[~painted])
+    ring = painted.copy()
+    ring[40:60, 50:80] = False
+    changed = (got != pixels).any(axis=-1)
+    assert changed[ring].mean() > 0.9 and changed[40:60, 50:80].mean() > 0.9
+
+
+def test_a_soft_grey_edge_blends_partially_with_a_diffusion_model(tiny_models, tmp_path, capsys):
+    """Grey 100 is a strength of 100/255: over black the result stays at most 100, over white at least 155
+    (result = original + strength x (generated - original)); the white core is generated freely. In-process:
+    torch is loaded already."""
+    from app import cli
+
+    photo_pixels = np.zeros((64, 64, 3), np.uint8)
+    photo_pixels[:, 32:] = 255
+    Image.fromarray(photo_pixels).save(tmp_path / "halves.png")
+    grey = np.zeros((64, 64), np.uint8)
+    grey[8:56, 8:56] = 100
+    grey[20:44, 20:44] = 255
+    Image.fromarray(grey).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    status = cli.run([str(arg) for arg in ("fill", tmp_path / "halves.png", "--mask", tmp_path / "mask.png", "-o",
+                                           out, "--model", tiny_models.path("sd15"), "--steps", "2", "--seed", "4",
+                                           "--feather", "0", "--device", "cpu")])
+    assert status == 0, capsys.readouterr().err
+    got = np.asarray(Image.open(out)).astype(int)
+    soft = grey == 100
+    assert np.array_equal(got[grey == 0], photo_pixels[grey == 0])
+    assert got[soft & (photo_pixels[..., 0] == 0)].max() <= 101
+    assert got[soft & (photo_pixels[..., 0] == 255)].min() >= 154
+    assert (got[soft] != photo_pixels[soft]).any()
+
+
+@pytest.mark.parametrize("model", ["classic", "classic-ns"])
+def test_a_soft_grey_edge_blends_partially_with_the_classic_engine(tmp_path, model):
+    """As with a diffusion model: grey 100 is a strength of 100/255, the white core is filled in full."""
+    photo_pixels = np.zeros((64, 64, 3), np.uint8)
+    photo_pixels[:, 32:] = 255
+    Image.fromarray(photo_pixels).save(tmp_path / "halves.png")
+    grey = np.zeros((64, 64), np.uint8)
+    grey[8:56, 8:56] = 100
+    grey[20:44, 20:44] = 255
+    Image.fromarray(grey).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    result = run("fill", tmp_path / "halves.png", "--mask", tmp_path / "mask.png", "-o", out, "--model", model,
+                 "--feather", "0", "--seed", "4")
+    assert result.returncode == 0, result.stderr
+    got = np.asarray(Image.open(out)).astype(int)
+    soft = grey == 100
+    assert np.array_equal(got[grey == 0], photo_pixels[grey == 0])
+    assert got[soft & (photo_pixels[..., 0] == 0)].max() <= 101
+    assert got[soft & (photo_pixels[..., 0] == 255)].min() >= 154
+    assert (got[soft] != photo_pixels[soft]).any()
+
+
+def test_a_damaged_styles_file_leaves_out_what_it_cannot_use_and_says_so(photo, mask, tmp_path, monkeypatch,
+                                                                      capsys):
+    from app.cli import run as cli_run
+    from app.core import styles
+
+    broken = tmp_path / "styles.json"
+    broken.write_text('[{"name": "None", "prompt": "{prompt}"}, {"name": "Ink", "prompt": "no placeholder"}]')
+    monkeypatch.setattr(styles, "DEFAULT_STYLES_PATH", broken)
+    out = tmp_path / "out.png"
+    assert cli_run(["fill", str(photo[0]), "--mask", str(mask[0]), "-o", str(out), "--steps", "2"]) == 0
+    assert out.is_file()
+    err = capsys.readouterr().err
+    assert "note: styles.json: style 'Ink': the prompt template has no {prompt} (left out)." in err
+    assert cli_run(["fill", str(photo[0]), "--mask", str(mask[0]), "-o", str(tmp_path / "ink.png"),
+                    "--style", "Ink"]) == 1
+    assert "unknown style 'Ink'; choose one of: None" in capsys.readouterr().err
+    assert not (tmp_path / "ink.png").exists()

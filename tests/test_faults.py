@@ -150,6 +150,48 @@ def test_vae_that_always_gives_nan_ends_in_one_error_line_and_no_result(tiny_mod
     assert loaded.vae.dtype == getattr(torch, precision)
 
 
+# -- 1b. NaN from the UNet or the text encoder: the error names the part whose weights are damaged -----------
+
+def damaged_single_file(tiny_models, tmp_path, key_prefix: str, value: float):
+    """The tiny SD 1.5 model as a single file with every weight under `key_prefix` set to `value`."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.model_factory import single_file_state_dict
+
+    state = single_file_state_dict(tiny_models.components("sd15"))
+    hit = [key for key in state if key.startswith(key_prefix)]
+    assert hit, key_prefix
+    state = {key: torch.full_like(v, value) if key in hit else v for key, v in state.items()}
+    path = tmp_path / "damaged.safetensors"
+    save_file({key: v.contiguous() for key, v in state.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("key_prefix, value, part", [
+    ("model.diffusion_model.out.2.", float("nan"), "the UNet produced invalid values (NaN or infinity) at step 1 "
+                                                   "of 2: the model's UNet weights are damaged"),
+    ("model.diffusion_model.input_blocks.0.0.", float("inf"), "the UNet produced invalid values"),
+    ("cond_stage_model.transformer.text_model.final_layer_norm.", float("nan"),
+     "the text encoder produced invalid values (NaN or infinity): the model's text encoder weights are damaged"),
+])
+def test_nan_weights_are_blamed_on_the_part_that_holds_them_not_the_vae(tiny_models, tmp_path, key_prefix, value,
+                                                                         part):
+    pytest.importorskip("diffusers")
+    path = damaged_single_file(tiny_models, tmp_path, key_prefix, value)
+    request = GenerationRequest(JobKind.FILL, photo(160, 120), box_mask((120, 160), Rect(60, 40, 40, 30)),
+                                prompt="a red ball", sampling=SamplingOptions(steps=2, seed=7), model=str(path),
+                                model_config=str(tiny_models.config_folder("sd15")), device="cpu")
+    try:
+        events = run(request)
+    finally:
+        MANAGER.free()
+    result = terminal(events)
+    assert result.kind == EventKind.ERROR
+    assert result.message.startswith(part), result.message
+    assert "VAE" not in result.message and "\n" not in result.message
+
+
 # -- 2. out of memory in the VAE decode --------------------------------------------------------------------
 
 def test_out_of_memory_in_vae_decode_retries_one_variant_at_a_time(tiny_models, loaded, monkeypatch):

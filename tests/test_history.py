@@ -106,3 +106,37 @@ def test_byte_trim_keeps_clean_state(state):
     assert not state.history.stack.isClean()
     state.history.stack.undo()
     assert state.history.stack.isClean()
+
+
+def test_an_undo_that_fails_is_one_line_and_never_takes_the_process_down():
+    """An exception from C (numpy's broadcast error) leaving QUndoCommand.undo crashed PySide6 6.11."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import numpy as np
+        from PySide6.QtCore import QCoreApplication
+        from app.core.changes import Change
+        from app.core.document import Document
+        from app.history import History
+
+        class Broken(Change):
+            label = "Broken step"
+            nbytes = 0
+            def apply(self, doc): pass
+            def revert(self, doc): np.zeros(3)[...] = np.zeros(4)
+
+        app = QCoreApplication([])
+        doc = Document.from_image(np.zeros((4, 4, 3), np.uint8))
+        history = History(lambda: doc, lambda change: None)
+        messages = []
+        if hasattr(history, "failed"):
+            history.failed.connect(messages.append)
+        history.push(Broken(), already_applied=True)
+        history.stack.undo()
+        print(messages)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Could not undo \"Broken step\": could not broadcast" in out.stdout

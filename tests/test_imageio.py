@@ -2,8 +2,8 @@ import errno
 import io
 import itertools
 import os
-import stat
 import struct
+import warnings
 import zlib
 
 import cv2
@@ -12,8 +12,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from app.core import imageio
-from app.core.imageio import (MAX_PIXELS, ImageLoadError, ImageSaveError, LoadedImage, load_image,
-                              load_image_bytes, pixels_from_pil, read_parameters, save_image)
+from app.core.imageio import (MAX_PIXELS, ImageLoadError, LoadedImage, load_image, load_image_bytes, load_mask,
+                              mask_from_pixels, pixels_from_pil, read_parameters, save_image)
+from tests.fuzzing import bounded
 
 EXIF_IFD, USER_COMMENT, ORIENTATION = 0x8769, 0x9286, 0x0112
 IS_ROOT = not hasattr(os, "geteuid") or os.geteuid() == 0
@@ -414,6 +415,131 @@ def test_large_but_allowed_reaches_decoding(no_decoding, width, height, warnings
     assert isinstance(error.value.__cause__, AssertionError)
 
 
+def tiff_with_a_tag_past_its_end(pixels: bytes = b"\x10\xf0") -> bytes:
+    """A 2 x 1 grey TIFF whose ImageDescription claims 100 kB beyond the end of the file."""
+    entries = [(256, 3, 1, 2), (257, 3, 1, 1), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (270, 2, 100_000, 0x10000), (273, 4, 1, 0), (277, 3, 1, 1), (278, 3, 1, 1), (279, 4, 1, 2)]
+    strip = 8 + 2 + 12 * len(entries) + 4
+    ifd = b"".join(struct.pack("<HHII" if kind == 4 or count > 1 else "<HHIH2x", tag, kind, count,
+                               strip if tag == 273 else value) for tag, kind, count, value in entries)
+    return b"II*\0" + struct.pack("<IH", 8, len(entries)) + ifd + bytes(4) + pixels
+
+
+def test_pillow_warnings_about_damaged_metadata_stay_quiet():
+    """They would be stray lines on the command line's stderr; the pixels still load or fail in one line."""
+    exif = b"II*\0\x08\0\0\0\x05\0" + bytes(10)        # an IFD of 5 entries cut off after the first
+    png = raw_png(1, 1, 8, 0, b"\0\x80", chunk(b"eXIf", exif))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_image_bytes(tiff_with_a_tag_past_its_end(), "t.tif").pixels[..., 0].tolist() == [[16, 240]]
+        assert load_image_bytes(png, "e.png").pixels.tolist() == [[[128, 128, 128]]]
+        with pytest.raises(ImageLoadError) as error:
+            load_image_bytes(tiff_with_a_tag_past_its_end(pixels=b""), "cut.tif")
+        with pytest.raises(ImageLoadError):
+            load_image_bytes(with_size(encoded(Image.new("RGB", (1, 1)), "PNG"), 10_000, 10_000), "big.png")
+    assert_one_line(error, "cut.tif", "truncated or corrupt")
+    assert [str(warning.message) for warning in caught] == []
+
+
+def inflating_to(megabytes: int) -> bytes:
+    """A zlib stream of a few hundred KB that inflates to `megabytes` MB of zeros."""
+    packer = zlib.compressobj(9)
+    return b"".join(packer.compress(bytes(1 << 20)) for _ in range(megabytes)) + packer.flush()
+
+
+def png_with_chunks(before_pixels: bytes = b"", after_pixels: bytes = b"", deep: bool = False) -> bytes:
+    png = photo_bytes("PNG16" if deep else "PNG")
+    first_idat, end = png.find(b"IDAT") - 4, png.rfind(b"IEND") - 4
+    return png[:first_idat] + before_pixels + png[first_idat:end] + after_pixels + png[end:]
+
+
+INFLATES_TO_200_MB = inflating_to(200)
+TEXT_BOMB = chunk(b"zTXt", b"Comment\0\0" + INFLATES_TO_200_MB)
+SMALL_TEXTS = b"".join(chunk(b"zTXt", b"note%d\0\0" % n + zlib.compress(bytes(1_000_000), 9)) for n in range(70))
+METADATA_REFUSED = "refused: its metadata (PNG text chunks) would inflate past Pillow's limit; the pixels may be fine"
+
+
+@pytest.mark.parametrize("case, data, problem, megabytes", [pytest.param(*row, id=row[0]) for row in [
+    ("zTXt of 200 MB before the pixels", lambda: png_with_chunks(TEXT_BOMB), METADATA_REFUSED, 16),
+    ("zTXt of 200 MB after the pixels", lambda: png_with_chunks(after_pixels=TEXT_BOMB), METADATA_REFUSED, 16),
+    ("iTXt of 200 MB", lambda: png_with_chunks(chunk(b"iTXt", b"Comment\0\1\0\0\0" + INFLATES_TO_200_MB)),
+     METADATA_REFUSED, 16),
+    ("70 zTXt of 1 MB each", lambda: png_with_chunks(SMALL_TEXTS), METADATA_REFUSED, 80),   # Pillow keeps 64 MB
+    ("16-bit PNG, zTXt before the pixels", lambda: png_with_chunks(TEXT_BOMB, deep=True), METADATA_REFUSED, 16),
+    ("iCCP of 200 MB", lambda: png_with_chunks(chunk(b"iCCP", b"icc\0\0" + INFLATES_TO_200_MB)),
+     "refused: its colour profile (PNG iCCP chunk) would inflate past Pillow's limit", 16),
+]])
+def test_png_metadata_that_would_inflate_past_the_limit_is_refused_as_such(tmp_path, case, data, problem,
+                                                                          megabytes):
+    (tmp_path / "photo.png").write_bytes(data())
+    with bounded(seconds=2.0, megabytes=megabytes):
+        with pytest.raises(ImageLoadError) as error:
+            load_image(tmp_path / "photo.png")
+    assert_one_line(error, "photo.png", problem)
+    assert "truncated or corrupt" not in str(error.value)
+
+
+def test_16bit_png_with_text_bomb_after_its_pixels_opens():
+    """OpenCV decodes it and Pillow never reads past the pixels: the bomb is never inflated."""
+    loaded = load_image_bytes(png_with_chunks(after_pixels=TEXT_BOMB, deep=True), "deep.png")
+    assert loaded.pixels.shape == (64, 64, 3) and loaded.parameters == ""
+
+
+# ------------------------------------------------------------------------------------------ masks
+
+def mask_file(mode: str, values: list) -> Image.Image:
+    if mode == "I;16":
+        return Image.fromarray(np.array([values], np.uint16))
+    image = Image.new(mode, (len(values), 1))
+    if mode == "P":
+        image.putpalette([255, 255, 255, 100, 100, 100, 0, 0, 0, 255, 255, 255] + [0] * 756)
+    image.putdata(values)
+    return image
+
+
+MASK_FILES = [
+    # mode, pixels written, file format and options, mask read (255 = fill)
+    ("L", [0, 1, 66, 128, 131, 197, 254, 255], "PNG", {}, [0, 1, 66, 128, 131, 197, 254, 255]),
+    ("LA", [(255, 255), (255, 128), (255, 0), (100, 255), (200, 51), (0, 255)], "PNG", {},
+     [255, 128, 0, 100, 40, 0]),
+    ("RGB", [(255, 255, 255), (0, 0, 0), (131, 131, 131), (255, 0, 0), (0, 255, 0), (0, 0, 255), (66, 66, 66)],
+     "PNG", {}, [255, 0, 131, 76, 150, 29, 66]),
+    ("RGBA", [(255, 255, 255, 255), (255, 255, 255, 0), (255, 255, 255, 128), (128, 128, 128, 255),
+              (255, 0, 0, 255), (200, 200, 200, 51)], "PNG", {}, [255, 0, 128, 128, 76, 40]),
+    ("P", [0, 1, 2, 3], "PNG", {}, [255, 100, 0, 255]),
+    ("P", [0, 1, 2, 3], "PNG", {"transparency": b"\xff\xff\xff\x80"}, [255, 100, 0, 128]),
+    ("P", [0, 1, 2, 3], "GIF", {"transparency": 3}, [255, 100, 0, 0]),
+    ("1", [0, 255, 255, 0], "PNG", {}, [0, 255, 255, 0]),
+    ("I;16", [0, 257, 32896, 33667, 65535], "PNG", {}, [0, 1, 128, 131, 255]),
+]
+
+
+@pytest.mark.parametrize("mode, values, fmt, options, expected", MASK_FILES,
+                         ids=[f"{row[0]}-{row[2]}-{'transparent' if row[3] else 'opaque'}" for row in MASK_FILES])
+def test_mask_files_read_as_luminance_times_alpha(tmp_path, mode, values, fmt, options, expected):
+    path = tmp_path / f"mask.{fmt.lower()}"
+    mask_file(mode, values).save(path, fmt, **options)
+    assert Image.open(path).mode == mode
+    mask = load_mask(path)
+    assert mask.dtype == np.uint8 and mask.shape == (1, len(values)) and mask.flags.c_contiguous
+    assert mask[0].tolist() == expected
+
+
+def test_a_mask_larger_than_one_band_is_read_whole(monkeypatch):
+    monkeypatch.setattr(imageio, "_MASK_BAND_PIXELS", 64)
+    pixels = np.random.default_rng(3).integers(0, 256, (37, 10, 4), dtype=np.uint8)
+    wide = pixels.astype(np.uint64)
+    grey = (wide[..., 0] * 299 + wide[..., 1] * 587 + wide[..., 2] * 114 + 500) // 1000
+    assert np.array_equal(mask_from_pixels(pixels), (grey * wide[..., 3] + 127) // 255)
+
+
+def test_a_bad_mask_file_is_one_line(tmp_path):
+    (tmp_path / "mask.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
+    with pytest.raises(ImageLoadError) as error:
+        load_mask(tmp_path / "mask.png")
+    assert_one_line(error, "mask.png", "truncated or corrupt")
+
+
 # ------------------------------------------------------------------------------------------ parameters
 
 PARAMETERS = "a lighthouse at dusk\nNegative prompt: blurry\nSteps: 25, Sampler: Euler a, CFG scale: 7"
@@ -452,144 +578,3 @@ def test_user_comment_written_by_other_tools(comment, text):
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = comment
     data = encoded(Image.new("RGB", (4, 4)), "JPEG", exif=exif.tobytes())
     assert load_image_bytes(data, "other.jpg").parameters == text
-
-
-# ------------------------------------------------------------------------------------------ saving
-
-def gradient(channels: int) -> np.ndarray:
-    y, x = np.mgrid[0:32, 0:48]
-    planes = [x * 5, y * 7, (x + y) * 3, 255 - y * 4][:channels]
-    return np.ascontiguousarray(np.stack(planes, axis=-1).astype(np.uint8))
-
-
-@pytest.mark.parametrize("suffix, quality, tolerance", [
-    (".png", 95, 0), (".webp", 100, 0), (".webp", 95, 16), (".jpg", 95, 16), (".jpeg", 80, 24),
-])
-@pytest.mark.parametrize("channels", [3, 4])
-def test_save_round_trip(tmp_path, suffix, quality, tolerance, channels):
-    pixels = gradient(channels)
-    save_image(tmp_path / f"out{suffix}", pixels, quality=quality)
-    loaded = load_image(tmp_path / f"out{suffix}")
-    kept = channels if suffix in (".png", ".webp") else 3
-    assert loaded.pixels.shape == (32, 48, kept)
-    expected = pixels if kept == channels else imageio._flatten_over_white(pixels)
-    assert np.abs(loaded.pixels.astype(int) - expected).max() <= tolerance
-
-
-@pytest.mark.parametrize("rgba, rgb", [
-    ((255, 0, 0, 0), (255, 255, 255)),
-    ((0, 0, 0, 255), (0, 0, 0)),
-    ((0, 0, 255, 128), (127, 127, 255)),
-    ((200, 100, 0, 64), (241, 216, 191)),
-])
-def test_rgba_jpeg_is_flattened_over_white(tmp_path, rgba, rgb):
-    save_image(tmp_path / "flat.jpg", np.full((16, 16, 4), rgba, np.uint8), quality=100)
-    pixels = load_image(tmp_path / "flat.jpg").pixels
-    assert pixels.shape == (16, 16, 3)
-    assert np.abs(pixels[8, 8].astype(int) - rgb).max() <= 3
-
-
-def folder_names(folder):
-    return sorted(p.name for p in folder.iterdir())
-
-
-@pytest.mark.parametrize("target", ["os.replace", "os.fsync", "encoder"])
-def test_failed_save_leaves_old_file_untouched(tmp_path, monkeypatch, target):
-    path = tmp_path / "keep.png"
-    save_image(path, gradient(3), "old")
-    before = path.read_bytes()
-
-    def fail(*args, **kwargs):
-        if target == "encoder":
-            args[1].write(b"half an image")
-        raise OSError(errno.EIO, "Input/output error")
-    if target == "encoder":
-        monkeypatch.setattr(Image.Image, "save", fail)
-    else:
-        monkeypatch.setattr(os, target.split(".")[1], fail)
-    with pytest.raises(ImageSaveError) as error:
-        save_image(path, gradient(4), "new")
-    assert_one_line(error, "keep.png", "")
-    assert path.read_bytes() == before
-    assert folder_names(tmp_path) == ["keep.png"]
-
-
-@pytest.mark.parametrize("code, problem", [
-    (errno.ENOSPC, "the disk is full"),
-    (errno.EACCES, "permission denied"),
-    (errno.EROFS, "read-only"),
-])
-def test_save_errors_are_one_line(tmp_path, monkeypatch, code, problem):
-    def fail(*args, **kwargs):
-        raise OSError(code, os.strerror(code))
-    monkeypatch.setattr(os, "fsync" if code == errno.ENOSPC else "open", fail)
-    with pytest.raises(ImageSaveError) as error:
-        save_image(tmp_path / "x.png", gradient(3))
-    assert_one_line(error, "x.png", problem)
-    assert folder_names(tmp_path) == []
-
-
-def test_missing_folder(tmp_path):
-    with pytest.raises(ImageSaveError) as error:
-        save_image(tmp_path / "nowhere" / "x.png", gradient(3))
-    assert_one_line(error, "x.png", "does not exist")
-
-
-@pytest.mark.skipif(IS_ROOT, reason="root writes everywhere")
-def test_read_only_folder_for_real(tmp_path):
-    tmp_path.chmod(0o555)
-    try:
-        with pytest.raises(ImageSaveError) as error:
-            save_image(tmp_path / "x.png", gradient(3))
-    finally:
-        tmp_path.chmod(0o755)
-    assert_one_line(error, "x.png", "permission denied")
-
-
-def test_permission_bits_are_kept(tmp_path):
-    umask = os.umask(0o022)
-    os.umask(umask)
-    path = tmp_path / "shared.png"
-    save_image(path, gradient(3))
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
-    path.chmod(0o640)
-    save_image(path, gradient(4))
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert load_image(path).pixels.shape[2] == 4
-
-
-def test_saving_through_a_symlink_keeps_the_link(tmp_path):
-    (tmp_path / "real.png").write_bytes(b"old")
-    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
-    save_image(tmp_path / "link.png", gradient(3))
-    assert (tmp_path / "link.png").is_symlink()
-    assert load_image(tmp_path / "real.png").pixels.shape == (32, 48, 3)
-
-
-@pytest.mark.parametrize("name, suffix", [("x.bmp", ".bmp"), ("x.xyz", ".xyz"), ("x", "(none)")])
-def test_unsupported_suffix(tmp_path, name, suffix):
-    with pytest.raises(ImageSaveError) as error:
-        save_image(tmp_path / name, gradient(3))
-    assert str(error.value) == f"{name}: unsupported format '{suffix}': use .png, .jpg or .webp"
-    assert folder_names(tmp_path) == []
-
-
-@pytest.mark.parametrize("shape, dtype", [((4, 4), np.uint8), ((4, 4, 3), np.float32), ((4, 4, 2), np.uint8),
-                                          ((0, 4, 3), np.uint8)])
-def test_bad_arrays_are_refused(tmp_path, shape, dtype):
-    with pytest.raises(ImageSaveError) as error:
-        save_image(tmp_path / "x.png", np.zeros(shape, dtype))
-    assert_one_line(error, "x.png", "expected H x W x 3 or 4 uint8")
-
-
-def test_too_long_parameters_for_jpeg(tmp_path):
-    with pytest.raises(ImageSaveError) as error:
-        save_image(tmp_path / "x.jpg", gradient(3), "é" * 40_000)
-    assert_one_line(error, "x.jpg", "save as .png")
-    assert folder_names(tmp_path) == []
-
-
-def test_non_contiguous_input_is_saved_correctly(tmp_path):
-    pixels = gradient(4)[:, ::-1]
-    save_image(tmp_path / "view.png", pixels)
-    assert load_image(tmp_path / "view.png").pixels.tolist() == pixels.tolist()

@@ -287,6 +287,15 @@ def truncated(folder: Path) -> Path:
     return path
 
 
+def header_of_many_tensors(folder: Path) -> Path:
+    """A header listing 200,000 empty tensors: refused from its header, before diffusers parses it."""
+    entry = '"lora_unet_%07d.lora_down.weight":{"dtype":"F16","shape":[0],"data_offsets":[0,0]}'
+    header = ("{" + ",".join(entry % i for i in range(200_000)) + "}").encode()
+    path = folder / "many.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    return path
+
+
 def not_a_lora(folder: Path) -> Path:
     from safetensors.torch import save_file
 
@@ -308,6 +317,7 @@ def for_another_model(folder: Path) -> Path:
     (lambda folder: folder / "missing.safetensors", "LoRA not found: "),
     (corrupt, "LoRA broken.safetensors is not a readable .safetensors file"),
     (truncated, "LoRA cut.safetensors is not a readable .safetensors file"),
+    (header_of_many_tensors, "LoRA many.safetensors is not a readable .safetensors file: its header lists 200,000"),
     (not_a_lora, "weights.safetensors is not a LoRA"),
     (for_another_model, "LoRA flux.safetensors has no weights for"),
 ])

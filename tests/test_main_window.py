@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QDialog, QWidget
 
@@ -60,14 +60,14 @@ class ScriptedEngine(Engine):
 
 @pytest.fixture
 def settings(tmp_path):
-    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    return tmp_path / "settings.json"
 
 
 def make_window(qtbot, settings, engine, library=None):
     registry = EngineRegistry()
     registry.register("scripted", "Scripted test engine", lambda: engine)
     if library is None:       # next to the settings file, so a "restart" with the same settings sees it
-        library = ModelLibrary(Path(settings.fileName()).parent / "models.json")
+        library = ModelLibrary(Path(settings).parent / "models.json")
     window = MainWindow(settings=settings, registry=registry, library=library)
     qtbot.addWidget(window)
     index = window.panel.model_combo.findData("scripted")
@@ -329,6 +329,13 @@ class AnyModelRegistry(EngineRegistry):
         return self.engine
 
 
+def add_model(qtbot, window, text, config=""):
+    """Add a model as the dialog does and wait for its check (on a background thread): the entry or None."""
+    with qtbot.waitSignal(window.model_check_finished, timeout=10000) as finished:
+        window.add_model_from_text(text, config)
+    return finished.args[0]
+
+
 def model_labels(window):
     combo = window.panel.model_combo
     return [combo.itemText(i) for i in range(combo.count())]
@@ -367,7 +374,7 @@ def test_adding_a_bad_model_file_shows_one_line_and_adds_nothing(qtbot, settings
     fake = tmp_path / "x.safetensors"
     fake.write_text("a text file, not a model")
     labels = model_labels(window)
-    assert window.add_model_from_text(str(fake)) is None
+    assert add_model(qtbot, window, str(fake)) is None
     assert "x.safetensors" in window.last_error and "not a readable .safetensors file" in window.last_error
     assert "\n" not in window.last_error and window.panel.status_label.text() == window.last_error
     assert window.library.entries() == [] and model_labels(window) == labels
@@ -376,7 +383,7 @@ def test_adding_a_bad_model_file_shows_one_line_and_adds_nothing(qtbot, settings
 
 def test_an_added_model_is_selected_and_stays_across_a_restart(qtbot, settings, checkpoint):
     window = make_window(qtbot, settings, ScriptedEngine())
-    entry = window.add_model_from_text(str(checkpoint))
+    entry = add_model(qtbot, window, str(checkpoint))
     assert entry is not None
     assert window.panel.model_combo.currentText() == "dreamy.safetensors — Stable Diffusion 1.x"
     assert window.panel.job_settings().model == str(checkpoint.resolve())
@@ -397,9 +404,11 @@ def test_an_added_model_is_selected_and_stays_across_a_restart(qtbot, settings, 
 
 def test_the_add_model_dialog_adds_a_file_with_its_config_and_jobs_use_both(qtbot, settings, checkpoint,
                                                                            tmp_path, photo):
-    config = tmp_path / "odd-config"
-    config.mkdir()
-    (config / "model_index.json").write_text("{}")
+    import shutil
+
+    from app.engine.model_files import CONFIG_ROOT
+
+    config = Path(shutil.copytree(CONFIG_ROOT / "sd15", tmp_path / "odd-config"))
     engine = ScriptedEngine()
     window = MainWindow(settings=settings, registry=AnyModelRegistry(engine),
                         library=ModelLibrary(tmp_path / "library.json"))
@@ -407,7 +416,8 @@ def test_the_add_model_dialog_adds_a_file_with_its_config_and_jobs_use_both(qtbo
     dialog = window.add_model_dialog()
     dialog.location_edit.setText(str(checkpoint))
     dialog.config_edit.setText(str(config))
-    qtbot.mouseClick(dialog.ok_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(window.model_check_finished, timeout=10000):
+        qtbot.mouseClick(dialog.ok_button, Qt.MouseButton.LeftButton)
     assert [e.location for e in window.library.entries()] == [str(checkpoint.resolve())]
     window.open_image(photo[0])
     window.state.set_mask(np.full((48, 64), 255, np.uint8), "Paint")
@@ -418,7 +428,7 @@ def test_the_add_model_dialog_adds_a_file_with_its_config_and_jobs_use_both(qtbo
 
 def test_remove_selected_model_takes_it_off_the_list_only(qtbot, settings, checkpoint):
     window = make_window(qtbot, settings, ScriptedEngine())
-    entry = window.add_model_from_text(str(checkpoint))
+    entry = add_model(qtbot, window, str(checkpoint))
     window.action_set["remove_model"].trigger()
     assert window.library.entries() == [] and entry.label not in model_labels(window)
     assert window.panel.job_settings().model == "classic"
@@ -464,3 +474,36 @@ def tools_rect_mask() -> np.ndarray:
     mask = np.zeros((48, 64), np.uint8)
     mask[30:40, 5:20] = 255
     return mask
+
+
+def test_damaged_settings_models_and_styles_never_stop_the_editor(qtbot, settings, tmp_path, monkeypatch):
+    import json
+
+    from app.core import styles as styles_module
+
+    settings.write_text(json.dumps({"version": 1, "settings": {
+        "panel/seed": 99999999999999999999, "panel/steps": "lots", "panel/style_strength": float("inf"),
+        "brush/softness": float("nan"), "window/geometry": "hello", "panel/prompt": "kept"}}))
+    models = Path(settings).parent / "models.json"
+    models.write_text("{damaged")
+    bad_styles = tmp_path / "styles.json"
+    bad_styles.write_text('[{"name": "None", "prompt": "{prompt}"}, {"name": "Oil", "prompt": "no placeholder"}]')
+    monkeypatch.setattr(styles_module, "DEFAULT_STYLES_PATH", bad_styles)
+    window = MainWindow(settings=settings, library=ModelLibrary(models))
+    qtbot.addWidget(window)
+    line = window.statusBar().currentMessage()
+    assert "\n" not in line
+    assert "Some saved settings were damaged and were reset: seed, steps, style strength, brush softness, " \
+           "window position." in line
+    for named in ("models.json", "styles.json", "Oil"):
+        assert named in line
+    assert window.panel.prompt_edit.toPlainText() == "kept"
+    assert window.panel.steps_spin.value() == 25 and window.panel.seed_spin.value() == 0
+    assert window.panel.style_strength_slider.value() == 100 and window.state.brush_softness == 0.3
+    assert [window.panel.style_combo.itemText(i) for i in range(window.panel.style_combo.count())] == ["None"]
+    assert list(Path(settings).parent.glob("models.json.damaged-*"))
+    window.close()
+    again = MainWindow(settings=settings, library=ModelLibrary(models))   # repaired: not reported again
+    qtbot.addWidget(again)
+    assert "settings" not in again.statusBar().currentMessage()
+    assert "models.json" not in again.statusBar().currentMessage()

@@ -1,6 +1,7 @@
 """Telling model files apart without loading them, and never running code from them."""
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -9,6 +10,8 @@ from safetensors.torch import save_file
 
 from app.engine.events import EngineError
 from app.engine.model_files import identify_checkpoint, inspect_checkpoint, resolve_source
+from app.engine.safetensors_header import read_safetensors_header
+from tests.fuzzing import bounded
 
 UNET = "model.diffusion_model.input_blocks.0.0.weight"
 SD1 = "cond_stage_model.transformer.text_model.final_layer_norm.weight"
@@ -115,3 +118,168 @@ def test_resolve_source(tmp_path):
         resolve_source(str(tmp_path / "notes.txt"))
     with pytest.raises(EngineError, match="model not found"):
         resolve_source(str(tmp_path / "missing.safetensors"))
+
+
+# -- the bounded safetensors header reader --------------------------------------------------------------------
+
+def write_header(path, header, data: bytes = b""):
+    """A .safetensors file with `header` (a dict, or raw bytes) and `data` after it."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    return path
+
+
+def many_empty_tensors(count: int, key: str = '"data_offsets"') -> bytes:
+    entry = '"t%07d":{"dtype":"F32","shape":[0],' + key + ':[0,0]}'
+    return ("{" + ",".join(entry % i for i in range(count)) + "}").encode()
+
+
+def test_a_header_listing_too_many_tensors_is_refused_quickly_and_in_little_memory(tmp_path):
+    path = write_header(tmp_path / "many.safetensors", many_empty_tensors(200_000))
+    with bounded(seconds=1.0, megabytes=40):
+        with pytest.raises(EngineError) as error:
+            inspect_checkpoint(path)
+    assert str(error.value) == ("many.safetensors is not a readable .safetensors file: its header lists 200,000 "
+                                "tensors; a model has at most 50,000")
+
+
+def test_escaped_names_cannot_hide_tensors_from_the_count(tmp_path):
+    path = write_header(tmp_path / "escaped.safetensors", many_empty_tensors(60_000, '"data\\u005foffsets"'))
+    with bounded(seconds=1.0, megabytes=40):
+        with pytest.raises(EngineError, match="its header lists 59,999 tensors; a model has at most 50,000"):
+            inspect_checkpoint(path)
+
+
+def test_a_header_over_the_size_limit_is_refused_from_its_length_alone(tmp_path):
+    path = tmp_path / "huge-header.safetensors"
+    with open(path, "wb") as handle:            # 90 MB claimed and present (sparse), none of it read
+        handle.write((90_000_000).to_bytes(8, "little") + b"{")
+        handle.truncate(8 + 90_000_000)
+    with bounded(seconds=0.1, megabytes=1):
+        with pytest.raises(EngineError, match="its header is 90,000,000 bytes; a model's is at most 33,554,432"):
+            inspect_checkpoint(path)
+
+
+@pytest.mark.parametrize("body, expected", [
+    (b'{"t":{"dtype":"F32","shape":[' + b"[]," * 600_000 + b'0],"data_offsets":[0,0]}}', "holds 1,200,00"),
+    (b'{"t":' + b"[" * 1_100_000 + b"]" * 1_100_000 + b"}", "holds 1,100,001 values"),
+    (b'{"t":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests too deeply"),
+])
+def test_headers_that_would_be_costly_to_parse_are_refused_cheaply(tmp_path, body, expected):
+    path = write_header(tmp_path / "costly.safetensors", body)
+    with bounded(seconds=1.0, megabytes=40):
+        with pytest.raises(EngineError, match=expected):
+            inspect_checkpoint(path)
+
+
+def test_punctuation_inside_strings_is_not_counted_as_structure(tmp_path):
+    """kohya LoRAs keep JSON texts (tag frequencies) in their metadata: their braces and commas are text."""
+    tags = json.dumps({"10_style": {f"tag {i}": i for i in range(550_000)}})
+    metadata = {"ss_tag_frequency": tags, "quoted": '\\"{[:,' * 1000}
+    header = {"__metadata__": metadata, "lora_unet_a.lora_down.weight":
+              {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}
+    path = write_header(tmp_path / "kohya.safetensors", header, b"\0\0")
+    raw = json.dumps(header)
+    assert raw.count(",") + raw.count(":") > 1_000_000           # over the limit, counted as text
+    with bounded(seconds=1.5, megabytes=80):
+        read = read_safetensors_header(path)
+    assert read.metadata == metadata and list(read.tensors) == ["lora_unet_a.lora_down.weight"]
+
+
+GOOD = {"__metadata__": {"format": "pt"}, "a": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]},
+        "b": {"dtype": "I64", "shape": [1], "data_offsets": [12, 20]}}
+
+
+def changed(**entries):
+    header = json.loads(json.dumps(GOOD))
+    for name, entry in entries.items():
+        header[name] = entry
+    return header
+
+
+@pytest.mark.parametrize("header, data, expected", [
+    (GOOD, b"\0" * 19, "tensor 'b' lies outside the file's 19 data bytes"),
+    (GOOD, b"\0" * 21, "its tensors take 20 bytes but the file holds 21 after the header"),
+    (changed(a={"dtype": "Q4", "shape": [2, 3], "data_offsets": [0, 12]}), b"\0" * 20, "unknown dtype 'Q4'"),
+    (changed(a={"dtype": "F16", "shape": [-2, -3], "data_offsets": [0, 12]}), b"\0" * 20, "invalid shape"),
+    (changed(a={"dtype": "F16", "shape": [True, 3], "data_offsets": [0, 12]}), b"\0" * 20, "invalid shape"),
+    (changed(a={"dtype": "F16", "shape": [2.0, 3], "data_offsets": [0, 12]}), b"\0" * 20, "invalid shape"),
+    (changed(a={"dtype": "F16", "shape": [2, 3], "data_offsets": [-1, 12]}), b"\0" * 20, "invalid data_offsets"),
+    (changed(a={"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 2**70]}), b"\0" * 20, "invalid data_offsets"),
+    (changed(a={"dtype": "F16", "shape": [2, 3], "data_offsets": [12, 0]}), b"\0" * 20, "lies outside"),
+    (changed(a={"dtype": "F16", "shape": [2, 4], "data_offsets": [0, 12]}), b"\0" * 20,
+     "tensor 'a' takes 12 bytes but its shape and dtype need 16"),
+    (changed(a={"dtype": "F16", "shape": [2, 3], "data_offsets": [8, 20]}), b"\0" * 20, "overlap or leave gaps"),
+    (changed(a={"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12], "x": 1}), b"\0" * 20,
+     "not described by exactly a dtype, a shape and data_offsets"),
+    (changed(__metadata__={"format": 1}), b"\0" * 20, "__metadata__ is not a map of strings"),
+    (changed(**{"a\nb": {"dtype": "F16", "shape": [2, 3], "data_offsets": [20, 20]}}), b"\0" * 20,
+     "tensor 'a\\nb' takes 0 bytes"),
+    (changed(**{"x" * 2000: {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]}}), b"\0" * 20,
+     "a tensor name is 2,000 characters long"),
+    (b'["not", "an", "object"]', b"", "its header is not a JSON object"),
+    (b'{"a": \xff}', b"", "its header is not UTF-8 text"),
+    (b'{"a": 1', b"", "its header is not valid JSON"),
+    (b"", b"", "its header is not a JSON object"),
+])
+def test_every_entry_of_a_header_is_checked(tmp_path, header, data, expected):
+    path = write_header(tmp_path / "odd.safetensors", header, data)
+    with pytest.raises(EngineError) as error:
+        read_safetensors_header(path)
+    message = str(error.value)
+    assert message.startswith("odd.safetensors is not a readable .safetensors file: ") and "\n" not in message
+    assert expected in message, message
+
+
+def test_the_header_reader_agrees_with_the_safetensors_library(tiny_models):
+    from safetensors import safe_open
+
+    for path in (tiny_models.path("sd15", form="single_file"),
+                 tiny_models.path("sdxl", form="folder") / "text_encoder_2" / "model.safetensors"):
+        header = read_safetensors_header(path)
+        with safe_open(str(path), framework="pt") as handle:
+            expected = {key: (handle.get_slice(key).get_dtype(), tuple(handle.get_slice(key).get_shape()))
+                        for key in handle.keys()}
+            assert handle.metadata() == (header.metadata or None)
+        assert {key: (info.dtype, info.shape) for key, info in header.tensors.items()} == expected
+
+
+# -- dtypes a model cannot have ------------------------------------------------------------------------------
+
+def tiny_state(tiny_models, family="sd15"):
+    from tests.model_factory import single_file_state_dict
+
+    return dict(single_file_state_dict(tiny_models.components(family)))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+@pytest.mark.parametrize("prefix, part", [("model.diffusion_model.", "UNet"), ("first_stage_model.", "VAE"),
+                                          ("cond_stage_model.", "text encoder")])
+def test_integer_weights_are_refused_naming_the_part_and_the_dtype(tmp_path, tiny_models, suffix, prefix, part):
+    state = {key: value.to(torch.int8) if key.startswith(prefix) else value
+             for key, value in tiny_state(tiny_models).items()}
+    path = tmp_path / f"quantised{suffix}"
+    if suffix == ".ckpt":
+        torch.save({"state_dict": state}, path)
+    else:
+        save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+    with pytest.raises(EngineError) as error:
+        inspect_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f"quantised{suffix} cannot be used: its {part} weight '{prefix}")
+    assert message.endswith(" is I8, but a Stable Diffusion model's weights are floating point "
+                            "(F16, BF16, F32, F64, F8_E4M3, F8_E5M2)")
+
+
+def test_float_weights_of_every_precision_and_integer_buffers_are_accepted(tmp_path, tiny_models):
+    from tests.model_factory import save_single_file
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float8_e4m3fn):
+        path = save_single_file(tiny_models.components("sd15"), tmp_path / f"m-{dtype}.safetensors".replace(
+            "torch.", ""), dtype=dtype, with_buffers=True)        # int64 position_ids among them
+        assert inspect_checkpoint(path).family == "sd1"
+    state = tiny_state(tiny_models)
+    state["first_stage_model.loss.discriminator.main.1.num_batches_tracked"] = torch.tensor(3)
+    state["model_ema.num_updates"] = torch.tensor(10, dtype=torch.int32)
+    torch.save(state, tmp_path / "full-ema.ckpt")
+    assert inspect_checkpoint(tmp_path / "full-ema.ckpt").family == "sd1"

@@ -1,6 +1,6 @@
 """The user's model list: what gets in, what a label says, and that it survives restarts and damage."""
 import json
-import logging
+from pathlib import Path
 
 import pytest
 
@@ -126,7 +126,11 @@ def test_unusable_models_are_refused_and_nothing_is_added(library_path, tmp_path
 
 
 def test_a_config_folder_is_kept_for_a_single_file(library_path, checkpoint, tmp_path):
-    config = write_diffusers_folder(tmp_path / "odd-config")
+    import shutil
+
+    from app.engine.model_files import CONFIG_ROOT
+
+    config = Path(shutil.copytree(CONFIG_ROOT / "sd15", tmp_path / "odd-config"))
     entry = ModelLibrary(library_path).add(str(checkpoint), str(config))
     assert entry.config == str(config.resolve())
     assert ModelLibrary(library_path).entries()[0].config == str(config.resolve())
@@ -140,19 +144,55 @@ def test_a_config_folder_without_model_index_is_refused(library_path, checkpoint
     assert library.entries() == []
 
 
-@pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"models": [{"kind": "file"}]}', ""])
-def test_a_damaged_list_loads_empty_and_is_kept_aside(library_path, checkpoint, content, caplog):
+def kept_copies(library_path):
+    return sorted(library_path.parent.glob("models.json.damaged-*"))
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'["a list"]', b'{"models": [{"kind": "file"}]}', b"",
+                                     b"\xff\xfe\x00garbage", b"[" * 100_000 + b"]" * 100_000,
+                                     b'{"models": 12}', b'{"models": [null, 3, "x", {"location": 5}]}'])
+def test_a_damaged_list_loads_empty_says_so_and_is_kept_aside(library_path, checkpoint, content):
     library_path.parent.mkdir(parents=True)
-    library_path.write_text(content)
-    with caplog.at_level(logging.WARNING):
-        library = ModelLibrary(library_path)
+    library_path.write_bytes(content)
+    library = ModelLibrary(library_path)
     assert library.entries() == []
-    bad = library_path.with_suffix(".json.bad")
-    assert bad.name == "models.json.bad" and bad.read_text() == content
-    assert any("damaged" in record.getMessage() for record in caplog.records)
+    [kept] = kept_copies(library_path)
+    assert kept.read_bytes() == content
+    [line] = library.problems
+    assert "models.json" in line and "damaged" in line and kept.name in line and "\n" not in line
     entry = library.add(str(checkpoint))                  # and the library works again
     assert ModelLibrary(library_path).entries() == [entry]
-    assert bad.read_text() == content
+    assert kept.read_bytes() == content
+
+
+def test_readable_entries_of_a_damaged_list_stay_listed(library_path, checkpoint):
+    good = {"location": str(checkpoint), "label": "mine", "kind": "file", "config": ""}
+    content = json.dumps({"version": 1, "models": [good, {"location": "", "kind": "file"}, "junk",
+                                                      {**good, "location": "x" * 10_000}]})
+    library_path.parent.mkdir(parents=True)
+    library_path.write_text(content)
+    library = ModelLibrary(library_path)
+    assert [e.label for e in library.entries()] == ["mine"]
+    assert "3 entries could not be read" in library.problems[0]
+    assert kept_copies(library_path)[0].read_text() == content
+    again = ModelLibrary(library_path)                   # the readable part became the list: no new report
+    assert [e.label for e in again.entries()] == ["mine"] and again.problems == []
+
+
+def test_each_damage_is_kept_and_none_overwrites_another(library_path):
+    library_path.parent.mkdir(parents=True)
+    for content in ("{first", "{second"):
+        library_path.write_text(content)
+        ModelLibrary(library_path)
+    assert sorted(p.read_text() for p in kept_copies(library_path)) == ["{first", "{second"]
+
+
+def test_a_huge_list_is_refused_without_reading_it(library_path):
+    library_path.parent.mkdir(parents=True)
+    with open(library_path, "wb") as handle:
+        handle.truncate(64 << 20)                        # 64 MB, sparse
+    library = ModelLibrary(library_path)
+    assert library.entries() == [] and "too large" in library.problems[0]
 
 
 def test_a_model_whose_file_disappeared_is_still_listed(library_path, checkpoint):

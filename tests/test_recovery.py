@@ -1,4 +1,5 @@
-"""Crash recovery: what a killed editor wrote is read back exactly, and damaged data is one clear line."""
+"""Crash recovery: what a killed editor wrote is read back exactly; damaged or hostile data is one clear line,
+whatever the folder holds."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ from app.core import recovery
 from app.core.changes import CanvasChange, DocumentChange, MaskPatchChange
 from app.core.document import Document, DocumentState
 from app.core.geometry import Rect
-from app.core.recovery import RecoveryStore, load, take_snapshot
+from app.core.recovery import RecoveryError, RecoveryStore, load, take_snapshot
+from app.core.safe_files import TEMP_TAG, is_temporary
 
 
 def _session():
@@ -105,34 +107,254 @@ def test_running_editors_are_not_offered_and_a_reused_pid_keeps_the_old_work(tmp
     assert [f.name.startswith("999006-") for f in again.crashed()] == [True]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda f: (f / "session.json").write_text("{not json"), "damaged"),
-    (lambda f: (f / "session.json").write_text(json.dumps({"format": 99})), "recovery format"),
-    (lambda f: [p.unlink() for p in f.glob("*.npy")], "damaged"),
-    (lambda f: _replace_manifest(f, lambda m: m["document"].update(image="../../etc/passwd")), "bad array name"),
-    (lambda f: _replace_manifest(f, lambda m: m.update(index=7)), "undo position"),
-    (lambda f: _pickle_in_array(f), "damaged"),
-])
-def test_damaged_recovery_data_is_one_clear_line(tmp_path, damage, message):
+def saved_session(root: Path, pid: int) -> Path:
+    """The folder a crashed editor left for _session(): 60x40, a stroke, an accepted fill, a redoable drag."""
     doc, changes, index = _session()
-    store = RecoveryStore(tmp_path, pid=999_007)
+    store = RecoveryStore(root, pid=pid)
     store.save(take_snapshot(doc, changes, index))
-    damage(store.folder)
-    with pytest.raises(ValueError, match=message) as info:
-        load(store.folder)
-    assert "\n" not in str(info.value)
+    store._release_lock()
+    return store.folder
 
 
-def _replace_manifest(folder: Path, edit) -> None:
+def edit_manifest(folder: Path, edit) -> None:
     manifest = json.loads((folder / "session.json").read_text())
     edit(manifest)
     (folder / "session.json").write_text(json.dumps(manifest))
 
 
-def _pickle_in_array(folder: Path) -> None:
-    manifest = json.loads((folder / "session.json").read_text())
-    target = folder / manifest["document"]["mask"]
-    np.save(target, np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+def named(folder: Path, *keys) -> Path:
+    """The file the manifest names at `keys`, e.g. ("document", "mask")."""
+    entry = json.loads((folder / "session.json").read_text())
+    for key in keys:
+        entry = entry[key]
+    return folder / entry
+
+
+def raw_npy(path: Path, descr: str, shape: tuple, payload: bytes) -> None:
+    """A .npy file with any header at all, followed by `payload`."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": descr, "fortran_order": False, "shape": shape})
+        handle.write(payload)
+
+
+def _new_array(folder: Path, array: np.ndarray) -> str:
+    name = f"{os.urandom(16).hex()}.npy"
+    np.save(folder / name, array)
+    return name
+
+
+def _sizes_that_do_not_chain(folder: Path) -> None:
+    """The accepted fill's after-state becomes 50x30 while the document (the state after it) is 60x40."""
+    image = _new_array(folder, np.zeros((30, 50, 3), np.uint8))
+    mask = _new_array(folder, np.zeros((30, 50), np.uint8))
+    edit_manifest(folder, lambda m: m["changes"][1]["after"].update(image=image, mask=mask, canvas=[0, 0, 50, 30]))
+
+
+def _link_outside(folder: Path) -> None:
+    mask = named(folder, "document", "mask")
+    outside = folder.parent / "outside.npy"
+    outside.write_bytes(mask.read_bytes())
+    mask.unlink()
+    mask.symlink_to(outside)
+
+
+def _manifest_is_a_folder(folder: Path) -> None:
+    (folder / "session.json").unlink()
+    (folder / "session.json").mkdir()
+
+
+def _document(**values):
+    return lambda f: edit_manifest(f, lambda m: m["document"].update(values))
+
+
+def _stroke(**values):
+    return lambda f: edit_manifest(f, lambda m: m["changes"][0].update(values))
+
+
+def _top(**values):
+    return lambda f: edit_manifest(f, lambda m: m.update(values))
+
+
+# (damage done to a saved session, what the one line must say)
+DAMAGE = {
+    "not json": (lambda f: (f / "session.json").write_text("{not json"), "not JSON"),
+    "empty manifest": (lambda f: (f / "session.json").write_text(""), "not JSON"),
+    "manifest a list": (lambda f: (f / "session.json").write_text("[]"), "the manifest is a list"),
+    "manifest a folder": (_manifest_is_a_folder, "session.json is a folder"),
+    "format 99": (lambda f: (f / "session.json").write_text(json.dumps({"format": 99})), "recovery format 99"),
+    "format true": (_top(format=True), "recovery format True"),
+    "saved_at 1e20": (_top(saved_at=1e20), "saved_at is 1e+20"),
+    "saved_at nan": (_top(saved_at=float("nan")), "saved_at is nan"),
+    "saved_at -inf": (_top(saved_at=float("-inf")), "saved_at is -inf"),
+    "saved_at text": (_top(saved_at="yesterday"), "saved_at is 'yesterday'"),
+    "label 12": (_stroke(label=12), "changes[0].label is 12, not text"),
+    "label null": (_stroke(label=None), "changes[0].label is null, not text"),
+    "label a list": (_stroke(label=["Paint"]), "changes[0].label is a list, not text"),
+    "parameters a dict": (_document(parameters={"seed": 7}), "document.parameters is an object, not text"),
+    "parameters not unicode": (_document(parameters="\ud800"), "document.parameters is not valid Unicode"),
+    "path with a nul": (_document(path="/photos/a\0b.png"), "document.path is not a file name"),
+    "canvas strings": (_document(canvas=["1", "2", "3", "4"]), "document.canvas is a list, not 4 whole numbers"),
+    "canvas empty": (_document(canvas=[0, 0, 0, 0]), "document.canvas is 0x0, not a canvas"),
+    "canvas floats": (_document(canvas=[0, 0, 1e9, 1e9]), "not 4 whole numbers"),
+    "canvas too large": (_document(canvas=[0, 0, 10**9, 10**9]), "the limit is 150"),
+    "canvas of bools": (_document(canvas=[True, 0, 1, 1]), "not 4 whole numbers"),
+    "canvas far away": (_document(canvas=[5000, 5000, 64, 64]), "does not overlap the 60x40 image"),
+    "patch outside": (_stroke(rect=[50, 35, 20, 10]), "changes[0]: the mask patch at (50, 35) 20x10 lies outside"),
+    "patch negative": (_stroke(rect=[-45, 0, 20, 10]), "lies outside the 60x40 image"),
+    "patch of another size": (_stroke(rect=[10, 5, 10, 10]), "changes[0].before"),
+    "object dtype": (lambda f: raw_npy(named(f, "document", "mask"), "|O", (40, 60), b"\0" * 100),
+                     "holds object values, not uint8"),
+    "pickled array": (lambda f: np.save(named(f, "document", "mask"), np.array([{"payload": 1}], dtype=object),
+                                        allow_pickle=True), "holds object values, not uint8"),
+    "float64 image": (lambda f: np.save(named(f, "document", "image"), np.zeros((40, 60, 3))),
+                      "holds float64 values, not uint8"),
+    "1-D mask": (lambda f: np.save(named(f, "document", "mask"), np.zeros(2400, np.uint8)),
+                 "document.mask"),
+    "header claims 10^12 values": (lambda f: raw_npy(named(f, "document", "mask"), "|u1", (10**6, 10**6),
+                                                     b"\0" * 100), "claims 1,000,000,000,000 values"),
+    "array cut short": (lambda f: raw_npy(named(f, "document", "mask"), "|u1", (40, 60), b"\0" * 100),
+                        "holds 100 bytes of pixels; its header says 2,400"),
+    "arrays missing": (lambda f: [p.unlink() for p in f.glob("*.npy")], "is missing"),
+    "sizes do not chain": (_sizes_that_do_not_chain, "changes[1]: the image after this step is 50x30"),
+    "index out of range": (_top(index=7), "undo position 7 outside 0..3"),
+    "index a float": (_top(index=1.5), "undo position 1.5 is not a whole number"),
+    "index text": (_top(index="2"), "undo position '2' is not a whole number"),
+    "changes a dict": (_top(changes={"0": {}}), "changes is an object, not a list"),
+    "kind unknown": (_stroke(kind="brush"), "unknown change kind 'brush'"),
+    "name outside the folder": (_document(image="../x.npy"), "bad array name '../x.npy'"),
+    "name of a system file": (_document(image="../../etc/passwd"), "bad array name"),
+    "link outside the folder": (_link_outside, "is a link, not a file"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_recovery_data_is_one_clear_line(tmp_path, case):
+    damage, message = DAMAGE[case]
+    folder = saved_session(tmp_path, 999_007)
+    damage(folder)
+    with pytest.raises(RecoveryError) as info:
+        load(folder)
+    text = str(info.value)
+    assert text.startswith(f"the recovery data in {folder} is damaged: ") and "\n" not in text
+    assert message in text
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_pipe_in_place_of_an_array_is_refused_without_waiting(tmp_path):
+    folder = saved_session(tmp_path, 999_008)
+    mask = named(folder, "document", "mask")
+    mask.unlink()
+    os.mkfifo(mask)                      # opening it to read would wait for a writer for ever
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n" \
+           f"from app.core.recovery import load, RecoveryError\n" \
+           f"try:\n    load({str(folder)!r})\nexcept RecoveryError as e:\n    print(e)\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "is special, not a file" in result.stdout
+
+
+def test_a_valid_session_comes_back_with_every_part_checked(tmp_path):
+    """The checks refuse nothing a real editor writes: patches at the image's edges, an accepted result of
+    another size, its canvas drag redoable, generation parameters in every state."""
+    doc = Document.from_image(np.zeros((48, 64, 3), np.uint8), Path("/photos/dog.jpg"), "seed 1")
+    before = doc.mask.copy()
+    doc.mask[40:48, 56:64] = 255
+    corner = MaskPatchChange.capture(doc, Rect(56, 40, 8, 8), before, "Paint mask")
+    grown = np.zeros((64, 96, 4), np.uint8)
+    expand = DocumentChange(doc.snapshot(), DocumentState(grown, np.zeros((64, 96), np.uint8),
+                                                          Rect(0, 0, 96, 64), "seed 2"), "Accept")
+    expand.apply(doc)
+    drag = CanvasChange(doc.canvas, Rect(-16, 0, 112, 64))
+    store = RecoveryStore(tmp_path, pid=999_009)
+    store.save(take_snapshot(doc, [corner, expand, drag], 2))
+    back = load(store.folder)
+    assert back.document.image.shape == (64, 96, 4) and back.document.parameters == "seed 2"
+    assert not back.document.image.flags.writeable and back.document.mask.flags.writeable
+    for change in reversed(back.changes[:2]):
+        change.revert(back.document)
+    assert back.document.parameters == "seed 1" and back.document.mask[40:48, 56:64].sum() == 0
+    for change in back.changes:
+        change.apply(back.document)
+    assert back.document.canvas == Rect(-16, 0, 112, 64) and back.document.mask.shape == (64, 96)
+
+
+@pytest.mark.parametrize("rect", [Rect(50, 35, 20, 10), Rect(-45, 0, 20, 10), Rect(10, 5, 10, 10)])
+def test_a_mask_patch_that_does_not_fit_is_refused_and_the_mask_is_untouched(rect):
+    doc = Document.from_image(np.zeros((40, 60, 3), np.uint8))
+    patch = MaskPatchChange(rect, np.zeros((10, 20), np.uint8), np.full((10, 20), 255, np.uint8))
+    for step in (patch.apply, patch.revert):
+        with pytest.raises(ValueError, match="does not fit the 60x40 mask"):
+            step(doc)
+    assert not doc.mask.any()
+
+
+def test_describe_never_raises(tmp_path):
+    back = load(saved_session(tmp_path, 999_010))
+    for when in (1e20, float("nan"), -1e300):
+        back.saved_at = when
+        assert "last saved at an unknown time" in back.describe()
+
+
+def test_crashed_skips_what_it_cannot_read_and_never_raises(tmp_path, monkeypatch):
+    good = saved_session(tmp_path, 999_011)
+    blocked = saved_session(tmp_path, 999_012)
+    (tmp_path / "notes.txt").write_text("not a session")                    # not a folder
+    (tmp_path / "photos").mkdir()                                           # not an editor's folder
+    (tmp_path / "999013").symlink_to(good, target_is_directory=True)        # a link: not offered
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def denied(real):
+        def stat(path, *args, **kwargs):
+            if str(blocked) in os.fspath(path):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real(path, *args, **kwargs)
+        return stat
+    monkeypatch.setattr(os, "stat", denied(real_stat))
+    monkeypatch.setattr(os, "lstat", denied(real_lstat))
+    assert RecoveryStore(tmp_path, pid=999_014).crashed() == [good]
+    monkeypatch.undo()
+    assert RecoveryStore(tmp_path / "notes.txt", pid=999_014).crashed() == []   # a root that is a file
+    assert RecoveryStore(tmp_path / "missing", pid=999_014).crashed() == []
+
+
+def test_a_folder_set_aside_twice_under_one_pid_is_never_offered_again(tmp_path):
+    for _ in range(2):
+        folder = saved_session(tmp_path, 999_015)
+        edit_manifest(folder, lambda m: m.update(saved_at="broken"))
+        recovery._CLAIMED.discard(folder)                                    # the next editor is another process
+        kept = RecoveryStore.set_aside(folder)
+        assert kept.name.endswith(".damaged") and not folder.exists()
+    assert len(list(tmp_path.glob("999015*.damaged"))) == 2
+    assert RecoveryStore(tmp_path, pid=999_016).crashed() == []
+
+
+def test_temporaries_are_cleaned_up_once_their_writer_is_gone_and_never_read(tmp_path):
+    doc, changes, index = _session()
+    store = RecoveryStore(tmp_path, pid=999_017)
+    store.save(take_snapshot(doc, changes, index))
+    dead = store.folder / f".session.json.{TEMP_TAG}-999999999-0123456789ab.tmp"             # a killed save
+    alive = store.folder / f".{'a' * 32}.npy.{TEMP_TAG}-{os.getppid()}-0123456789ab.tmp"     # a running writer
+    dead.write_bytes(b"half an array")
+    alive.write_bytes(b"{")
+    store.save(take_snapshot(doc, changes, index))
+    assert not dead.exists() and alive.exists()
+    assert load(store.folder).index == index
+    assert not [p for p in store.folder.iterdir() if is_temporary(p) and p != alive]
+
+
+def test_a_history_longer_than_the_reader_keeps_is_saved_without_its_oldest_steps(tmp_path, monkeypatch):
+    from app.core import recovery_manifest
+
+    monkeypatch.setattr(recovery_manifest, "MAX_CHANGES", 3)
+    doc = Document.from_image(np.zeros((8, 8, 3), np.uint8))
+    strokes = []
+    for i in range(5):
+        before = doc.mask.copy()
+        doc.mask[i, :] = 255
+        strokes.append(MaskPatchChange.capture(doc, Rect(0, i, 8, 1), before, f"Stroke {i}"))
+    store = RecoveryStore(tmp_path, pid=999_018)
+    store.save(take_snapshot(doc, strokes, 4))        # the last stroke undone
+    back = load(store.folder)
+    assert [c.label for c in back.changes] == ["Stroke 2", "Stroke 3", "Stroke 4"] and back.index == 2
 
 
 def test_a_killed_editor_process_leaves_a_recoverable_session(tmp_path):

@@ -89,6 +89,29 @@ def test_a_batch_writes_all_or_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
 
 
+def test_a_batch_whose_rename_fails_puts_back_the_files_it_had_replaced(tmp_path):
+    first = tmp_path / "a.png"
+    first.write_bytes(b"the user's old a.png")
+    blocked = tmp_path / "b.png"
+    blocked.mkdir()
+    batch = AtomicBatch()
+    batch.add(first, lambda h: h.write(b"new"))
+    batch.add(blocked, lambda h: h.write(b"2"))
+    with pytest.raises(OSError):
+        batch.commit()
+    assert first.read_bytes() == b"the user's old a.png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+def test_a_committed_batch_replaces_old_files_and_leaves_no_copy(tmp_path):
+    first = tmp_path / "a.png"
+    first.write_bytes(b"old")
+    batch = AtomicBatch()
+    batch.add(first, lambda h: h.write(b"new"))
+    batch.commit()
+    assert first.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
 def test_a_batch_whose_rename_fails_leaves_no_new_file(tmp_path):
     first = tmp_path / "a.png"
     blocked = tmp_path / "b.png"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from app.core.styles import DEFAULT_STYLES_PATH, Style, StyleError, find_style, load_styles
+from app.core.styles import DEFAULT_STYLES_PATH, NONE, Style, StyleError, find_style, load_styles, read_styles
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,13 @@ def test_optional_settings_are_read(tmp_path):
     ([{"name": "Oil", "prompt": "{prompt}", "guidance": "high"}], "guidance must be a number above 0"),
     ('[{"name": "Oil", "prompt": "{prompt}", "guidance": NaN}]', "guidance must be a number above 0"),
     ([{"name": "Oil", "prompt": "{prompt}", "sampler": 5}], "sampler must be a sampler name"),
+    ([{"name": "Oil", "prompt": "{prompt}", "steps": 10**9}], "steps must be a whole number from 1 to 500"),
+    ([{"name": "Oil", "prompt": "{prompt}", "guidance": 1e300}], "at most 50"),
+    ([{"name": "O" * 1000, "prompt": "{prompt}"}], "entry 1: the name is over 100 characters"),
+    ([{"name": "Oil", "prompt": "{prompt}", "lora": "~nobody-such-user-here/x.safetensors"}],
+     "cannot find the home folder"),
+    ([{"name": "Oil", "prompt": "{prompt}", "lora": "a\u0000b.safetensors"}], "lora must be the path"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ])
 def test_bad_files_give_one_line_errors(tmp_path, content, problem):
     with pytest.raises(StyleError) as error:
@@ -127,3 +134,29 @@ def test_missing_and_undecodable_files(tmp_path):
     with pytest.raises(StyleError) as error:
         load_styles(tmp_path / "latin.json")
     assert str(error.value).startswith("latin.json: not valid JSON")
+
+
+def test_reading_leniently_keeps_the_good_styles_and_names_the_bad(tmp_path):
+    path = write_styles(tmp_path, [{"name": "Oil", "prompt": "oil painting of {prompt}"},
+                                   {"name": "Broken", "prompt": "no placeholder"},
+                                   {"name": "Ink", "prompt": "{prompt}", "steps": -1},
+                                   {"name": "oil", "prompt": "{prompt}, again"}])
+    found = read_styles(path)
+    assert [style.name for style in found.styles] == ["None", "Oil"]      # "None" is always there, first
+    assert found.problems[0] == "styles.json: style 'Broken': the prompt template has no {prompt} (left out)."
+    assert found.problems[1] == "2 more styles were left out."
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", "{}", "\u0000"])
+def test_reading_an_unusable_file_leniently_leaves_none(tmp_path, content):
+    found = read_styles(write_styles(tmp_path, content))
+    assert found.styles == [NONE]
+    [line] = found.problems
+    assert line.startswith("styles.json: ") and line.endswith("only the style None is available.")
+
+
+def test_a_huge_styles_file_is_not_read(tmp_path):
+    path = tmp_path / "styles.json"
+    with open(path, "wb") as handle:
+        handle.truncate(100 << 20)
+    assert "too large" in read_styles(path).problems[0]

@@ -54,12 +54,26 @@ class MaskPatchChange(Change):
         return self.rect.is_empty() or bool(np.array_equal(self.before, self.after))
 
     def apply(self, doc: Document) -> None:
-        rows, cols = self.rect.slices()
-        doc.editable_mask()[rows, cols] = self.after
+        self._paste(doc, self.after)
 
     def revert(self, doc: Document) -> None:
-        rows, cols = self.rect.slices()
-        doc.editable_mask()[rows, cols] = self.before
+        self._paste(doc, self.before)
+
+    def _paste(self, doc: Document, patch: np.ndarray) -> None:
+        # Refused here, in Python, before numpy sees it: numpy raises its error for a patch that does not fit
+        # from C, not yet normalised, and such an exception leaving QUndoCommand.undo() segfaults PySide6 6.11
+        # (shiboken's PepException_GetArgs) instead of reaching Python. Negative coordinates would not even
+        # raise: numpy counts them from the far edge and the patch would land elsewhere.
+        height, width = doc.mask.shape[:2]
+        rect = self.rect
+        numbers = (rect.x, rect.y, rect.w, rect.h)
+        whole = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in numbers)
+        fits = whole and rect.w >= 0 and rect.h >= 0 and Rect(0, 0, width, height).contains_rect(rect)
+        if not fits or not isinstance(patch, np.ndarray) or patch.shape != (rect.h, rect.w):
+            shape = getattr(patch, "shape", None)
+            raise ValueError(f"a mask patch of shape {shape} at {rect} does not fit the {width}x{height} mask")
+        rows, cols = rect.slices()
+        doc.editable_mask()[rows, cols] = patch
 
 
 @dataclass

@@ -5,9 +5,13 @@ premultiplied / CMYK / LAB / HSV / YCbCr converted, 16-bit and float data scaled
 animations reduced to their first frame. Everything the user should know about is listed in `notes`.
 Every failure is an ImageLoadError / ImageSaveError whose text is one line naming the file.
 
-Saving is atomic (temporary file in the same folder, fsync, os.replace) and stores the generation
-parameters where other diffusion tools look for them: the PNG text chunk "parameters", or the EXIF
-UserComment of JPEG and WebP files.
+A mask file (`load_mask`) is read the same way and reduced to H x W uint8: luminance times alpha, so
+white fills, grey is a partial strength and transparent pixels never fill.
+
+Saving goes through app/core/safe_files (temporary file beside the target, fsync, os.replace; a temporary
+left by a killed save is removed by the next one) and stores the generation parameters where other
+diffusion tools look for them: the PNG text chunk "parameters", or the EXIF UserComment of JPEG and WebP
+files. `save_images` writes several files all or nothing.
 """
 from __future__ import annotations
 
@@ -16,16 +20,20 @@ import io
 import math
 import numbers
 import os
-import secrets
-import stat
+import traceback
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from app.core.safe_files import AtomicBatch, Writer, real_target, write_atomically
+
 MAX_PIXELS = 150_000_000
+_MASK_BAND_PIXELS = 1 << 22      # a mask is computed in bands: its uint32 temporaries stay near 16 MB each
 
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 _MAX_SIDE = {"PNG": 2**31 - 1, "JPEG": 65_535, "WEBP": 16_383}
@@ -85,6 +93,11 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
 def load_image_bytes(data: bytes, name: str = "clipboard") -> LoadedImage:
     if not data:
         raise ImageLoadError(f"{name}: empty file")
+    with _pillow_quiet():
+        return _decode(data, name)
+
+
+def _decode(data: bytes, name: str) -> LoadedImage:
     image = _open(data, name)
     notes: list[str] = []
     pixels = _decode_wide_colour(image, data, notes)
@@ -96,16 +109,17 @@ def load_image_bytes(data: bytes, name: str = "clipboard") -> LoadedImage:
             raise ImageLoadError(f"{name}: not enough memory to open a {_size_text(image.size)} image") \
                 from None
         except Exception as exc:  # Pillow raises many types for damaged data
-            raise ImageLoadError(f"{name}: the file is truncated or corrupt") from exc
+            raise _damaged(name, exc) from exc
         pixels, conversion_notes = pixels_from_pil(image)
         notes.extend(conversion_notes)
     exif = _exif(image, loaded)
     orientation = _orientation(exif)
     if orientation in _TRANSPOSE:
         pixels = _apply_orientation(pixels, orientation)
-    if image.format == "TIFF" and _frame_count(image) > 1:
+    frames = _frame_count(image)         # once: a damaged TIFF can count differently on a second try
+    if image.format == "TIFF" and frames > 1:
         notes.insert(0, "multi-page image: only the first page was opened")
-    elif image.format != "MPO" and _frame_count(image) > 1:  # MPO: a camera JPEG with extra previews
+    elif image.format != "MPO" and frames > 1:  # MPO: a camera JPEG with extra previews
         notes.insert(0, "animated image: only the first frame was opened")
     source_format = "JPEG" if image.format == "MPO" else image.format or ""
     return LoadedImage(pixels, source_format, _parameters_from(image, exif, loaded), tuple(notes))
@@ -114,8 +128,30 @@ def load_image_bytes(data: bytes, name: str = "clipboard") -> LoadedImage:
 def read_parameters(path: str | os.PathLike) -> str:
     """The generation parameters stored in an image file ("" when it has none), without decoding pixels."""
     path = Path(path)
-    image = _open(_read_file(path), path.name)
-    return _parameters_from(image, _exif(image, loaded=False), loaded=False)
+    data = _read_file(path)
+    with _pillow_quiet():
+        image = _open(data, path.name)
+        return _parameters_from(image, _exif(image, loaded=False), loaded=False)
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask file (any mode load_image reads, oriented like it) as H x W uint8: 255 = fill, grey = that
+    strength, transparent = never fill. ImageLoadError as load_image raises it."""
+    return mask_from_pixels(load_image(path).pixels)
+
+
+def mask_from_pixels(pixels: np.ndarray) -> np.ndarray:
+    """H x W x 3|4 uint8 -> H x W uint8: Rec. 601 luminance (grey v stays v), times alpha where there is one."""
+    height = pixels.shape[0]
+    mask = np.empty(pixels.shape[:2], np.uint8)
+    rows = max(1, _MASK_BAND_PIXELS // max(1, pixels.shape[1]))
+    for top in range(0, height, rows):
+        band = pixels[top:top + rows].astype(np.uint32)
+        grey = (band[..., 0] * 299 + band[..., 1] * 587 + band[..., 2] * 114 + 500) // 1000
+        if pixels.shape[2] == 4:
+            grey = (grey * band[..., 3] + 127) // 255
+        mask[top:top + rows] = grey
+    return mask
 
 
 def pixels_from_pil(image: Image.Image) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -164,19 +200,20 @@ def _read_file(path: Path) -> bytes:
         raise ImageLoadError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
 
 
+@contextmanager
+def _pillow_quiet():
+    """Pillow's warnings would be stray stderr lines beside the one-line error: it warns of damaged metadata
+    it skips (UserWarning), and of images over its pixel limit, where this module applies MAX_PIXELS."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _open(data: bytes, name: str) -> Image.Image:
     try:
-        try:
-            image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombWarning:
-            # Warnings are errors here, yet the image may be within this module's larger limit.
-            size = _header_size(data)
-            if size is None or size[0] * size[1] > MAX_PIXELS:
-                raise
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
         size = _header_size(data)
         if size is None:
             raise ImageLoadError(f"{name}: the image is larger than the {MAX_PIXELS // 1_000_000} "
@@ -187,12 +224,27 @@ def _open(data: bytes, name: str) -> Image.Image:
             raise ImageLoadError(f"{name}: the file is truncated or corrupt") from None
         raise ImageLoadError(f"{name}: not an image (unrecognised format)") from None
     except Exception as exc:
-        raise ImageLoadError(f"{name}: the file is truncated or corrupt") from exc
+        raise _damaged(name, exc) from exc
     if image.width * image.height > MAX_PIXELS:
         raise ImageLoadError(_too_large(name, image.size))
     if image.width < 1 or image.height < 1:
         raise ImageLoadError(f"{name}: the image has no pixels ({image.width} x {image.height})")
     return image
+
+
+_METADATA_LIMITS = ("Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK",
+                    "Too much memory used in text chunks")
+
+
+def _damaged(name: str, exc: Exception) -> ImageLoadError:
+    """What Pillow's failure to open or decode means, in one line. Its refusal of PNG metadata that would
+    inflate past its limits (a zTXt/iTXt/iCCP decompression bomb) is a ValueError like any damage."""
+    if isinstance(exc, ValueError) and str(exc).startswith(_METADATA_LIMITS):
+        reader = {frame.name for frame in traceback.extract_tb(exc.__traceback__)}
+        what = "colour profile (PNG iCCP chunk)" if "chunk_iCCP" in reader else "metadata (PNG text chunks)"
+        return ImageLoadError(f"{name}: refused: its {what} would inflate past Pillow's limit; the pixels "
+                              "may be fine, so strip the metadata and open it again")
+    return ImageLoadError(f"{name}: the file is truncated or corrupt")
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
@@ -378,6 +430,37 @@ def encode_user_comment(text: str) -> bytes:
 # ----------------------------------------------------------------------------------------------- save
 
 def save_image(path: str | os.PathLike, pixels: np.ndarray, parameters: str = "", quality: int = 95) -> None:
+    """Write `pixels` as `path` (PNG, JPEG or WebP by its suffix), all or nothing: on any failure the old file
+    is untouched and no temporary stays. Through a symbolic link, the file it points at is replaced."""
+    path = Path(path)
+    write = encode_image(path, pixels, parameters, quality)
+    try:
+        write_atomically(path, write)
+    except Exception as exc:
+        raise _save_error(path, exc) from exc
+
+
+def save_images(files: Iterable[tuple[str | os.PathLike, np.ndarray, str]], quality: int = 95) -> None:
+    """Write several (path, pixels, parameters) all or nothing: every one is checked, then encoded into a
+    temporary beside its target, and only when all are ready are they renamed into place. On a failure none
+    of the targets is new and no temporary stays; the ImageSaveError names the file that failed."""
+    encoded = [(Path(path), encode_image(path, pixels, parameters, quality)) for path, pixels, parameters in files]
+    batch = AtomicBatch()
+    for path, write in encoded:
+        try:
+            batch.add(path, write)
+        except Exception as exc:
+            raise _save_error(path, exc) from exc
+    try:
+        batch.commit()
+    except Exception as exc:
+        failed = [path for path, _ in encoded if str(real_target(path)) == getattr(exc, "filename2", None)]
+        raise _save_error((failed or [encoded[0][0]])[0], exc) from exc
+
+
+def encode_image(path: str | os.PathLike, pixels: np.ndarray, parameters: str = "", quality: int = 95) -> Writer:
+    """Check that `pixels` can be saved as `path` (format, array, size, quality) and return the writer that
+    encodes them into an open binary file. ImageSaveError, naming the file, when they cannot."""
     path = Path(path)
     name = path.name or str(path)
     suffix = path.suffix.lower()
@@ -386,26 +469,25 @@ def save_image(path: str | os.PathLike, pixels: np.ndarray, parameters: str = ""
         raise ImageSaveError(f"{name}: unsupported format '{shown}': use .png, .jpg or .webp")
     if isinstance(quality, bool) or not isinstance(quality, numbers.Integral) or not 1 <= quality <= 100:
         raise ImageSaveError(f"{name}: quality must be a whole number from 1 to 100, not {quality!r}")
-    image = _pil_for_saving(pixels, name)
-    fmt = SAVE_FORMATS[suffix]
-    limit = _MAX_SIDE[fmt]
-    if image.width > limit or image.height > limit:
-        raise ImageSaveError(f"{name}: {_size_text(image.size)} is too large for {suffix} (at most {limit} "
-                             "pixels on a side); save as .png")
-    if fmt == "JPEG" and image.mode == "RGBA":
-        image = Image.fromarray(_flatten_over_white(np.asarray(image)), "RGB")
-    options = _save_options(fmt, parameters, int(quality))
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
-    _write_atomically(path, name, lambda handle: image.save(handle, format=fmt, **options))
-
-
-def _pil_for_saving(pixels: np.ndarray, name: str) -> Image.Image:
     array = np.asarray(pixels)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4) or 0 in array.shape:
         raise ImageSaveError(f"{name}: cannot save an array of shape {array.shape} and type {array.dtype}; "
                              "expected H x W x 3 or 4 uint8")
-    return Image.fromarray(np.ascontiguousarray(array), "RGBA" if array.shape[2] == 4 else "RGB")
+    fmt = SAVE_FORMATS[suffix]
+    limit = _MAX_SIDE[fmt]
+    size = (array.shape[1], array.shape[0])
+    if max(size) > limit:
+        raise ImageSaveError(f"{name}: {_size_text(size)} is too large for {suffix} (at most {limit} "
+                             "pixels on a side); save as .png")
+    options = _save_options(fmt, parameters, int(quality))
+
+    def write(handle) -> None:      # the Pillow copy of the pixels is made only now, one file at a time
+        if fmt == "JPEG" and array.shape[2] == 4:
+            image = Image.fromarray(_flatten_over_white(array), "RGB")
+        else:
+            image = Image.fromarray(np.ascontiguousarray(array), "RGBA" if array.shape[2] == 4 else "RGB")
+        image.save(handle, format=fmt, **options)
+    return write
 
 
 def _flatten_over_white(rgba: np.ndarray) -> np.ndarray:
@@ -435,33 +517,9 @@ def _save_options(fmt: str, parameters: str, quality: int) -> dict:
     return options
 
 
-def _write_atomically(path: Path, name: str, write) -> None:
-    folder = path.parent
-    temp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        existing_mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        existing_mode = None
-    created = False
-    try:
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        created = True
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if existing_mode is not None:
-            os.chmod(temp, existing_mode)
-        os.replace(temp, path)
-        created = False
-    except Exception as exc:
-        if created:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-        raise ImageSaveError(f"{name}: {_save_problem(exc, folder, path)}") from exc
-    _sync_folder(folder)
+def _save_error(path: Path, exc: Exception) -> ImageSaveError:
+    target = real_target(path)
+    return ImageSaveError(f"{path.name or path}: {_save_problem(exc, target.parent, target)}")
 
 
 def _save_problem(exc: Exception, folder: Path, path: Path) -> str:
@@ -486,17 +544,3 @@ def _save_problem(exc: Exception, folder: Path, path: Path) -> str:
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return f"cannot encode the image ({first_line})"
 
-
-def _sync_folder(folder: Path) -> None:
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    try:
-        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -106,6 +106,24 @@ def grow_mask(mask: np.ndarray, px: int) -> np.ndarray:
     return np.where(distance_outside(binary) <= px + 0.5, 255, 0).astype(np.uint8)
 
 
+def split_soft_mask(mask: np.ndarray, grow: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """A painted mask as (hole, soft): the hole (0/255) is generated in full, grown by `grow`; soft (uint8
+    or None) is where faint paint (below 128) lies outside it, a partial strength of soft / 255. A mask that
+    is faint everywhere is all hole, so a light touch of the brush still fills."""
+    core = mask >= 128
+    hole = grow_mask(core if core.any() else mask, grow)
+    soft = np.where(hole > 0, np.uint8(0), mask)
+    return hole, (soft if soft.any() else None)
+
+
+def fill_alpha(hole: np.ndarray, soft: np.ndarray | None, feather: int) -> np.ndarray:
+    """The composite alpha of a fill: the feathered hole, and the soft paint at its own strength."""
+    alpha = feather_mask(hole, feather)
+    if soft is not None:
+        alpha = np.maximum(alpha, soft.astype(np.float32) / 255)
+    return alpha
+
+
 def shrink_mask(mask: np.ndarray, px: int) -> np.ndarray:
     """Erode the non-zero pixels by `px` with a disc; returns a 0/255 uint8 mask."""
     binary = _binary(mask)

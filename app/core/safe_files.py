@@ -102,16 +102,25 @@ class AtomicBatch:
             raise
 
     def commit(self) -> None:
-        placed: list[Path] = []
+        """Rename every prepared file into place. Files they replace are first moved aside (hard links under
+        a temporary name), so that if any rename fails, every target is put back as it was."""
+        placed: list[tuple[Path, Path | None]] = []     # (target, what it was before, or None)
         try:
             for temp, target in self._ready:
+                before = _keep_aside(target)
+                placed.append((target, before))
                 os.replace(temp, target)
-                placed.append(target)
         except BaseException:
-            for target in placed:       # the user asked for these files to be replaced; none stays half-done
-                _unlink(target)
+            for target, before in reversed(placed):
+                if before is not None:
+                    os.replace(before, target)
+                else:
+                    _unlink(target)
             self.discard()
             raise
+        for _, before in placed:
+            if before is not None:
+                _unlink(before)
         for folder in {target.parent for _, target in self._ready}:
             sync_folder(folder)
         self._ready = []
@@ -120,6 +129,20 @@ class AtomicBatch:
         for temp, _ in self._ready:
             _unlink(temp)
         self._ready = []
+
+
+def _keep_aside(target: Path) -> Path | None:
+    """A second name for the file at `target` (a hard link), or None when there is none to keep."""
+    if not target.is_file():
+        return None
+    aside = temporary_for(target)
+    try:
+        os.link(target, aside)
+    except OSError:                     # no hard links here (FAT, some network shares): a copy does
+        import shutil
+
+        shutil.copy2(target, aside)
+    return aside
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

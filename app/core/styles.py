@@ -29,11 +29,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.core.safe_files import FileTooLarge, read_bounded
+
 DEFAULT_STYLES_PATH = Path(__file__).resolve().parents[2] / "resources" / "styles.json"
 PLACEHOLDER = "{prompt}"
 _KEYS = {"name", "prompt", "negative_prompt", "sampler", "steps", "guidance", "lora", "lora_weight"}
 LORA_SUFFIX = ".safetensors"
 MAX_LORA_WEIGHT = 10.0
+MAX_NAME = 100
+MAX_STEPS = 500                  # as a job's SamplingOptions accepts
+MAX_GUIDANCE = 50.0
 
 
 class StyleError(Exception):
@@ -72,54 +77,97 @@ def unstyled(prompt: str, negative: str) -> tuple[str, str]:
     return _tidy(prompt or ""), _tidy(negative or "")
 
 
+NONE = Style("None", PLACEHOLDER, "")
+MAX_FILE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class StyleSet:
+    """The styles the editor offers, and what was wrong with the file they came from (one line each)."""
+    styles: list[Style]
+    problems: tuple[str, ...] = ()
+
+
 def load_styles(path: str | os.PathLike | None = None) -> list[Style]:
+    """Every style in the file; StyleError (one line) if anything in it is wrong."""
     path = Path(path) if path is not None else DEFAULT_STYLES_PATH
-    name = path.name
+    fail = _failure(path)
+    styles: list[Style] = []
+    for number, entry in enumerate(_entries(path), start=1):
+        _add(styles, _parse_entry(entry, number, fail, path.resolve().parent), fail)
+    return styles
 
-    def fail(problem: str) -> StyleError:
-        return StyleError(f"{name}: {problem}")
 
+def read_styles(path: str | os.PathLike | None = None) -> StyleSet:
+    """The usable styles of the file, never failing: an entry that is wrong is left out, a file that cannot
+    be used at all leaves only "None", and each problem is reported. "None" always comes first."""
+    path = Path(path) if path is not None else DEFAULT_STYLES_PATH
+    fail = _failure(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        entries = _entries(path)
+    except StyleError as exc:
+        return StyleSet([NONE], (f"{exc}; only the style None is available.",))
+    styles: list[Style] = []
+    problems = []
+    for number, entry in enumerate(entries, start=1):
+        try:
+            _add(styles, _parse_entry(entry, number, fail, path.resolve().parent), fail)
+        except StyleError as exc:
+            problems.append(f"{exc} (left out).")
+    if not any(style.name.casefold() == NONE.name.casefold() for style in styles):
+        styles.insert(0, NONE)
+    return StyleSet(styles, tuple(problems[:1] + ([f"{len(problems) - 1} more styles were left out."]
+                                                  if len(problems) > 1 else [])))
+
+
+def _failure(path: Path):
+    return lambda problem: StyleError(f"{path.name}: {problem}")
+
+
+def _entries(path: Path) -> list:
+    fail = _failure(path)
+    try:
+        raw = read_bounded(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise fail("no such file") from None
-    except UnicodeDecodeError:
-        raise fail("not valid JSON (the file is not UTF-8 text)") from None
+    except FileTooLarge:
+        raise fail(f"the file is over {MAX_FILE_BYTES >> 20} MB, too large for a styles file") from None
     except OSError as exc:
         raise fail(f"cannot read the file ({exc.strerror or exc})") from None
     try:
-        entries = json.loads(text)
+        entries = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise fail("not valid JSON (the file is not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise fail(f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except (ValueError, RecursionError):
+        raise fail("not valid JSON (nested too deeply)") from None
     if not isinstance(entries, list):
         raise fail("expected a JSON list of styles")
     if not entries:
         raise fail("the list of styles is empty")
+    return entries
 
-    styles: list[Style] = []
-    seen: set[str] = set()
-    folder = path.resolve().parent
-    for number, entry in enumerate(entries, start=1):
-        style = _parse_entry(entry, number, fail, folder)
-        key = style.name.casefold()
-        if key in seen:
-            raise fail(f"duplicate style name '{style.name}'")
-        seen.add(key)
-        styles.append(style)
-    return styles
+
+def _add(styles: list[Style], style: Style, fail) -> None:
+    if any(other.name.casefold() == style.name.casefold() for other in styles):
+        raise fail(f"duplicate style name '{style.name}'")
+    styles.append(style)
 
 
 def _parse_entry(entry: object, number: int, fail, folder: Path) -> Style:
     if not isinstance(entry, dict):
         raise fail(f"entry {number} is not an object")
     name = entry.get("name")
-    if not isinstance(name, str) or not name.strip() or "\n" in name:
+    if not isinstance(name, str) or not name.strip() or "\n" in name or "\0" in name:
         raise fail(f"entry {number} has no name")
+    if len(name.strip()) > MAX_NAME:
+        raise fail(f"entry {number}: the name is over {MAX_NAME} characters")
     name = name.strip()
     label = f"style '{name}'"
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
-        raise fail(f"{label} has unknown key '{unknown[0]}'")
+        raise fail(f"{label} has unknown key {str(unknown[0])[:40]!r}")
     template = entry.get("prompt")
     if not isinstance(template, str):
         raise fail(f"{label} has no prompt")
@@ -135,19 +183,22 @@ def _parse_entry(entry: object, number: int, fail, folder: Path) -> Style:
     if steps is not None:
         if isinstance(steps, float) and steps.is_integer():
             steps = int(steps)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise fail(f"{label}: steps must be a whole number of at least 1")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+            raise fail(f"{label}: steps must be a whole number from 1 to {MAX_STEPS}")
     guidance = entry.get("guidance")
     if guidance is not None:
         number = isinstance(guidance, (int, float)) and not isinstance(guidance, bool)
-        if not number or not 0 < guidance < math.inf:
-            raise fail(f"{label}: guidance must be a number above 0")
+        if not number or not 0 < guidance <= MAX_GUIDANCE:
+            raise fail(f"{label}: guidance must be a number above 0 and at most {MAX_GUIDANCE:g}")
         guidance = float(guidance)
     lora = entry.get("lora")
     if lora is not None:
-        if not isinstance(lora, str) or not lora.strip() or "\n" in lora:
+        if not isinstance(lora, str) or not lora.strip() or "\n" in lora or "\0" in lora or len(lora) > 4096:
             raise fail(f"{label}: lora must be the path of a {LORA_SUFFIX} file")
-        lora_path = Path(lora.strip()).expanduser()
+        try:
+            lora_path = Path(lora.strip()).expanduser()
+        except RuntimeError:            # "~someone" of a user this machine does not have
+            raise fail(f"{label}: lora: cannot find the home folder of {lora.split('/')[0][:40]!r}") from None
         if lora_path.suffix.lower() != LORA_SUFFIX:
             raise fail(f"{label}: lora must be a {LORA_SUFFIX} file, got '{lora_path.name}'")
         lora = str(lora_path if lora_path.is_absolute() else folder / lora_path)

@@ -94,11 +94,13 @@ class ClassicEngine(Engine):
         context = int(np.clip(max(bounds.w, bounds.h) // 2, 32, 384))
         work = bounds.grown(options.grow + options.feather + context).intersect(request.image_rect)
         original = image[work.slices()]
-        hole = imageops.grow_mask(request.mask[work.slices()], options.grow)
+        painted = request.mask[work.slices()]
+        hole = imageops.grow_mask(painted, options.grow)          # everything painted is filled in ...
         if hole.all():
             grown = f" (grown by {options.grow} px)" if options.grow else ""
             raise EngineError(f"the mask{grown} covers the whole image: there is nothing around it to fill from")
-        alpha = imageops.feather_mask(hole, options.feather)
+        core, soft = imageops.split_soft_mask(painted, options.grow)
+        alpha = imageops.fill_alpha(core, soft, options.feather)  # ... and faint paint blends it in partly
         self.report(emit, cancel, job_id, 1, total, message="preparing the fill")
 
         variants = []

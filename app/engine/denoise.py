@@ -8,6 +8,9 @@ Inpainting works with both kinds of UNet:
   * every UNet gets soft latent blending: after step i of n the original latents, re-noised to the next
     timestep, replace the new ones wherever the keep map is <= 1 - (i + 1) / n. A map value of 0 is kept
     on every step, 1 never, 0.5 for the first half: a feathered mask becomes a per-pixel strength.
+
+Every step's UNet prediction is checked for NaN or infinity (damaged UNet weights), so that the error names
+the UNet rather than the VAE that would decode the result.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import Callable
 import torch
 
 from app.engine.samplers import find_sampler, make_scheduler
-from app.engine.text_encoding import TextConditioning, blend, encode_prompts, zeros_like
+from app.engine.text_encoding import TextConditioning, blend, encode_prompts, invalid_values, zeros_like
 
 StepCallback = Callable[[int, int, torch.Tensor], bool]   # (step, total, x0) -> True to stop early
 
@@ -102,6 +105,7 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
                 model_input = torch.cat([model_input, condition], dim=1)
             prediction = model.unet(model_input.to(dtype), t, encoder_hidden_states=embeddings,
                                     added_cond_kwargs=added, return_dict=False)[0].float()
+            finite = torch.isfinite(prediction).all()    # read after the step is queued: no extra device wait
             if guided:
                 unconditional, conditional = prediction.chunk(2)
                 prediction = unconditional + job.guidance * (conditional - unconditional)
@@ -109,6 +113,8 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_options)[0]
             if keep is not None:
                 latents, x0 = _blend(scheduler, latents, x0, init, noise, keep, timesteps, index)
+            if not bool(finite):
+                raise invalid_values("the UNet", model, f" at step {index + 1} of {len(timesteps)}")
             if on_step(index + 1, len(timesteps), x0):
                 return x0, index + 1
     return x0, len(timesteps)

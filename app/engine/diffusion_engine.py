@@ -139,23 +139,16 @@ class DiffusionEngine(Engine):
         limits = Rect(0, 0, mask.shape[1], mask.shape[0])
         painted = imageops.mask_bounds(mask)
         near = painted.grown(max(0, options.grow)).intersect(limits)     # all the grown hole can reach
-        local = mask[near.slices()]
-        core = local >= 128
-        hole = imageops.grow_mask(core if core.any() else local, options.grow)
-        # A soft brush edge (painted values below 128) is a partial strength, not a full fill.
-        soft = np.where(hole > 0, np.uint8(0), local)
+        hole, soft = imageops.split_soft_mask(mask[near.slices()], options.grow)
         hole_bounds = imageops.mask_bounds(hole).translated(near.x, near.y)
-        if soft.any():
+        if soft is not None:
             hole_bounds = hole_bounds.union(painted)
-        else:
-            soft = None
         focus = hole_bounds.grown(options.feather).intersect(limits)
         region = plan_region(focus, limits, context_for(hole_bounds, options.feather))
         inside = region.translated(-near.x, -near.y)
         region_hole = imageops.crop(hole, inside)
-        alpha = imageops.feather_mask(region_hole, options.feather)
-        if soft is not None:
-            alpha = np.maximum(alpha, imageops.crop(soft, inside).astype(np.float32) / 255)
+        alpha = imageops.fill_alpha(region_hole, None if soft is None else imageops.crop(soft, inside),
+                                    options.feather)
         # RGBA images: generated pixels are opaque (a broadcast view, no image-sized array).
         fill_alpha = np.broadcast_to(np.uint8(255), mask.shape) if image.shape[2] == 4 else None
         return _Work(image, [_Pass(region, region_hole, alpha, work_size(region.size, native, multiple))],

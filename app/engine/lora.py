@@ -5,8 +5,9 @@ diffusers / PEFT `unet.*.lora_A` keys), converts them and injects PEFT layers in
 encoder(s): StableDiffusionLoraLoaderMixin for SD 1.x/2.x, StableDiffusionXLLoraLoaderMixin for SDXL,
 hosted by a lightweight object around the model's own components (no pipeline is built).
 
-Only .safetensors files are read, never pickles. `applied(model, path, weight)` is entered around every
-job: with a LoRA, the adapter is loaded (or, when the same unchanged file is already loaded from the
+Only .safetensors files are read, never pickles; their header is checked by the bounded reader of
+app.engine.safetensors_header before diffusers opens them. `applied(model, path, weight)` is entered around
+every job: with a LoRA, the adapter is loaded (or, when the same unchanged file is already loaded from the
 previous job, kept) and set to `weight`; without one, any adapter still loaded is unloaded first, which
 puts the model's original layers back, so results are bit for bit those of a model that never had a LoRA.
 A file that cannot be used is reported as one EngineError line naming it, after undoing a partial load.
@@ -22,6 +23,7 @@ from typing import Callable
 
 from app.engine.events import EngineError
 from app.engine.model_files import short_error
+from app.engine.safetensors_header import read_safetensors_header
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +86,8 @@ def _identity(file: Path) -> tuple[str, int, int]:
 
 
 def _read_keys(file: Path) -> list[str]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            return list(handle.keys())
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise EngineError(f"LoRA {file.name} is not a readable .safetensors file (corrupt or truncated): "
-                          f"{short_error(exc)}") from None
+    """The LoRA's tensor names, from its header through the bounded reader, before diffusers reads it."""
+    return list(read_safetensors_header(file, f"LoRA {file.name}").tensors)
 
 
 def _load(model, host, file: Path) -> None:

@@ -5,16 +5,21 @@ through torch.load(weights_only=True)) or a Hugging Face repo id. Single files a
 key names and the UNet's input channels, the way model sites' files are laid out:
   SD 1.x  cond_stage_model.transformer.*            SD 2.x  cond_stage_model.model.* (OpenCLIP)
   SDXL    conditioner.embedders.{0,1}.*             inpainting: a 9-channel first UNet convolution
+A .safetensors header is read by the bounded reader of app.engine.safetensors_header, never by the library
+that loads the weights; every weight a model part loads must be floating point (`check_weight_dtypes`).
 """
 from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
+from app.core.safe_files import FileTooLarge, read_bounded
 from app.engine.events import EngineError
+from app.engine.safetensors_header import TensorInfo, read_safetensors_header, shown_name
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -22,6 +27,16 @@ UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 RESOURCES = Path(__file__).resolve().parent.parent.parent / "resources"
 CONFIG_ROOT = RESOURCES / "models"
 TOKENIZER_DIR = RESOURCES / "tokenizers" / "clip"
+MAX_JSON_BYTES = 4 << 20         # a config or a shard index (real ones: a few KB; an SDXL UNet index ~100 KB)
+# The dtypes a Stable Diffusion model's weights can have (fp8 checkpoints are shared too); integers only
+# for index buffers.
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2")
+INTEGER_BUFFERS = ("position_ids", "num_batches_tracked")
+SINGLE_FILE_PARTS = (("model.diffusion_model.", "UNet"), ("first_stage_model.loss.", ""),
+                     ("first_stage_model.", "VAE"), ("cond_stage_model.", "text encoder"),
+                     ("conditioner.embedders.", "text encoder"))
+FOLDER_PARTS = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder",
+                "text_encoder_2": "second text encoder"}
 
 
 @dataclass(frozen=True)
@@ -76,50 +91,72 @@ def resolve_source(text: str, config: str = "") -> ModelSource:
 
 # -- single files -----------------------------------------------------------------------------------
 
-def read_checkpoint_keys(path: Path) -> tuple[list[str], Callable[[str], tuple[int, ...] | None]]:
-    """The tensor names of a checkpoint and a way to ask one's shape, loading as little as possible."""
+def read_checkpoint_tensors(path: Path) -> dict[str, TensorInfo]:
+    """The name, dtype and shape of every tensor of a checkpoint, loading as little as possible: a
+    .safetensors file's header only; a pickled one through torch.load(weights_only=True)."""
     if path.suffix.lower() in SAFE_SUFFIXES:
-        return _safetensors_keys(path)
-    state = load_pickled_state_dict(path)
-    return list(state), lambda key: tuple(state[key].shape) if key in state else None
+        return read_safetensors_header(path).tensors
+    return tensor_table(load_pickled_state_dict(path))
 
 
-def _safetensors_keys(path: Path):
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            keys = list(handle.keys())
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in keys
-                      if key == UNET_IN or key.endswith("text_projection")}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise EngineError(f"{path.name} is not a readable .safetensors file (corrupt or truncated): "
-                          f"{short_error(exc)}") from None
-    return keys, shapes.get
-
-
-def load_pickled_state_dict(path: Path) -> dict:
-    """A .ckpt/.pt/.bin state dict through torch.load(weights_only=True): plain tensors only, never code."""
+def tensor_table(state: Mapping) -> dict[str, TensorInfo]:
+    """The TensorInfo of each tensor of a loaded state dict (anything else in it is left out)."""
     import torch
 
+    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+             torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
+             torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+    return {key: TensorInfo(names.get(value.dtype, str(value.dtype).removeprefix("torch.")), tuple(value.shape))
+            for key, value in state.items() if isinstance(key, str) and isinstance(value, torch.Tensor)}
+
+
+def load_pickled_state_dict(path: Path, label: str = "") -> dict:
+    """A .ckpt/.pt/.bin state dict through torch.load(weights_only=True): plain tensors only, never code.
+    `label` names the file in messages (default: its name)."""
+    import torch
+
+    name = label or path.name
     try:
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            data = torch.load(str(path), map_location="cpu", weights_only=True)   # legacy (non-zip) format
-    except pickle.UnpicklingError as exc:
-        raise EngineError(f"refused to load {path.name}: it holds Python objects or code, not just weights "
-                          f"(ask for a .safetensors version): {short_error(exc)}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # torch's notes on pickle protocols; the outcome is our line
+            try:
+                data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                data = torch.load(str(path), map_location="cpu", weights_only=True)   # legacy (non-zip) format
+    except pickle.UnpicklingError:
+        raise EngineError(refused_pickle(name)) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise EngineError(f"{path.name} is not a readable checkpoint (corrupt or truncated): {short_error(exc)}") \
+        raise EngineError(f"{name} is not a readable checkpoint (corrupt or truncated): {short_error(exc)}") \
             from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
-        raise EngineError(f"{path.name} does not hold a state dict of weights")
+        raise EngineError(f"{name} does not hold a state dict of weights")
     return data
+
+
+def refused_pickle(name: str) -> str:
+    return (f"refused to load {name}: it holds Python objects or code, not just weights "
+            "(ask for a .safetensors version)")
+
+
+def check_weight_dtypes(tensors: Mapping[str, TensorInfo], name: str, part_of: Callable[[str], str]) -> None:
+    """EngineError when a weight of a model part (`part_of(key)`: "UNet", ...; "" for what no part loads)
+    is not floating point: an integer UNet would be cast and run, giving noise."""
+    for key, info in tensors.items():
+        if info.dtype in FLOAT_DTYPES or key.rsplit(".", 1)[-1] in INTEGER_BUFFERS:
+            continue
+        part = part_of(key)
+        if part:
+            raise EngineError(f"{name} cannot be used: its {part} weight {shown_name(key)} is {info.dtype}, but "
+                              f"a Stable Diffusion model's weights are floating point ({', '.join(FLOAT_DTYPES)})")
+
+
+def single_file_part(key: str) -> str:
+    """The model part a single file's tensor belongs to ("" for EMA copies, the VAE's training loss, ...)."""
+    return next((part for prefix, part in SINGLE_FILE_PARTS if key.startswith(prefix)), "")
 
 
 def identify_checkpoint(keys: Iterable[str], shape_of: Callable[[str], tuple[int, ...] | None],
@@ -153,8 +190,11 @@ def identify_checkpoint(keys: Iterable[str], shape_of: Callable[[str], tuple[int
 
 
 def inspect_checkpoint(path: Path) -> CheckpointInfo:
-    keys, shape_of = read_checkpoint_keys(path)
-    return identify_checkpoint(keys, shape_of, path.name)
+    """What a single file holds, from its header (or its pickled tensors), with its dtypes checked."""
+    tensors = read_checkpoint_tensors(path)
+    info = identify_checkpoint(tensors, lambda key: tensors[key].shape if key in tensors else None, path.name)
+    check_weight_dtypes(tensors, path.name, single_file_part)
+    return info
 
 
 def _prefix_test(keys: list[str]) -> Callable[[str], bool]:
@@ -188,7 +228,7 @@ def inspect_folder(folder: Path) -> tuple[str, bool]:
         if not (folder / part / "config.json").is_file():
             raise EngineError(f"{folder.name} is not a complete diffusers model: its {part}/config.json "
                               "is missing")
-    unet = _read_json(folder / "unet" / "config.json")
+    unet = read_json(folder / "unet" / "config.json")
     if unet.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
         raise EngineError(f"{folder.name}: a {unet.get('_class_name')} model is not supported "
                           "(supported: Stable Diffusion 1.x, 2.x and SDXL)")
@@ -204,14 +244,59 @@ def inspect_folder(folder: Path) -> tuple[str, bool]:
     return family, channels == 9
 
 
-def _read_json(path: Path) -> dict:
+def check_folder_weights(folder: Path, part: str) -> bool:
+    """Check the weights diffusers or transformers will load for `part` of a diffusers folder: a
+    .safetensors header through the bounded reader, a pickle through torch.load(weights_only=True); every
+    weight floating point. True when they are .safetensors: load with use_safetensors=True, so that no
+    pickle beside them is read instead."""
+    where = folder / part
+    stem = "diffusion_pytorch_model" if part in ("unet", "vae") else "model"
+    candidates = ((f"{stem}.safetensors", True), (f"{'pytorch_model' if stem == 'model' else stem}.bin", False))
+    for weights, safe in candidates:
+        files = _weight_files(where, weights, f"{folder.name}/{part}")
+        for file in files:
+            label = f"{folder.name}/{part}/{file.name}"
+            tensors = read_safetensors_header(file, label).tensors if safe else \
+                tensor_table(load_pickled_state_dict(file, label))
+            check_weight_dtypes(tensors, label, lambda key: FOLDER_PARTS.get(part, part))
+        if files:
+            return safe
+    raise EngineError(f"{folder.name}/{part} holds no weights ({candidates[0][0]} or {candidates[1][0]})")
+
+
+def _weight_files(where: Path, weights: str, shown: str) -> list[Path]:
+    """`weights` itself, or the shards its .index.json names (plain file names beside it)."""
+    if (where / weights).is_file():
+        return [where / weights]
+    index = where / f"{weights}.index.json"
+    if not index.is_file():
+        return []
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise EngineError(f"{shown}/{index.name} has no weight_map")
+    shards = []
+    for shard in sorted(set(map(str, weight_map.values()))):
+        if Path(shard).name != shard or shard in (".", ".."):
+            raise EngineError(f"{shown}/{index.name} names {shown_name(shard)}, which is not a file beside it")
+        if not (where / shard).is_file():
+            raise EngineError(f"{shown} is incomplete: {shown_name(shard)} is missing")
+        shards.append(where / shard)
+    return shards
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> dict:
+    """A small JSON object file (a config, an index), read within `limit` bytes; EngineError otherwise."""
+    shown = f"{path.parent.name}/{path.name}"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EngineError(f"{path.parent.name}/{path.name} is not valid JSON: {short_error(exc)}") from None
+        data = json.loads(read_bounded(path, limit).decode("utf-8"))
+    except FileTooLarge as exc:
+        raise EngineError(f"{shown} is too large for a config ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:      # UnicodeDecodeError is a ValueError
+        raise EngineError(f"{shown} is not valid JSON: {short_error(exc)}") from None
     if not isinstance(data, dict):
-        raise EngineError(f"{path.parent.name}/{path.name} is not a JSON object")
+        raise EngineError(f"{shown} is not a JSON object")
     return data
+
 
 
 def short_error(exc: BaseException, limit: int = 160) -> str:

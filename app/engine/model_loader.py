@@ -7,15 +7,17 @@ downloaded into the standard Hugging Face cache first (only the files a diffuser
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from app.engine.config_folder import check_config_folder, staged
 from app.engine.devices import DevicePlan
 from app.engine.events import EngineError
-from app.engine.model_files import (CONFIG_ROOT, PICKLE_SUFFIXES, TOKENIZER_DIR, CheckpointInfo, ModelSource,
-                                    inspect_checkpoint, inspect_folder, _read_json, short_error)
+from app.engine.model_files import (CONFIG_ROOT, TOKENIZER_DIR, ModelSource, check_folder_weights,
+                                    inspect_checkpoint, inspect_folder, read_json, refused_pickle, short_error)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]          # message, fraction done (0..1, or -1 when unknown)
@@ -84,6 +86,8 @@ def load_model(source: ModelSource, plan: DevicePlan, progress: Progress | None 
         return _load_single_file(Path(source.location), source.config, plan, progress)
     except EngineError:
         raise
+    except pickle.UnpicklingError:      # torch.load(weights_only=True) inside a library refused a file
+        raise EngineError(refused_pickle(f"a file of {source.name}")) from None
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
         from app.engine.devices import is_out_of_memory
 
@@ -111,45 +115,35 @@ def _load_single_file(path: Path, config: str, plan: DevicePlan, progress: Progr
 
     progress(f"reading {path.name}", -1)
     info = inspect_checkpoint(path)
-    config_dir = Path(config) if config else CONFIG_ROOT / info.config_name
-    if not (config_dir / "model_index.json").is_file():
-        raise EngineError(f"the config folder {config_dir} has no model_index.json")
-    _check_config_matches(config_dir, info, path.name)
-    tokenizers = tokenizers_for(config_dir, info.family)
-    kwargs = {"tokenizer": tokenizers[0]}
+    checked = check_config_folder(Path(config) if config else CONFIG_ROOT / info.config_name, info, path.name)
+    tokenizers = tokenizers_for(checked.path, info.family)
+    # Every other part is given, so diffusers loads nothing but the UNet, the VAE and the text encoders; the
+    # scheduler's config is the checked one (the samplers make their own schedulers from it).
+    kwargs = {"tokenizer": tokenizers[0], "scheduler": None, "feature_extractor": None, "image_encoder": None}
     if info.family == "sdxl":
-        kwargs["tokenizer_2"] = tokenizers[1]
+        kwargs.update(tokenizer_2=tokenizers[1], add_watermarker=False)
     else:
-        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
     pipeline_class = getattr(diffusers, PIPELINES[("sdxl" if info.family == "sdxl" else "sd", info.inpaint)])
     progress(f"loading {info.label} weights from {path.name}", -1)
     try:
-        pipe = pipeline_class.from_single_file(str(path), config=str(config_dir), local_files_only=True,
-                                               torch_dtype=plan.dtype, **kwargs)
+        with staged(checked) as config_dir:
+            pipe = pipeline_class.from_single_file(str(path), config=str(config_dir), local_files_only=True,
+                                                   torch_dtype=plan.dtype, **kwargs)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         from app.engine.devices import is_out_of_memory
 
         if is_out_of_memory(exc):
             raise
         hint = "" if config else " (an unusual variant? give its diffusers config folder as the model's config)"
-        raise EngineError(f"{path.name} does not fit the {info.label} config {config_dir.name}: "
+        raise EngineError(f"{path.name} does not fit the {info.label} config {checked.path.name}: "
                           f"{short_error(exc, 100)}{hint}") from None
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if info.family == "sdxl" else [])
-    scheduler_config = dict(pipe.scheduler.config)
+    scheduler_config = dict(checked.configs["scheduler/scheduler_config.json"])
     if info.v_prediction:
         scheduler_config["prediction_type"] = "v_prediction"
     return _finish(DiffusionModel(path.stem, info.family, info.inpaint, pipe.unet, pipe.vae, encoders,
                                   tokenizers, scheduler_config, plan))
-
-
-def _check_config_matches(config_dir: Path, info: CheckpointInfo, name: str) -> None:
-    unet = _read_json(config_dir / "unet" / "config.json")
-    xl = unet.get("addition_embed_type") == "text_time"
-    if xl != (info.family == "sdxl") or (unet.get("in_channels", 4) == 9) != info.inpaint:
-        kind = "an SDXL" if xl else "a Stable Diffusion 1.x/2.x"
-        kind += " inpainting" if unet.get("in_channels", 4) == 9 else ""
-        raise EngineError(f"{name} is a {info.label} model but its config folder {config_dir.name} describes "
-                          f"{kind} model")
 
 
 # -- diffusers folders -----------------------------------------------------------------------------------
@@ -159,31 +153,26 @@ def _load_folder(folder: Path, name: str, plan: DevicePlan, progress: Progress) 
     import transformers
 
     family, inpaint = inspect_folder(folder)
-    _refuse_pickles_only(folder, ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else []))
-    options = dict(torch_dtype=plan.dtype, local_files_only=True)
+    parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    safetensors = {part: check_folder_weights(folder, part) for part in parts}
+
+    def options(part: str) -> dict:
+        return dict(torch_dtype=plan.dtype, local_files_only=True, subfolder=part,
+                    use_safetensors=safetensors[part])
     progress(f"loading {name}: UNet", 0.1)
-    unet = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **options)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder, **options("unet"))
     progress(f"loading {name}: VAE", 0.6)
-    vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", **options)
+    vae = diffusers.AutoencoderKL.from_pretrained(folder, **options("vae"))
     progress(f"loading {name}: text encoder", 0.7)
-    encoders = [transformers.CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **options)]
+    encoders = [transformers.CLIPTextModel.from_pretrained(folder, **options("text_encoder"))]
     if family == "sdxl":
         encoders.append(transformers.CLIPTextModelWithProjection.from_pretrained(
-            folder, subfolder="text_encoder_2", **options))
+            folder, **options("text_encoder_2")))
     tokenizers = tokenizers_for(folder, family)
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
-    scheduler_config = _read_json(scheduler_path) if scheduler_path.is_file() else \
-        _read_json(CONFIG_ROOT / ("sdxl" if family == "sdxl" else "sd15") / "scheduler" / "scheduler_config.json")
+    scheduler_config = read_json(scheduler_path) if scheduler_path.is_file() else \
+        read_json(CONFIG_ROOT / ("sdxl" if family == "sdxl" else "sd15") / "scheduler" / "scheduler_config.json")
     return _finish(DiffusionModel(name, family, inpaint, unet, vae, encoders, tokenizers, scheduler_config, plan))
-
-
-def _refuse_pickles_only(folder: Path, parts: list[str]) -> None:
-    """Components that exist only as pickles are loaded by diffusers/transformers with weights_only=True;
-    anything else (no weights at all) is reported here, before a long load fails halfway."""
-    for part in parts:
-        files = [p for p in (folder / part).iterdir() if p.is_file()]
-        if not any(p.suffix == ".safetensors" or p.suffix.lower() in PICKLE_SUFFIXES for p in files):
-            raise EngineError(f"{folder.name}/{part} holds no weights (.safetensors or .bin)")
 
 
 def tokenizers_for(folder: Path, family: str) -> list:
@@ -233,7 +222,7 @@ def _is_shipped_vocabulary(folder: Path, pad: str) -> bool:
         path = folder / name
         if path.is_file():
             try:
-                specials.update(_read_json(path))
+                specials.update(read_json(path))
             except (EngineError, ValueError, OSError):
                 return False
     added = specials.get("added_tokens_decoder") or {}

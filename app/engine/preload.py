@@ -36,7 +36,9 @@ ATTRIBUTES = {
 
 _lock = threading.Lock()
 _done = threading.Event()
+_stopping = threading.Event()
 _thread: threading.Thread | None = None
+STOP_WAIT_S = 15.0
 
 
 def preload(modules: tuple[str, ...] = MODULES) -> threading.Event:
@@ -57,22 +59,54 @@ def wait_if_started(timeout: float = 120.0) -> None:
         _done.wait(timeout)
 
 
+def stop(timeout: float = STOP_WAIT_S) -> bool:
+    """The editor is quitting: import nothing more and let the import under way finish, so the interpreter
+    does not shut down under a thread that is importing (which fails with a traceback, or worse). True when
+    no preload thread is left running."""
+    _stopping.set()
+    thread = _thread
+    if thread is None:
+        return True
+    thread.join(timeout)
+    return not thread.is_alive()
+
+
 def _run(modules: tuple[str, ...]) -> None:
     start = time.perf_counter()
     try:
         for name in modules:
+            if _stopping.is_set():
+                return
             module = importlib.import_module(name)
             for attribute in ATTRIBUTES.get(name, ()):
                 getattr(module, attribute)
+            if name == "transformers":
+                _quiet_transformers()
             gc.freeze()
+        if _stopping.is_set():
+            return
         _warm_transformers()
         _warm_tokenizers()
         gc.freeze()
         log.info("diffusion engine imported in %.1f s", time.perf_counter() - start)
     except Exception:  # noqa: BLE001 - a broken install is reported by the first job that needs it
-        log.exception("could not preload the diffusion engine")
+        if _stopping.is_set():
+            log.debug("preload ended by the editor quitting", exc_info=True)
+        else:
+            log.exception("could not preload the diffusion engine")
     finally:
         _done.set()
+
+
+def _quiet_transformers() -> None:
+    """transformers' notices (that CLIPImageProcessor would like torchvision, which Stable Diffusion never
+    needs) would print on every launch; the engine reports what matters itself."""
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - only quieter output
+        log.debug("transformers' logging was left as it is", exc_info=True)
 
 
 def _warm_transformers() -> None:

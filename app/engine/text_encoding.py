@@ -3,12 +3,18 @@
 Prompts longer than one CLIP window (75 tokens) are encoded in 75-token chunks whose embeddings are
 concatenated, as A1111 and ComfyUI do, so long prompts are not silently cut. Prompts encoded together
 are padded to the same number of chunks, so their conditionings can be blended (`blend`).
+
+Each encoder's output is checked: NaN or infinity there is the text encoder's fault (damaged weights), and
+is reported as such before the UNet or the VAE could be blamed for it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from app.engine.events import EngineError
 
 WINDOW = 75                 # tokens per chunk, plus start and end tokens = the encoders' 77 positions
 MAX_CHUNKS = 4
@@ -40,10 +46,27 @@ def encode_prompts(model, prompts: list[str], device) -> list[TextConditioning]:
             else:
                 parts.append(encoder(ids)[0])
         hidden.append(torch.cat(parts, dim=1))
+        outputs = [hidden[-1]] + ([pooled] if pooled is not None and index == 1 else [])
+        if not all(bool(torch.isfinite(output).all()) for output in outputs):
+            raise invalid_values("the second text encoder" if index else "the text encoder", model)
     embeddings = torch.cat(hidden, dim=-1) if len(hidden) > 1 else hidden[0]
     dtype = model.unet.dtype
     return [TextConditioning(embeddings[i:i + 1].to(dtype), None if pooled is None else pooled[i:i + 1].to(dtype))
             for i in range(len(prompts))]
+
+
+def invalid_values(part: str, model, when: str = "") -> EngineError:
+    """The one-line error for NaN or infinity out of `part` ("the UNet", "the text encoder", ...) of `model`,
+    naming the LoRA applied to it, if any."""
+    from app.engine.lora import loaded
+
+    weights = part.removeprefix("the ")
+    lora = loaded(model)
+    cause = f"the LoRA {Path(lora).name} or the model's {weights} weights are damaged" if lora else \
+        f"the model's {weights} weights are damaged"
+    if model.unet.dtype == torch.float16:
+        cause += ", or it overflows in float16 (try the float32 or bfloat16 precision)"
+    return EngineError(f"{part} produced invalid values (NaN or infinity){when}: {cause}")
 
 
 def blend(unstyled: TextConditioning, styled: TextConditioning, strength: float) -> TextConditioning:

@@ -30,8 +30,10 @@ def exit_code_after_shutdown(code: int) -> int:
     VAE decode of a big model on a slow CPU can take longer), its QThread is still running, and letting
     Python tear it down would abort the process ("QThread: Destroyed while thread is still running"). Then
     the process ends here, at once, with `code`: nothing is left to save by then (the window has closed)."""
-    if any(thread.isRunning() for thread in _abandoned_threads):
-        log.warning("an engine was still busy at exit; ending the process without waiting for it")
+    importing = not preload.stop()
+    if importing or any(thread.isRunning() for thread in _abandoned_threads):
+        log.warning("%s was still busy at exit; ending the process without waiting for it",
+                    "the background import" if importing else "an engine")
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

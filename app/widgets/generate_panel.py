@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 from app.core.styles import Style
 from app.job_builder import RESTYLE_STRENGTH, JobSettings
 from app.model_library import ModelEntry
+from app.stored_settings import value_range
 
 ADD_MODEL = "::add-model"        # item data of the model picker's "Add model…" entry
 
@@ -52,7 +53,7 @@ class GeneratePanel(QWidget):
                                              Qt.ItemDataRole.ToolTipRole)
         self.style_strength_slider = _named(QSlider(Qt.Orientation.Horizontal), "styleStrengthSlider",
                                             "Style strength")
-        self.style_strength_slider.setRange(0, 100)
+        self.style_strength_slider.setRange(*value_range("panel/style_strength"))
         self.style_strength_slider.setSingleStep(5)
         self.style_strength_slider.setPageStep(25)
         self.style_strength_slider.setValue(100)
@@ -69,34 +70,34 @@ class GeneratePanel(QWidget):
         self.set_models(engines, models)
         self.model_combo.currentIndexChanged.connect(self._model_chosen)
         self.steps_spin = _named(QSpinBox(), "stepsSpin", "Steps")
-        self.steps_spin.setRange(1, 150)
+        self.steps_spin.setRange(*value_range("panel/steps"))
         self.steps_spin.setValue(25)
         self.guidance_spin = _named(QDoubleSpinBox(), "guidanceSpin", "Guidance scale")
-        self.guidance_spin.setRange(0.0, 30.0)
+        self.guidance_spin.setRange(*value_range("panel/guidance"))
         self.guidance_spin.setSingleStep(0.5)
         self.guidance_spin.setValue(7.0)
         self.strength_spin = _named(QDoubleSpinBox(), "strengthSpin", "Strength")
-        self.strength_spin.setRange(0.05, 1.0)
+        self.strength_spin.setRange(*value_range("panel/strength"))
         self.strength_spin.setSingleStep(0.05)
         self.strength_spin.setValue(1.0)
         self.strength_spin.setToolTip("Fill: how much of the masked area is repainted (1 = all of it)")
         self.restyle_strength_spin = _named(QDoubleSpinBox(), "restyleStrengthSpin", "Restyle strength")
-        self.restyle_strength_spin.setRange(0.05, 1.0)
+        self.restyle_strength_spin.setRange(*value_range("panel/restyle_strength"))
         self.restyle_strength_spin.setSingleStep(0.05)
         self.restyle_strength_spin.setValue(RESTYLE_STRENGTH)
         self.restyle_strength_spin.setToolTip("Restyle: how much of the image is repainted; lower keeps more of "
                                               "its structure (and runs fewer steps)")
         self.seed_spin = _named(QSpinBox(), "seedSpin", "Seed")
-        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setRange(*value_range("panel/seed"))
         self.random_seed_check = _named(QCheckBox("Random"), "randomSeedCheck", "Random seed")
         self.random_seed_check.setChecked(True)
         self.random_seed_check.toggled.connect(lambda on: self.seed_spin.setEnabled(not on))
         self.seed_spin.setEnabled(False)
         self.variants_spin = _named(QSpinBox(), "variantsSpin", "Number of variants")
-        self.variants_spin.setRange(1, 8)
+        self.variants_spin.setRange(*value_range("panel/variants"))
         self.variants_spin.setValue(3)
         self.feather_spin = _named(QSpinBox(), "featherSpin", "Edge feather in pixels")
-        self.feather_spin.setRange(0, 63)
+        self.feather_spin.setRange(*value_range("panel/feather"))
         self.feather_spin.setValue(8)
         self.feather_spin.setSuffix(" px")
 
@@ -256,7 +257,7 @@ class GeneratePanel(QWidget):
             feather=self.feather_spin.value(),
         )
 
-    # -- persistence (QSettings values come back as strings on some platforms) ----------------------
+    # -- persistence: app/stored_settings.py reads the values back typed and within these widgets' ranges ---
     def saved_values(self) -> dict[str, object]:
         return {"prompt": self.prompt_edit.toPlainText(), "negative": self.negative_edit.toPlainText(),
                 "style": self.style_combo.currentText(), "model": self.selected_model(),
@@ -268,30 +269,23 @@ class GeneratePanel(QWidget):
                 "feather": self.feather_spin.value()}
 
     def restore_values(self, values: dict[str, object]) -> None:
-        def num(key: str, cast, setter) -> None:
-            try:
-                if key in values:
-                    setter(cast(values[key]))
-            except (TypeError, ValueError):
-                pass
+        """Put back values saved by saved_values (already checked: each of its type and range)."""
         if "prompt" in values:
-            self.prompt_edit.setPlainText(str(values["prompt"]))
+            self.prompt_edit.setPlainText(values["prompt"])
         if "negative" in values:
-            self.negative_edit.setPlainText(str(values["negative"]))
-        style_index = self.style_combo.findText(str(values.get("style", "")))
+            self.negative_edit.setPlainText(values["negative"])
+        style_index = self.style_combo.findText(values.get("style", ""))
         if style_index >= 0:
             self.style_combo.setCurrentIndex(style_index)
         model = values.get("model")
-        model_index = self.model_combo.findData(model) if isinstance(model, str) and model else -1
+        model_index = self.model_combo.findData(model) if model else -1
         if model_index >= 0 and model != ADD_MODEL:        # only a model that is still listed
             self.model_combo.setCurrentIndex(model_index)
-        num("steps", int, self.steps_spin.setValue)
-        num("guidance", float, self.guidance_spin.setValue)
-        num("strength", float, self.strength_spin.setValue)
-        num("style_strength", lambda v: int(round(float(v))), self.style_strength_slider.setValue)
-        num("restyle_strength", float, self.restyle_strength_spin.setValue)
-        num("seed", int, self.seed_spin.setValue)
-        num("variants", int, self.variants_spin.setValue)
-        num("feather", int, self.feather_spin.setValue)
+        for key, widget in (("steps", self.steps_spin), ("guidance", self.guidance_spin),
+                            ("strength", self.strength_spin), ("style_strength", self.style_strength_slider),
+                            ("restyle_strength", self.restyle_strength_spin), ("seed", self.seed_spin),
+                            ("variants", self.variants_spin), ("feather", self.feather_spin)):
+            if key in values:
+                widget.setValue(values[key])
         if "random_seed" in values:
-            self.random_seed_check.setChecked(str(values["random_seed"]).lower() in ("true", "1"))
+            self.random_seed_check.setChecked(values["random_seed"])

@@ -1,26 +1,29 @@
 """The editor window: canvas in the middle, generation panel on the right, variants strip below."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSettings, QStandardPaths, Qt
+from PySide6.QtCore import QByteArray, QStandardPaths, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea,
                                QSlider, QToolBar, QVBoxLayout, QWidget)
 
 from app.autosave import Autosave
+from app.background import BackgroundCall
 from app.core.document import Document
 from app.core.recovery import RecoveryError, RecoveryStore
 from app.core.recovery import load as recovery_load
 from app.core.geometry import expand_by_fraction, expand_to_aspect
 from app.core.imageio import ImageLoadError, ImageSaveError, LoadedImage, load_image, save_image
-from app.core.styles import StyleError, load_styles
+from app.core.styles import read_styles
 from app.editor_state import EditorState
 from app.engine.events import EngineError
 from app.engine.registry import EngineRegistry
 from app.generation_session import GenerationSession
-from app.model_library import ModelEntry, ModelLibrary
+from app.model_library import ModelEntry, ModelLibrary, describe_model
+from app.stored_settings import SettingsStore
 from app.widgets.actions import build_actions
 from app.widgets.add_model_dialog import AddModelDialog
 from app.widgets.canvas import CanvasView
@@ -28,14 +31,24 @@ from app.widgets.generate_panel import GeneratePanel
 from app.widgets.qt_image import from_qimage, to_qimage
 from app.widgets.variants_strip import VariantsStrip
 
+log = logging.getLogger(__name__)
+
 OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif);;All files (*)"
 SAVE_FILTER = "PNG (*.png);;JPEG (*.jpg *.jpeg);;WebP (*.webp)"
 
 
-def default_library_path() -> Path:
-    """Where the editor keeps the list of added models: the per-user config folder."""
+def config_folder() -> Path:
+    """The per-user config folder: the model list and the remembered settings."""
     folder = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppConfigLocation)
-    return Path(folder or Path.home() / ".config" / "latent-canvas") / "models.json"
+    return Path(folder or Path.home() / ".config" / "latent-canvas")
+
+
+def default_library_path() -> Path:
+    return config_folder() / "models.json"
+
+
+def default_settings_path() -> Path:
+    return config_folder() / "settings.json"
 
 
 def default_recovery_root() -> Path:
@@ -45,23 +58,24 @@ def default_recovery_root() -> Path:
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, settings: QSettings | None = None, registry: EngineRegistry | None = None,
+    model_check_finished = Signal(object)      # the ModelEntry added (or already listed), None if refused
+
+    def __init__(self, settings: SettingsStore | Path | str | None = None, registry: EngineRegistry | None = None,
                  parent: QWidget | None = None, library: ModelLibrary | None = None,
                  recovery_root: Path | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("mainWindow")
         self.setAccessibleName("Latent Canvas")
-        self.settings = settings if settings is not None else QSettings("LatentCanvas", "Latent Canvas")
+        if not isinstance(settings, SettingsStore):
+            settings = SettingsStore(default_settings_path() if settings is None else settings)
+        self.settings = settings
         self.last_error = ""
         self.state = EditorState(self)
-        try:
-            styles = load_styles()
-        except StyleError as exc:
-            from app.core.styles import Style
-            styles = [Style("None", "{prompt}", "")]
-            self.last_error = str(exc)
+        styles = read_styles()
         self.registry = registry or EngineRegistry()
         self.library = library if library is not None else ModelLibrary(default_library_path())
+        startup_notes = [*settings.problems, *styles.problems, *self.library.problems]
+        styles = styles.styles
         self.session = GenerationSession(self.state, styles, self.registry, self)
         self.recovery = RecoveryStore(recovery_root if recovery_root is not None else default_recovery_root())
         self.autosave = Autosave(self.state, self.recovery, parent=self)
@@ -92,8 +106,8 @@ class MainWindow(QMainWindow):
         self.resize(1400, 900)
         self._restore_settings()
         self._refresh()
-        if self.last_error:
-            self.statusBar().showMessage(self.last_error)
+        if startup_notes:          # damaged files: the editor starts anyway, and says what it set aside
+            self._show_status(" ".join(startup_notes), True)
 
     # -- construction -----------------------------------------------------------------------------
     def _centre(self) -> QWidget:
@@ -155,6 +169,7 @@ class MainWindow(QMainWindow):
         s.tool_changed.connect(self._tool_changed)
         s.brush_changed.connect(self._brush_changed)
         s.history.stack.cleanChanged.connect(self._update_title)
+        s.history.failed.connect(self.show_error)
         p.fill_requested.connect(self.fill)
         p.expand_requested.connect(self.expand)
         p.restyle_requested.connect(self.restyle)
@@ -213,10 +228,10 @@ class MainWindow(QMainWindow):
     def open_dialog(self) -> None:
         if not self._confirm_discard_changes():
             return
-        start = self.settings.value("last_dir", str(Path.home()))
-        path, _ = QFileDialog.getOpenFileName(self, "Open image", str(start), OPEN_FILTER)
+        start = self.settings.get("last_dir") or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Open image", start, OPEN_FILTER)
         if path:
-            self.settings.setValue("last_dir", str(Path(path).parent))
+            self.settings.set("last_dir", str(Path(path).parent))
             self.open_image(path)
 
     def save(self) -> None:
@@ -231,8 +246,8 @@ class MainWindow(QMainWindow):
         doc = self.state.document
         if doc is None:
             return False
-        suggested = doc.path.with_suffix(".png") if doc.path else Path(str(
-            self.settings.value("last_dir", str(Path.home())))) / "untitled.png"
+        suggested = doc.path.with_suffix(".png") if doc.path else Path(
+            self.settings.get("last_dir") or Path.home()) / "untitled.png"
         path, _ = QFileDialog.getSaveFileName(self, "Save image", str(suggested), SAVE_FILTER)
         if not path:
             return False
@@ -302,26 +317,45 @@ class MainWindow(QMainWindow):
     # -- models ---------------------------------------------------------------------------------------------
     def add_model_dialog(self) -> AddModelDialog:
         """Open the "Add model" dialog (window-modal, non-blocking); OK adds through add_model_from_text."""
-        start = str(self.settings.value("last_model_dir", str(Path.home())))
+        start = self.settings.get("last_model_dir") or str(Path.home())
         dialog = AddModelDialog(start, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(lambda: self.add_model_from_text(dialog.location(), dialog.config()))
         dialog.open()
         return dialog
 
-    def add_model_from_text(self, text: str, config: str = "") -> ModelEntry | None:
-        """Check and add a model file, diffusers folder or repo id, then select it. On a problem: one line
-        through show_error, and nothing is added."""
+    def add_model_from_text(self, text: str, config: str = "") -> None:
+        """Check a model file, diffusers folder or repo id on a background thread, then add and select it;
+        `model_check_finished` carries the entry, or None after one line through show_error."""
+        existing = self.library.find(text.strip())
+        if existing is not None:
+            self._model_checked(existing, None)
+            return
+        name = Path(text.strip()).name or text.strip()
+        self._show_status(f"Checking {name}…", False)
+        call = BackgroundCall(describe_model, text, config, parent=self)
+        call.finished.connect(self._model_checked)
+        call.start()
+
+    def _model_checked(self, entry: ModelEntry | None, error: Exception | None) -> None:
         try:
-            entry = self.library.add(text, config)
+            if error is not None:
+                raise error
+            entry = self.library.add_checked(entry)
         except EngineError as exc:
             self.show_error(" ".join(str(exc).split()))
-            return None
+            self.model_check_finished.emit(None)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the window down: one line, logged
+            log.error("checking a model failed", exc_info=exc)
+            self.show_error(f"Could not check the model: internal error ({type(exc).__name__}: {exc})")
+            self.model_check_finished.emit(None)
+            return
         if entry.kind != "repo":
-            self.settings.setValue("last_model_dir", str(Path(entry.location).parent))
+            self.settings.set("last_model_dir", str(Path(entry.location).parent))
         self._rebuild_models(select=entry.location)
         self._show_status(f"Added {entry.label}.", False)
-        return entry
+        self.model_check_finished.emit(entry)
 
     def remove_selected_model(self) -> bool:
         """Take the chosen model off the list (its files stay where they are)."""
@@ -493,26 +527,23 @@ class MainWindow(QMainWindow):
 
     def _restore_settings(self) -> None:
         s = self.settings
-        values = {key: s.value(f"panel/{key}") for key in self.panel.saved_values()
-                  if s.value(f"panel/{key}") is not None}
-        self.panel.restore_values(values)
-        for key, setter, cast in (("brush/size", lambda v: self.state.set_brush(size=v), int),
-                                  ("brush/softness", lambda v: self.state.set_brush(softness=v), float)):
-            try:
-                if s.value(key) is not None:
-                    setter(cast(s.value(key)))
-            except (TypeError, ValueError):
-                pass
+        self.panel.restore_values(s.stored("panel/"))
+        brush = s.stored("brush/")
+        self.state.set_brush(size=brush.get("size"), softness=brush.get("softness"))
         self.size_slider.setValue(min(self.state.brush_size, self.size_slider.maximum()))
         self.softness_slider.setValue(round(self.state.brush_softness * 100))
-        geometry = s.value("window/geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
+        geometry = s.get("window/geometry")
+        if geometry:
+            self.restoreGeometry(QByteArray(geometry))         # False (and no change) when it is not valid
 
     def _save_settings(self) -> None:
+        s = self.settings
         for key, value in self.panel.saved_values().items():
-            self.settings.setValue(f"panel/{key}", value)
-        self.settings.setValue("brush/size", self.state.brush_size)
-        self.settings.setValue("brush/softness", self.state.brush_softness)
-        self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.sync()
+            s.set(f"panel/{key}", value)
+        s.set("brush/size", self.state.brush_size)
+        s.set("brush/softness", self.state.brush_softness)
+        s.set("window/geometry", self.saveGeometry())
+        try:
+            s.save()
+        except OSError as exc:
+            log.warning("could not save the settings to %s: %s", s.path, exc)

@@ -1,0 +1,190 @@
+"""The editor's remembered settings (panel values, brush, window geometry, last folders), Qt-free.
+
+They live in one JSON file in the user's config folder, read through one typed reader: every value is
+checked against its entry in SCHEMA (type, range, length) and a value that is missing takes its default;
+one that is damaged (not a number, not finite, outside its range, of the wrong type, too long) takes its
+default too and is named in `problems`: a setting is never silently turned into something extreme. A file that is not a JSON object of
+settings is kept beside the original name (settings.json.damaged-<time>) and the editor starts with the
+defaults. Saving is atomic (app/core/safe_files.py).
+
+Qt's QSettings is not used: PySide6 stores any Python object it is given as a pickle and unpickles it when
+the file is read, so a planted settings file could run code at every launch. This file holds only JSON.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.safe_files import FileTooLarge, read_bounded, write_text_atomically
+
+MAX_FILE_BYTES = 1 << 20
+MAX_TEXT = 20_000
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: type                        # int, float, bool, str or bytes
+    default: object
+    low: float | None = None
+    high: float | None = None
+    max_length: int = MAX_TEXT        # str and bytes
+    label: str = ""                   # what the user is told was reset ("" = the key's last part)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.key.rsplit("/", 1)[-1].replace("_", " ")
+
+
+SCHEMA: dict[str, Setting] = {s.key: s for s in (
+    Setting("panel/prompt", str, ""),
+    Setting("panel/negative", str, ""),
+    Setting("panel/style", str, "None", max_length=200),
+    Setting("panel/model", str, "", max_length=4096),
+    Setting("panel/style_strength", int, 100, 0, 100),
+    Setting("panel/steps", int, 25, 1, 150),
+    Setting("panel/guidance", float, 7.0, 0.0, 30.0),
+    Setting("panel/strength", float, 1.0, 0.05, 1.0),
+    Setting("panel/restyle_strength", float, 0.55, 0.05, 1.0),
+    Setting("panel/seed", int, 0, 0, 2**31 - 1),
+    Setting("panel/random_seed", bool, True),
+    Setting("panel/variants", int, 3, 1, 8),
+    Setting("panel/feather", int, 8, 0, 63),
+    Setting("brush/size", int, 64, 1, 2048, label="brush size"),
+    Setting("brush/softness", float, 0.3, 0.0, 1.0, label="brush softness"),
+    Setting("window/geometry", bytes, b"", max_length=4096, label="window position"),
+    Setting("last_dir", str, "", max_length=4096, label="last folder"),
+    Setting("last_model_dir", str, "", max_length=4096, label="last model folder"),
+)}
+
+
+def value_range(key: str) -> tuple:
+    """(low, high) of a numeric setting, for the widget that edits it."""
+    setting = SCHEMA[key]
+    return setting.kind(setting.low), setting.kind(setting.high)
+
+
+class SettingsStore:
+    """Typed settings backed by a JSON file. `get` never raises and always returns a valid value."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.problems: list[str] = []      # one short line each, for the status bar
+        self._values: dict[str, object] = {}
+        self._other: dict[str, object] = {}  # keys this version does not know (a newer one wrote them): kept
+        self._load()
+
+    def get(self, key: str) -> object:
+        return self._values.get(key, SCHEMA[key].default)
+
+    def stored(self, prefix: str = "") -> dict[str, object]:
+        """The valid values the file holds whose keys start with `prefix`, keyed without it."""
+        return {key[len(prefix):]: value for key, value in self._values.items() if key.startswith(prefix)}
+
+    def set(self, key: str, value: object) -> bool:
+        """Remember `value`; False, and the old value kept, when it is not one this setting can have."""
+        setting = SCHEMA[key]
+        checked, _ = _check(setting, _stored_form(setting, value))
+        if checked is None:
+            return False
+        self._values[key] = checked
+        return True
+
+    def save(self) -> None:
+        """Write the file atomically; OSError when that is impossible (the old file is then untouched)."""
+        values = {key: _stored_form(SCHEMA[key], value) for key, value in self._values.items()}
+        data = {"version": FORMAT_VERSION, "settings": {**self._other, **values}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(self.path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            raw = read_bounded(self.path, MAX_FILE_BYTES)
+        except FileNotFoundError:
+            return
+        except FileTooLarge as exc:
+            self._set_aside(f"it is too large ({exc})")
+            return
+        except OSError as exc:
+            self.problems.append(f"Could not read the settings file {self.path} ({exc.strerror or exc}); "
+                                 "using the defaults.")
+            return
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            self._set_aside(f"it is not valid JSON ({type(exc).__name__})")
+            return
+        stored = data.get("settings") if isinstance(data, dict) else None
+        if not isinstance(stored, dict):
+            self._set_aside("it is not an object of settings")
+            return
+        damaged = []
+        for key, value in stored.items():
+            setting = SCHEMA.get(key)
+            if setting is None:
+                if isinstance(key, str) and len(key) <= 200:
+                    self._other[key] = value
+                continue
+            checked, problem = _check(setting, value)
+            if problem:
+                damaged.append(setting.name)
+            if checked is not None:
+                self._values[key] = checked
+        if damaged:
+            self.problems.append(f"Some saved settings were damaged and were reset: {', '.join(damaged)}.")
+
+    def _set_aside(self, why: str) -> None:
+        kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            self.path.replace(kept)
+            where = f"kept as {kept.name}"
+        except OSError as exc:
+            where = f"it could not be set aside: {exc.strerror or exc}"
+        self.problems.append(f"The settings file {self.path.name} was damaged ({why}); {where}; using the "
+                             "defaults.")
+
+
+def _stored_form(setting: Setting, value: object) -> object:
+    """How a value is written to JSON: bytes as base64 text, everything else as itself."""
+    if setting.kind is bytes and isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if setting.kind is bytes and hasattr(value, "data"):          # QByteArray
+        return base64.b64encode(bytes(value.data())).decode("ascii")
+    return value
+
+
+def _check(setting: Setting, value: object) -> tuple[object | None, str]:
+    """(the value to use, or None for the default; "" or what was wrong with the stored value)."""
+    kind = setting.kind
+    if kind is bool:
+        return (value, "") if isinstance(value, bool) else (None, "not true or false")
+    if kind is str:
+        if not isinstance(value, str):
+            return None, "not text"
+        if len(value) > setting.max_length or "\0" in value:
+            return None, "too long or not text"
+        return value, ""
+    if kind is bytes:
+        if not isinstance(value, str) or len(value) > setting.max_length * 2:
+            return None, "not base64 text"
+        try:
+            return base64.b64decode(value.encode("ascii"), validate=True), ""
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            return None, "not base64 text"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, "not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, "not a finite number"
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            return None, "not a whole number"
+    if not setting.low <= value <= setting.high:
+        return None, f"outside {setting.low:g}..{setting.high:g}"
+    return (int(value) if kind is int else float(value)), ""

@@ -1,0 +1,322 @@
+"""Hostile config folders and model folders: nothing a file names is ever imported, no pickled code runs,
+and each refusal is one line naming what was refused.
+
+A config folder here is a copy of resources/models/sd15 whose model_index.json names a module the test
+writes into tmp_path (on sys.path); importing that module writes a marker file, so "never imported" is the
+marker never appearing. The module is also the kind a user's machine has installed (this, venv.__main__).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from app.engine.config_folder import ALLOWED, SCHEDULERS, check_config_folder
+from app.engine.devices import plan_device
+from app.engine.events import EngineError
+from app.engine.model_files import CONFIG_ROOT, CheckpointInfo, ModelSource, inspect_checkpoint
+from app.engine.model_loader import load_model
+from app.model_library import ModelLibrary, describe_model
+
+ROOT = Path(__file__).resolve().parent.parent
+ZEN = "Beautiful is better than ugly"
+
+
+@pytest.fixture
+def hostile_module(tmp_path, monkeypatch):
+    """(name, marker): a module on sys.path that writes `marker` when it is imported."""
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    name = f"lc_hostile_{uuid.uuid4().hex[:10]}"
+    marker = tmp_path / "module-was-imported"
+    (folder / f"{name}.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    monkeypatch.syspath_prepend(str(folder))
+    return name, marker
+
+
+def config_folder(tmp_path, **changes) -> Path:
+    """resources/models/sd15 with model_index.json entries replaced (None removes one)."""
+    folder = tmp_path / f"config-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(CONFIG_ROOT / "sd15", folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            index.pop(key, None)
+        else:
+            index[key] = value
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.fixture
+def checkpoint(tiny_models):
+    """An SD 1.x single file (the tiny model), which the shipped sd15 config describes."""
+    return tiny_models.path("sd15", form="single_file")
+
+
+def load_with(checkpoint: Path, config: Path):
+    return load_model(ModelSource("file", str(checkpoint), str(config)), plan_device("cpu", "auto", "auto"))
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+# -- config folders --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("part", ["unet", "vae", "text_encoder", "scheduler", "tokenizer", "safety_checker",
+                                  "feature_extractor", "image_encoder"])
+def test_a_config_folder_naming_a_module_is_refused_when_added_and_loaded_and_never_imports_it(
+        tmp_path, hostile_module, checkpoint, part, capfd):
+    module, marker = hostile_module
+    config = config_folder(tmp_path, **{part: [module, "Anything"]})
+    library = ModelLibrary(tmp_path / "models.json")
+    with pytest.raises(EngineError) as added:
+        library.add(str(checkpoint), str(config))
+    with pytest.raises(EngineError) as loaded:
+        load_with(checkpoint, config)
+    for error in (added, loaded):
+        message = one_line(error)
+        assert f"config folder {config.name}: model_index.json names {module}.Anything for '{part}'" in message
+        assert "allowed" in message
+    assert not marker.exists()
+    assert module not in sys.modules
+    assert library.entries() == []
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_message_says_which_class_is_allowed(tmp_path, checkpoint):
+    config = config_folder(tmp_path, unet=["this", "X"])
+    with pytest.raises(EngineError) as error:
+        describe_model(str(checkpoint), str(config))
+    assert str(error.value) == (f"config folder {config.name}: model_index.json names this.X for 'unet'; only "
+                                "diffusers.UNet2DConditionModel is allowed")
+
+
+def test_an_installed_module_that_prints_is_never_imported(tmp_path, checkpoint, monkeypatch, capfd):
+    monkeypatch.delitem(sys.modules, "this", raising=False)      # so an import would print again
+    config = config_folder(tmp_path, unet=["this", "X"])
+    for attempt in (lambda: describe_model(str(checkpoint), str(config)), lambda: load_with(checkpoint, config)):
+        with pytest.raises(EngineError) as error:
+            attempt()
+        assert "this.X for 'unet'" in one_line(error)
+    assert "this" not in sys.modules
+    assert ZEN not in capfd.readouterr().out
+
+
+def test_a_missing_module_is_one_line_and_no_traceback(tmp_path, checkpoint, caplog, capfd):
+    config = config_folder(tmp_path, text_encoder=["no_such_module_anywhere", "CLIPTextModel"])
+    with pytest.raises(EngineError) as error:
+        load_with(checkpoint, config)
+    assert "no_such_module_anywhere.CLIPTextModel for 'text_encoder'" in one_line(error)
+    assert not [r for r in caplog.records if r.exc_info]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"evil": ["diffusers", "UNet2DConditionModel"]}, "names evil, which is not a part of a Stable Diffusion"),
+    ({"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}, "names text_encoder_2, which is not"),
+    ({"unet": "diffusers.UNet2DConditionModel"}, "not a [library, class] pair"),
+    ({"unet": ["diffusers", "UNet2DConditionModel", "x"]}, "not a [library, class] pair"),
+    ({"unet": None}, "model_index.json names no unet"),
+    ({"scheduler": [None, None]}, "model_index.json names no scheduler"),
+    ({"requires_safety_checker": "yes"}, "requires_safety_checker the value yes; it must be true or false"),
+    ({"unet": ["diffusers", "UNet2DConditionModel\nline two"]}, "for 'unet'"),
+])
+def test_other_unusable_model_indexes_are_one_line(tmp_path, checkpoint, changes, expected):
+    with pytest.raises(EngineError) as error:
+        describe_model(str(checkpoint), str(config_folder(tmp_path, **changes)))
+    assert expected in one_line(error)
+
+
+def test_model_index_that_is_not_a_small_json_object_is_refused(tmp_path, checkpoint):
+    config = config_folder(tmp_path)
+    for content, expected in ((b"[1, 2]", "not a JSON object"), (b"[" * 50_000, "not valid JSON"),
+                              (b"\xff\xfe{}", "not valid JSON"), (b" " * (1 << 20) + b"{}", "too large")):
+        (config / "model_index.json").write_bytes(content)
+        with pytest.raises(EngineError) as error:
+            describe_model(str(checkpoint), str(config))
+        assert expected in one_line(error) and "model_index.json" in str(error.value)
+
+
+def test_a_config_folder_without_a_component_config_is_refused(tmp_path, checkpoint):
+    config = config_folder(tmp_path)
+    (config / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(EngineError) as error:
+        load_with(checkpoint, config)
+    assert one_line(error) == f"config folder {config.name} has no scheduler/scheduler_config.json"
+
+
+def test_a_config_folder_with_nulls_and_any_allowed_scheduler_is_accepted_and_loads(tmp_path, tiny_models):
+    """What pipelines write (optional parts as [null, null] or null) is accepted, and loads."""
+    import diffusers
+
+    checkpoint = tiny_models.path("sd15", form="single_file")
+    config = tmp_path / "config"
+    shutil.copytree(tiny_models.config_folder("sd15"), config)
+    index = json.loads((config / "model_index.json").read_text())
+    index.update(safety_checker=None, image_encoder=None, feature_extractor=["transformers", "CLIPImageProcessor"])
+    (config / "model_index.json").write_text(json.dumps(index))
+    model = load_with(checkpoint, config)
+    assert model.family == "sd1" and model.unet.config.in_channels == 4
+    for name in SCHEDULERS:
+        index["scheduler"] = ["diffusers", name]
+        (config / "model_index.json").write_text(json.dumps(index))
+        check_config_folder(config, inspect_checkpoint(checkpoint), checkpoint.name)
+        assert hasattr(diffusers, name)
+    # The scheduler named is never built (the samplers make their own from its config), so one whose extra
+    # dependency is missing here (LMS needs scipy) loads too.
+    index["scheduler"] = ["diffusers", "LMSDiscreteScheduler"]
+    (config / "model_index.json").write_text(json.dumps(index))
+    assert load_with(checkpoint, config).scheduler_config["beta_schedule"] == "scaled_linear"
+
+
+def test_every_allowed_class_of_a_loaded_part_exists_in_the_installed_libraries():
+    import diffusers
+    import transformers
+
+    libraries = {"diffusers": diffusers, "transformers": transformers}
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        for library, name in ALLOWED[part]:
+            assert hasattr(libraries[library], name), f"{library}.{name}"
+
+
+def test_the_cli_refuses_a_hostile_config_folder_in_one_line(tmp_path, hostile_module, checkpoint):
+    module, marker = hostile_module
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "modules"), str(ROOT)]))
+    for value, named in (([module, "Anything"], f"{module}.Anything"), (["this", "X"], "this.X"),
+                         (["venv.__main__", "X"], "venv.__main__.X")):
+        config = config_folder(tmp_path, unet=value)
+        out = tmp_path / "out.png"
+        result = subprocess.run([sys.executable, str(ROOT / "main.py"), "fill", str(tmp_path / "photo.png"),
+                                 "--mask", str(tmp_path / "mask.png"), "-o", str(out), "--model", str(checkpoint),
+                                 "--model-config", str(config), "--device", "cpu", "--steps", "1"],
+                                capture_output=True, text=True, timeout=120, env=environment)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1, result.stderr
+        assert len(lines) == 1 and f"names {named} for 'unet'" in lines[0], result.stderr
+        assert result.stdout == "" and ZEN not in result.stdout
+        assert not out.exists()
+    assert not marker.exists()
+
+
+# -- pickles inside a diffusers folder ----------------------------------------------------------------------
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("part, safe_name, pickle_name", [
+    ("text_encoder", "model.safetensors", "pytorch_model.bin"),
+    ("unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    ("vae", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+])
+def test_a_pickle_with_code_in_a_model_folder_is_refused_in_one_line_and_never_runs(
+        tmp_path, tiny_models, part, safe_name, pickle_name, capfd, caplog):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    marker = tmp_path / "payload-ran"
+    (folder / part / safe_name).unlink()
+    (folder / part / pickle_name).write_bytes(pickle.dumps({"weight": _Payload(marker)}))
+    capfd.readouterr()
+    with pytest.raises(EngineError) as error:
+        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    assert one_line(error) == (f"refused to load model/{part}/{pickle_name}: it holds Python objects or code, "
+                               "not just weights (ask for a .safetensors version)")
+    assert not marker.exists()
+    assert capfd.readouterr().err == ""
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_plain_pickled_weights_in_a_model_folder_still_load(tmp_path, tiny_models):
+    """torch.save'd tensors (what old repos ship) pass the same check and load as the .safetensors would."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    weights = load_file(str(folder / "text_encoder" / "model.safetensors"))
+    torch.save(weights, folder / "text_encoder" / "pytorch_model.bin")
+    (folder / "text_encoder" / "model.safetensors").unlink()
+    model = load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    state = model.text_encoders[0].state_dict()
+    key = next(k for k in weights if k.endswith("final_layer_norm.weight"))
+    assert torch.equal(next(v for k, v in state.items() if k.endswith("final_layer_norm.weight")), weights[key])
+
+
+def test_a_pickle_beside_safetensors_weights_is_never_read(tmp_path, tiny_models):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    marker = tmp_path / "payload-ran"
+    for part, name in (("unet", "diffusion_pytorch_model.bin"), ("text_encoder", "pytorch_model.bin")):
+        (folder / part / name).write_bytes(pickle.dumps({"weight": _Payload(marker)}))
+    model = load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    assert model.family == "sd1" and not marker.exists()
+
+
+def test_integer_weights_in_a_model_folder_are_refused_naming_the_part_and_dtype(tmp_path, tiny_models):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    weights = {k: v.to(torch.int8) for k, v in load_file(str(path)).items()}
+    save_file(weights, str(path))
+    with pytest.raises(EngineError) as error:
+        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    message = one_line(error)
+    assert message.startswith("model/unet/diffusion_pytorch_model.safetensors cannot be used: its UNet weight ")
+    assert " is I8, but a Stable Diffusion model's weights are floating point" in message
+
+
+def test_a_damaged_header_in_a_model_folder_is_one_line_naming_the_file(tmp_path, tiny_models):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    path = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(EngineError) as error:
+        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    assert one_line(error).startswith("model/vae/diffusion_pytorch_model.safetensors is not a readable "
+                                      ".safetensors file: ")
+
+
+def test_a_shard_index_naming_a_file_outside_the_folder_is_refused(tmp_path, tiny_models):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    index = {"weight_map": {"conv_in.weight": "../../elsewhere.safetensors"}}
+    (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(EngineError) as error:
+        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    assert "'../../elsewhere.safetensors', which is not a file beside it" in one_line(error)
+
+
+@pytest.mark.parametrize("info", [CheckpointInfo("sd1", False, None), CheckpointInfo("sd1", True, None),
+                                  CheckpointInfo("sd2", False, False), CheckpointInfo("sd2", False, True),
+                                  CheckpointInfo("sd2", True, None), CheckpointInfo("sdxl", False, None),
+                                  CheckpointInfo("sdxl", True, None)])
+def test_every_shipped_config_folder_passes_the_check(info):
+    checked = check_config_folder(CONFIG_ROOT / info.config_name, info, "model.safetensors")
+    assert checked.index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert "scheduler/scheduler_config.json" in checked.configs

@@ -1,0 +1,148 @@
+"""The remembered settings: typed, clamped, never unpickled, and a damaged file never stops the editor."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.stored_settings import SCHEMA, SettingsStore
+
+
+def write(path: Path, settings: dict) -> Path:
+    path.write_text(json.dumps({"version": 1, "settings": settings}))
+    return path
+
+
+@pytest.mark.parametrize("key, stored, expected", [
+    ("panel/seed", 99999999999999999999, 0),             # out of range: the default, never an extreme
+    ("panel/steps", 99999999999999999999, 25),
+    ("panel/steps", -3, 25),
+    ("panel/steps", 151, 25),
+    ("panel/steps", 30.5, 25),                          # not a whole number: the default
+    ("panel/steps", "30", 25),
+    ("panel/steps", True, 25),
+    ("panel/steps", None, 25),
+    ("panel/steps", [1, 2], 25),
+    ("panel/style_strength", math.inf, 100),
+    ("panel/guidance", math.nan, 7.0),
+    ("brush/softness", math.nan, 0.3),
+    ("brush/softness", 5, 0.3),
+    ("panel/random_seed", "true", True),
+    ("panel/prompt", 42, ""),
+    ("panel/prompt", "x" * 30_000, ""),
+    ("panel/prompt", "a\0b", ""),
+    ("window/geometry", "hello!", b""),
+    ("window/geometry", {"a": 1}, b""),
+    ("last_dir", ["/tmp"], ""),
+])
+def test_every_damaged_value_falls_back_to_its_default_and_is_reported(tmp_path, key, stored, expected):
+    store = SettingsStore(write(tmp_path / "settings.json", {key: stored, "panel/variants": 4}))
+    value = store.get(key)
+    assert value == expected and type(value) is SCHEMA[key].kind
+    assert store.get("panel/variants") == 4                 # the good values around it are kept
+    [line] = store.problems
+    assert SCHEMA[key].name in line and "\n" not in line
+
+
+@pytest.mark.parametrize("key, stored, expected", [("panel/steps", 30.0, 30), ("panel/guidance", 12, 12.0)])
+def test_numbers_of_the_other_json_kind_are_taken_as_they_are(tmp_path, key, stored, expected):
+    store = SettingsStore(write(tmp_path / "settings.json", {key: stored}))
+    assert store.get(key) == expected and type(store.get(key)) is SCHEMA[key].kind and store.problems == []
+
+
+def test_good_values_round_trip_through_the_file(tmp_path):
+    path = tmp_path / "settings.json"
+    store = SettingsStore(path)
+    assert store.problems == [] and store.stored() == {}
+    for key, value in (("panel/prompt", "a red boat, at dusk"), ("panel/seed", 1234), ("panel/guidance", 6.5),
+                       ("panel/random_seed", False), ("window/geometry", b"\x01\xd9\xd0\xcb"),
+                       ("brush/softness", 0.25)):
+        assert store.set(key, value)
+    assert not store.set("panel/steps", "many")             # refused, nothing stored
+    store.save()
+    again = SettingsStore(path)
+    assert again.problems == []
+    assert again.stored("panel/") == {"prompt": "a red boat, at dusk", "seed": 1234, "guidance": 6.5,
+                                      "random_seed": False}
+    assert again.get("window/geometry") == b"\x01\xd9\xd0\xcb" and again.get("panel/steps") == 25
+
+
+def test_keys_of_a_newer_version_are_kept(tmp_path):
+    path = write(tmp_path / "settings.json", {"panel/future_thing": [1, 2], "panel/steps": 40})
+    store = SettingsStore(path)
+    assert store.problems == [] and store.get("panel/steps") == 40
+    store.save()
+    assert json.loads(path.read_text())["settings"]["panel/future_thing"] == [1, 2]
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"settings": 3}', b"\xff\xfe\x00",
+                                     b"[" * 50_000 + b"]" * 50_000, b""])
+def test_a_damaged_file_is_kept_aside_and_the_defaults_used(tmp_path, content):
+    path = tmp_path / "settings.json"
+    path.write_bytes(content)
+    store = SettingsStore(path)
+    assert store.get("panel/steps") == 25
+    [kept] = list(tmp_path.glob("settings.json.damaged-*"))
+    assert kept.read_bytes() == content and not path.exists()
+    [line] = store.problems
+    assert "settings.json" in line and kept.name in line
+
+
+def test_a_huge_file_is_not_read(tmp_path):
+    path = tmp_path / "settings.json"
+    with open(path, "wb") as handle:
+        handle.truncate(200 << 20)
+    store = SettingsStore(path)
+    assert "too large" in store.problems[0] and store.get("panel/steps") == 25
+
+
+def test_a_failed_save_keeps_the_old_file(tmp_path):
+    path = write(tmp_path / "settings.json", {"panel/steps": 40})
+    store = SettingsStore(path)
+    store.set("panel/steps", 50)
+    os.chmod(tmp_path, 0o500)
+    try:
+        if os.access(tmp_path, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(OSError):
+            store.save()
+    finally:
+        os.chmod(tmp_path, 0o700)
+    assert SettingsStore(path).get("panel/steps") == 40
+
+
+def test_a_planted_pickle_in_qt_settings_never_runs(tmp_path):
+    """PySide6's QSettings unpickles Python objects stored in it when it reads its file; the editor reads
+    only its own JSON file, so an old or planted QSettings file is never parsed."""
+    marker = tmp_path / "pwned"
+    root = str(Path(__file__).resolve().parent.parent)
+    plant = f"""
+from PySide6.QtCore import QSettings
+class Evil:
+    def __reduce__(self):
+        return (open, ({str(marker)!r}, "w"))
+planted = QSettings("LatentCanvas", "Latent Canvas")
+planted.setValue("panel/prompt", Evil())
+planted.sync()
+"""
+    launch = f"""
+import sys
+sys.path.insert(0, {root!r})
+from PySide6.QtWidgets import QApplication
+app = QApplication([])
+app.setOrganizationName("LatentCanvas"); app.setApplicationName("Latent Canvas")
+from app.widgets.main_window import MainWindow
+window = MainWindow(recovery_root={str(tmp_path / "recovery")!r})
+window.close()
+print("started")
+"""
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_DATA_HOME=str(tmp_path / "data"),
+               QT_QPA_PLATFORM="offscreen")
+    subprocess.run([sys.executable, "-c", plant], env=env, check=True, timeout=60)
+    assert any((tmp_path / "config").rglob("*.conf")) and not marker.exists()
+    done = subprocess.run([sys.executable, "-c", launch], env=env, capture_output=True, text=True, timeout=120)
+    assert "started" in done.stdout, done.stderr[-2000:]
+    assert not marker.exists()
