@@ -45,8 +45,14 @@ class _Command(QUndoCommand):
         try:
             step(self._history.document())
         except Exception as exc:  # noqa: BLE001 - reported in one line; the document is as it was
-            log.error("could not %s %s", what, self.change.label, exc_info=exc)
-            self._history.failed.emit(f"Could not {what} \"{self.change.label}\": {exc}")
+            # Obsolete: QUndoStack drops the step, so its position still matches the document (and a stack
+            # that was clean at this step is clean no more: autosave keeps the work).
+            self.setObsolete(True)
+            line = f"Could not {what} \"{self.change.label}\" ({' '.join(str(exc).split())}); that step was " \
+                   "taken out of the undo history"
+            log.error("%s", line)
+            log.debug("the failed %s", what, exc_info=exc)
+            self._history.failed.emit(line)
             return
         self._history.notify(self.change)
 

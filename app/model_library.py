@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from app.core.safe_files import FileTooLarge, read_bounded, write_text_atomically
+from app.core.safe_files import FileTooLarge, read_bounded, set_aside, write_text_atomically
 from app.engine.events import EngineError
 from app.engine.model_files import (CheckpointInfo, inspect_checkpoint, inspect_folder, resolve_source,
                                     short_error)
@@ -21,6 +19,7 @@ from app.engine.model_files import (CheckpointInfo, inspect_checkpoint, inspect_
 log = logging.getLogger(__name__)
 
 KINDS = ("file", "folder", "repo")
+FIELDS = ("location", "label", "kind", "config")
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 8 << 20
 MAX_TEXT = 4096
@@ -62,19 +61,23 @@ class ModelLibrary:
     """The list of models the user added, in the order they were added, saved after every change.
 
     A damaged list never stops the editor: entries that cannot be used are left out, the file as it was is
-    kept beside it (models.json.damaged-<time>) before anything overwrites it, and `problems` says so."""
+    kept beside it (models.json.damaged-<time>) before anything overwrites it, and `problems` says so. What a
+    newer version wrote (a kind of model, a field this one does not know) is kept as it was. A list that
+    cannot be read, or not set aside, is never overwritten: the library is read-only for the session."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.problems: list[str] = []
-        self._entries: list[ModelEntry] = self._load()
+        self._stored = _Stored()
+        self._read_only = ""            # why the file may not be written this session ("" = it may)
+        self._load()
 
     def entries(self) -> list[ModelEntry]:
-        return list(self._entries)
+        return list(self._stored.entries)
 
     def find(self, location: str) -> ModelEntry | None:
         key = _normalised(location)
-        return next((e for e in self._entries if e.location in (location, key)), None)
+        return next((e for e in self._stored.entries if e.location in (location, key)), None)
 
     def add(self, location: str, config: str = "") -> ModelEntry:
         """Check the model and add it (or return the entry it already has). EngineError: nothing added."""
@@ -88,7 +91,7 @@ class ModelLibrary:
         existing = self.find(entry.location)
         if existing is not None:
             return existing
-        self._commit(self._entries + [entry])
+        self._commit(self._stored.entries + [entry])
         return entry
 
     def remove(self, location: str) -> bool:
@@ -96,82 +99,110 @@ class ModelLibrary:
         entry = self.find(location)
         if entry is None:
             return False
-        self._commit([e for e in self._entries if e is not entry])
+        self._commit([e for e in self._stored.entries if e is not entry])
         return True
 
     # -- storage -----------------------------------------------------------------------------------------
 
     def _commit(self, entries: list[ModelEntry]) -> None:
         """Save `entries`, then use them; when saving fails the library stays as it was."""
-        data = {"version": FORMAT_VERSION, "models": [asdict(e) for e in entries]}
+        if self._read_only:
+            raise EngineError(f"the model list {self.path} is left as it is ({self._read_only}): models cannot "
+                              "be added or removed until it can be read")
+        stored = self._stored
+        models = [{**stored.extra.get(e.location, {}), **asdict(e)} for e in entries] + stored.foreign
+        data = {**stored.other, "version": FORMAT_VERSION, "models": models}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomically(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         except OSError as exc:
             raise EngineError(f"could not save the model list {self.path}: {exc.strerror or exc}") from None
-        self._entries = entries
+        stored.entries = entries
 
-    def _load(self) -> list[ModelEntry]:
+    def _load(self) -> None:
         try:
             raw = read_bounded(self.path, MAX_FILE_BYTES)
-        except FileNotFoundError:
-            return []
+        except (FileNotFoundError, NotADirectoryError):        # no list yet: nothing to keep
+            return
         except FileTooLarge as exc:
-            return self._damaged(f"it is too large ({exc})", [])
+            self._damaged(f"it is too large ({exc})", _Stored())
+            return
         except OSError as exc:
+            self._read_only = f"it could not be read: {exc.strerror or exc}"
             self._report(f"Could not read the model list {self.path} ({exc.strerror or exc}); it is left as it "
                          "is and no models are listed.")
-            return []
-        entries, problem = parse_model_list(raw)
-        return self._damaged(problem, entries) if problem else entries
+            return
+        stored = parse_model_list(raw)
+        if stored.problem:
+            self._damaged(stored.problem, stored)
+        else:
+            self._stored = stored
 
-    def _damaged(self, problem: str, entries: list[ModelEntry]) -> list[ModelEntry]:
-        kept = _unused_name(self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
+    def _damaged(self, problem: str, stored: "_Stored") -> None:
         try:
-            os.replace(self.path, kept)
-            where = f"the file as it was is kept as {kept.name}"
+            where = f"the file as it was is kept as {set_aside(self.path).name}"
         except OSError as exc:
-            where = f"it could not be set aside ({exc.strerror or exc})"
-            entries = []              # nothing may overwrite it then: list nothing, change nothing
-        listed = f"{len(entries)} model{'s' if len(entries) != 1 else ''} listed" if entries else "no models listed"
+            self._read_only = f"it is damaged and could not be set aside: {exc.strerror or exc}"
+            self._report(f"The model list {self.path.name} is damaged ({problem}) and could not be set aside "
+                         f"({exc.strerror or exc}); it is left as it is and no models are listed.")
+            return
+        count = len(stored.entries)
+        listed = f"{count} model{'s' if count != 1 else ''} listed" if count else "no models listed"
         self._report(f"The model list {self.path.name} is damaged ({problem}); {listed}, {where}.")
-        if entries:
+        self._stored = _Stored(other=stored.other, extra=stored.extra, foreign=stored.foreign)
+        if stored.entries or stored.foreign:
             try:
-                self._commit(entries)     # the readable entries, as the new list
+                self._commit(stored.entries)     # the readable part, as the new list
             except EngineError as exc:
                 self._report(str(exc))
-        return entries
 
     def _report(self, line: str) -> None:
         log.warning("%s", line)
         self.problems.append(line)
 
 
-def parse_model_list(raw: bytes) -> tuple[list[ModelEntry], str]:
-    """The usable entries of a saved model list and what was wrong with it ("" when nothing was)."""
+@dataclass
+class _Stored:
+    """A model list as read: its usable entries, and what this version leaves as it found it."""
+    entries: list[ModelEntry] = field(default_factory=list)
+    extra: dict[str, dict] = field(default_factory=dict)     # location -> fields this version does not know
+    foreign: list[dict] = field(default_factory=list)        # entries of a kind this version does not know
+    other: dict = field(default_factory=dict)                # top-level keys this version does not know
+    problem: str = ""                                        # what was damaged ("" = nothing)
+
+
+def parse_model_list(raw: bytes) -> _Stored:
+    """The entries of a saved model list, what a newer version wrote, and what was damaged."""
     try:
         data = json.loads(raw.decode("utf-8"))       # json.JSONDecodeError is a ValueError
     except UnicodeDecodeError:
-        return [], "it is not UTF-8 text"
+        return _Stored(problem="it is not UTF-8 text")
     except (ValueError, RecursionError) as exc:
-        return [], f"not valid JSON: {short_error(exc, 80)}"
+        return _Stored(problem=f"not valid JSON: {short_error(exc, 80)}")
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        return [], "expected an object with a 'models' list"
-    entries: list[ModelEntry] = []
+        return _Stored(problem="expected an object with a 'models' list")
+    stored = _Stored(other={k: v for k, v in data.items() if k not in ("version", "models")})
     bad = 0
     for item in data["models"]:
         entry = _entry_from(item)
-        if entry is None:
+        if entry is not None:
+            if all(e.location != entry.location for e in stored.entries):
+                stored.entries.append(entry)
+                unknown = {k: v for k, v in item.items() if k not in FIELDS}
+                if unknown:
+                    stored.extra[entry.location] = unknown
+        elif _is_newer_kind(item):
+            stored.foreign.append(item)
+        else:
             bad += 1
-        elif all(e.location != entry.location for e in entries):
-            entries.append(entry)
-    return entries, f"{bad} entr{'ies' if bad != 1 else 'y'} could not be read" if bad else ""
+    stored.problem = f"{bad} entr{'ies' if bad != 1 else 'y'} could not be read" if bad else ""
+    return stored
 
 
 def _entry_from(item: object) -> ModelEntry | None:
     if not isinstance(item, dict):
         return None
-    values = {key: item.get(key, "") for key in ("location", "label", "kind", "config")}
+    values = {key: item.get(key, "") for key in FIELDS}
     if not all(isinstance(v, str) and len(v) <= MAX_TEXT and "\0" not in v for v in values.values()):
         return None
     if not values["location"].strip() or values["kind"] not in KINDS:
@@ -179,12 +210,11 @@ def _entry_from(item: object) -> ModelEntry | None:
     return ModelEntry(values["location"], values["label"] or values["location"], values["kind"], values["config"])
 
 
-def _unused_name(path: Path) -> Path:
-    candidate, number = path, 1
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.name}-{number}")
-    return candidate
+def _is_newer_kind(item: object) -> bool:
+    """An entry of a kind of model a later version knows: well formed, but not one of KINDS."""
+    return (isinstance(item, dict) and isinstance(item.get("kind"), str) and item["kind"] not in KINDS
+            and isinstance(item.get("location"), str) and bool(item["location"].strip())
+            and len(json.dumps(item)) <= 4 * MAX_TEXT)
 
 
 def _normalised(location: str) -> str:

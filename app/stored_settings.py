@@ -16,11 +16,10 @@ import base64
 import binascii
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.safe_files import FileTooLarge, read_bounded, write_text_atomically
+from app.core.safe_files import FileTooLarge, read_bounded, set_aside, write_text_atomically
 
 MAX_FILE_BYTES = 1 << 20
 MAX_TEXT = 20_000
@@ -78,6 +77,7 @@ class SettingsStore:
         self.problems: list[str] = []      # one short line each, for the status bar
         self._values: dict[str, object] = {}
         self._other: dict[str, object] = {}  # keys this version does not know (a newer one wrote them): kept
+        self._writable = True                # False when the file could not be read nor set aside
         self._load()
 
     def get(self, key: str) -> object:
@@ -97,7 +97,10 @@ class SettingsStore:
         return True
 
     def save(self) -> None:
-        """Write the file atomically; OSError when that is impossible (the old file is then untouched)."""
+        """Write the file atomically; OSError when that is impossible (the old file is then untouched). A file
+        that could not be read, nor set aside, is never overwritten."""
+        if not self._writable:
+            return
         values = {key: _stored_form(SCHEMA[key], value) for key, value in self._values.items()}
         data = {"version": FORMAT_VERSION, "settings": {**self._other, **values}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,14 +110,15 @@ class SettingsStore:
     def _load(self) -> None:
         try:
             raw = read_bounded(self.path, MAX_FILE_BYTES)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):        # no list yet: nothing to keep
             return
         except FileTooLarge as exc:
             self._set_aside(f"it is too large ({exc})")
             return
         except OSError as exc:
+            self._writable = False
             self.problems.append(f"Could not read the settings file {self.path} ({exc.strerror or exc}); "
-                                 "using the defaults.")
+                                 "using the defaults, and it is left as it is.")
             return
         try:
             data = json.loads(raw.decode("utf-8"))
@@ -141,14 +145,78 @@ class SettingsStore:
             self.problems.append(f"Some saved settings were damaged and were reset: {', '.join(damaged)}.")
 
     def _set_aside(self, why: str) -> None:
-        kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
-            self.path.replace(kept)
-            where = f"kept as {kept.name}"
+            where = f"kept as {set_aside(self.path).name}"
         except OSError as exc:
-            where = f"it could not be set aside: {exc.strerror or exc}"
+            self._writable = False
+            where = f"it could not be set aside ({exc.strerror or exc}), so it is left as it is"
         self.problems.append(f"The settings file {self.path.name} was damaged ({why}); {where}; using the "
                              "defaults.")
+
+
+def migrate_qt_settings(store: SettingsStore, old: Path) -> bool:
+    """Take the values of an older version's QSettings INI file (Linux) into a store that has no file yet,
+    reading it as plain text: values Qt would have to deserialise ("@Variant(...)", "@ByteArray(...)") and
+    lists are skipped, so nothing in it is unpickled. True when something was taken."""
+    if store.path.exists():
+        return False
+    try:
+        text = read_bounded(old, MAX_FILE_BYTES).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    section, taken = "", False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = "" if line == "[General]" else line[1:-1] + "/"
+            continue
+        key, equals, raw = line.partition("=")
+        setting = SCHEMA.get(section + key.strip())
+        value = _ini_value(raw.strip()) if equals and setting is not None and setting.kind is not bytes else None
+        if value is None:
+            continue
+        if setting.kind in (int, float):
+            try:
+                value = setting.kind(value)
+            except ValueError:
+                continue
+        elif setting.kind is bool:
+            value = {"true": True, "false": False}.get(value)
+        taken = store.set(setting.key, value) or taken
+    return taken
+
+
+_INI_ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r", "0": "\0", "a": "\a", "b": "\b",
+                "f": "\f", "v": "\v", "'": "'", "?": "?", ";": ";", ",": ","}
+
+
+def _ini_value(raw: str) -> str | None:
+    """One plain string as Qt writes it into an INI file (quoted or not, with its escapes); None for the
+    values this reader does not take (@-values, lists)."""
+    if raw.startswith("@"):
+        return None
+    out, quoted, index = [], False, 0
+    while index < len(raw):
+        character = raw[index]
+        if character == '"':
+            quoted = not quoted
+        elif character == "," and not quoted:
+            return None                                  # a list
+        elif character == "\\" and index + 1 < len(raw):
+            index += 1
+            escaped = raw[index]
+            if escaped == "x":
+                digits = ""
+                while index + 1 < len(raw) and len(digits) < 4 and raw[index + 1] in "0123456789abcdefABCDEF":
+                    index += 1
+                    digits += raw[index]
+                out.append(chr(int(digits, 16)) if digits else "x")
+            else:
+                out.append(_INI_ESCAPES.get(escaped, escaped))
+        else:
+            out.append(character)
+        index += 1
+    return "".join(out)
 
 
 def _stored_form(setting: Setting, value: object) -> object:

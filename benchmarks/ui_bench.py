@@ -144,7 +144,12 @@ def run(args) -> dict:
     preload_s = time.perf_counter() - preload_start
     print(f"engine preload after the window is shown: {preload_s:.2f} s, longest stall "
           f"{preload_monitor.max_ms():.1f} ms", flush=True)
-    entry = window.add_model_from_text(str(folder))
+    added = []                                       # the model is checked on a background thread
+    window.model_check_finished.connect(added.append)
+    window.add_model_from_text(str(folder))
+    while not added:
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 10)
+    entry = added[0]
     if entry is None or window.panel.selected_model() != entry.location:
         raise RuntimeError(f"could not add and pick the benchmark model: {window.last_error}")
     side = args.document

@@ -359,12 +359,8 @@ def test_a_grey_and_transparent_mask_file_fills_what_it_says(tmp_path):
     assert changed[ring].mean() > 0.9 and changed[40:60, 50:80].mean() > 0.9
 
 
-def test_a_soft_grey_edge_blends_partially_with_a_diffusion_model(tiny_models, tmp_path, capsys):
-    """Grey 100 is a strength of 100/255: over black the result stays at most 100, over white at least 155
-    (result = original + strength x (generated - original)); the white core is generated freely. In-process:
-    torch is loaded already."""
-    from app import cli
-
+def soft_edge_files(tmp_path):
+    """A photo black on the left, white on the right, and a mask of grey 100 around a white core."""
     photo_pixels = np.zeros((64, 64, 3), np.uint8)
     photo_pixels[:, 32:] = 255
     Image.fromarray(photo_pixels).save(tmp_path / "halves.png")
@@ -372,39 +368,37 @@ def test_a_soft_grey_edge_blends_partially_with_a_diffusion_model(tiny_models, t
     grey[8:56, 8:56] = 100
     grey[20:44, 20:44] = 255
     Image.fromarray(grey).save(tmp_path / "mask.png")
-    out = tmp_path / "out.png"
-    status = cli.run([str(arg) for arg in ("fill", tmp_path / "halves.png", "--mask", tmp_path / "mask.png", "-o",
-                                           out, "--model", tiny_models.path("sd15"), "--steps", "2", "--seed", "4",
-                                           "--feather", "0", "--device", "cpu")])
-    assert status == 0, capsys.readouterr().err
-    got = np.asarray(Image.open(out)).astype(int)
+    return ["fill", tmp_path / "halves.png", "--mask", tmp_path / "mask.png", "-o", tmp_path / "out.png",
+            "--feather", "0", "--seed", "4"], photo_pixels, grey
+
+
+def assert_soft_edge_blended(tmp_path, photo_pixels, grey):
+    """Grey 100 is a strength of 100/255: over black the result stays at most 100, over white at least 155
+    (result = original + strength x (generated - original)); the white core is generated freely."""
+    got = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
     soft = grey == 100
     assert np.array_equal(got[grey == 0], photo_pixels[grey == 0])
     assert got[soft & (photo_pixels[..., 0] == 0)].max() <= 101
     assert got[soft & (photo_pixels[..., 0] == 255)].min() >= 154
     assert (got[soft] != photo_pixels[soft]).any()
+
+
+def test_a_soft_grey_edge_blends_partially_with_a_diffusion_model(tiny_models, tmp_path, capsys):
+    """In-process: torch is loaded already."""
+    from app import cli
+
+    args, photo_pixels, grey = soft_edge_files(tmp_path)
+    args += ["--model", tiny_models.path("sd15"), "--steps", "2", "--device", "cpu"]
+    assert cli.run([str(arg) for arg in args]) == 0, capsys.readouterr().err
+    assert_soft_edge_blended(tmp_path, photo_pixels, grey)
 
 
 @pytest.mark.parametrize("model", ["classic", "classic-ns"])
 def test_a_soft_grey_edge_blends_partially_with_the_classic_engine(tmp_path, model):
-    """As with a diffusion model: grey 100 is a strength of 100/255, the white core is filled in full."""
-    photo_pixels = np.zeros((64, 64, 3), np.uint8)
-    photo_pixels[:, 32:] = 255
-    Image.fromarray(photo_pixels).save(tmp_path / "halves.png")
-    grey = np.zeros((64, 64), np.uint8)
-    grey[8:56, 8:56] = 100
-    grey[20:44, 20:44] = 255
-    Image.fromarray(grey).save(tmp_path / "mask.png")
-    out = tmp_path / "out.png"
-    result = run("fill", tmp_path / "halves.png", "--mask", tmp_path / "mask.png", "-o", out, "--model", model,
-                 "--feather", "0", "--seed", "4")
+    args, photo_pixels, grey = soft_edge_files(tmp_path)
+    result = run(*args, "--model", model)
     assert result.returncode == 0, result.stderr
-    got = np.asarray(Image.open(out)).astype(int)
-    soft = grey == 100
-    assert np.array_equal(got[grey == 0], photo_pixels[grey == 0])
-    assert got[soft & (photo_pixels[..., 0] == 0)].max() <= 101
-    assert got[soft & (photo_pixels[..., 0] == 255)].min() >= 154
-    assert (got[soft] != photo_pixels[soft]).any()
+    assert_soft_edge_blended(tmp_path, photo_pixels, grey)
 
 
 def test_a_damaged_styles_file_leaves_out_what_it_cannot_use_and_says_so(photo, mask, tmp_path, monkeypatch,

@@ -11,6 +11,7 @@ from app.display_check import _loadable, display_problem
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the X11 check is Linux's")
 def test_no_display_is_one_line_and_exit_1(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_DATA_HOME=str(tmp_path / "data"))

@@ -192,6 +192,31 @@ def test_nan_weights_are_blamed_on_the_part_that_holds_them_not_the_vae(tiny_mod
     assert "VAE" not in result.message and "\n" not in result.message
 
 
+@pytest.mark.parametrize("finish", [False, True])
+def test_the_unet_check_is_read_after_the_steps_preview_and_a_finish_on_that_step_still_fails(loaded, monkeypatch,
+                                                                                              finish):
+    """The NaN check waits for nothing of its own: it is read after the step's preview of x0, which has
+    waited for the step already. Finish pressed on that step still ends in the error, never a NaN result."""
+    import torch
+
+    from app.engine.denoise import DenoiseJob, run_denoise
+    from app.engine.events import EngineError
+
+    forward = loaded.unet.forward
+    monkeypatch.setattr(loaded.unet, "forward",
+                        lambda *args, **kwargs: (torch.full_like(forward(*args, **kwargs)[0], float("nan")),))
+    job = DenoiseJob(torch.zeros(1, 4, 8, 8), None, None, "a red ball", "", 5.0, 2, 1.0, "euler", [7], (64, 64))
+    previews = []
+
+    def on_step(step, total, x0):
+        previews.append(step)
+        return finish
+    with pytest.raises(EngineError) as error:
+        run_denoise(loaded, job, on_step)
+    assert str(error.value).startswith("the UNet produced invalid values (NaN or infinity) at step 1 of 2")
+    assert previews == [1]
+
+
 # -- 2. out of memory in the VAE decode --------------------------------------------------------------------
 
 def test_out_of_memory_in_vae_decode_retries_one_variant_at_a_time(tiny_models, loaded, monkeypatch):

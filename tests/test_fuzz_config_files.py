@@ -37,16 +37,21 @@ def mutated(data: bytes, draw_ops) -> bytes:
 edits = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.integers(0, 255)), max_size=8)
 
 
-def kept_bytes(folder, name: str) -> set[bytes]:
-    return {path.read_bytes() for path in folder.iterdir() if path.name.startswith(name)}
+def planted(factory, name: str, data: bytes):
+    path = factory.mktemp(name.split(".")[0]) / name
+    path.write_bytes(data)
+    return path
+
+
+def kept(path) -> set[bytes]:
+    """The bytes of the file and of the copies its reader set aside."""
+    return {p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name)}
 
 
 @given(st.dictionaries(schema_keys | st.text(max_size=20), json_values, max_size=12), edits)
 def test_settings_reader(tmp_path_factory, settings, ops):
-    folder = tmp_path_factory.mktemp("settings")
-    path = folder / "settings.json"
     data = mutated(json.dumps({"version": 1, "settings": settings}).encode(), ops)
-    path.write_bytes(data)
+    path = planted(tmp_path_factory, "settings.json", data)
     with bounded(seconds=2, megabytes=32):
         store = SettingsStore(path)
     for key, setting in SCHEMA.items():
@@ -55,17 +60,16 @@ def test_settings_reader(tmp_path_factory, settings, ops):
         if setting.low is not None:
             assert setting.low <= value <= setting.high and math.isfinite(value)
     assert all("\n" not in line for line in store.problems)
-    assert data in kept_bytes(folder, "settings.json")
+    assert data in kept(path)
 
 
 @given(st.binary(max_size=300))
 def test_settings_reader_on_random_bytes(tmp_path_factory, data):
-    folder = tmp_path_factory.mktemp("settings")
-    (folder / "settings.json").write_bytes(data)
+    path = planted(tmp_path_factory, "settings.json", data)
     with bounded(seconds=2, megabytes=16):
-        store = SettingsStore(folder / "settings.json")
+        store = SettingsStore(path)
     assert store.get("panel/steps") in range(1, 151)
-    assert data in kept_bytes(folder, "settings.json")
+    assert data in kept(path)
 
 
 model_items = st.one_of(
@@ -78,16 +82,14 @@ model_items = st.one_of(
 
 @given(st.lists(model_items, max_size=8), edits)
 def test_model_list_reader(tmp_path_factory, items, ops):
-    folder = tmp_path_factory.mktemp("models")
-    path = folder / "models.json"
     data = mutated(json.dumps({"version": 1, "models": items}).encode(), ops)
-    path.write_bytes(data)
+    path = planted(tmp_path_factory, "models.json", data)
     with bounded(seconds=2, megabytes=32):
         library = ModelLibrary(path)
     for entry in library.entries():
         assert isinstance(entry, ModelEntry) and entry.location.strip() and entry.kind in ("file", "folder", "repo")
         assert all(isinstance(v, str) for v in (entry.location, entry.label, entry.config))
-    assert data in kept_bytes(folder, "models.json")
+    assert data in kept(path)
     assert all("\n" not in line for line in library.problems)
 
 
@@ -101,10 +103,8 @@ style_entries = st.one_of(
 
 @given(st.lists(style_entries, max_size=8), edits)
 def test_styles_reader(tmp_path_factory, entries, ops):
-    folder = tmp_path_factory.mktemp("styles")
-    path = folder / "styles.json"
     data = mutated(json.dumps(entries).encode(), ops)
-    path.write_bytes(data)
+    path = planted(tmp_path_factory, "styles.json", data)
     with bounded(seconds=2, megabytes=32):
         found = read_styles(path)
     assert found.styles[0] == NONE or found.styles[0].name.casefold() == "none"

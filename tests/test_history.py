@@ -134,9 +134,15 @@ def test_an_undo_that_fails_is_one_line_and_never_takes_the_process_down():
         if hasattr(history, "failed"):
             history.failed.connect(messages.append)
         history.push(Broken(), already_applied=True)
+        history.stack.setClean()                  # saved just after the broken step
         history.stack.undo()
+        stack = history.stack
         print(messages)
+        print("after:", stack.count(), stack.index(), stack.isClean(), stack.canRedo())
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "Could not undo \"Broken step\": could not broadcast" in out.stdout
+    assert "Could not undo \"Broken step\" (could not broadcast" in out.stdout
+    # The step is gone from the history: nothing to redo, and the document (which still holds the step's
+    # result) counts as unsaved, so closing asks and autosave keeps it.
+    assert "after: 0 0 False False" in out.stdout

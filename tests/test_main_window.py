@@ -507,3 +507,17 @@ def test_damaged_settings_models_and_styles_never_stop_the_editor(qtbot, setting
     qtbot.addWidget(again)
     assert "settings" not in again.statusBar().currentMessage()
     assert "models.json" not in again.statusBar().currentMessage()
+
+
+def test_closing_the_window_while_a_model_is_checked_is_harmless(qtbot, settings, checkpoint):
+    import gc
+    import threading
+
+    window = make_window(qtbot, settings, ScriptedEngine())
+    window.add_model_from_text(str(checkpoint))
+    window.close()
+    window.deleteLater()
+    del window
+    gc.collect()
+    qtbot.waitUntil(lambda: not any(t.name == "background-call" for t in threading.enumerate()), timeout=10000)
+    qtbot.wait(50)                                  # the finished signal, if it came, had nobody to reach

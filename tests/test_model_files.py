@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from safetensors.torch import save_file
 
 from app.engine.events import EngineError
 from app.engine.model_files import identify_checkpoint, inspect_checkpoint, resolve_source
-from app.engine.safetensors_header import read_safetensors_header
+from app.engine.safetensors_header import DTYPE_BYTES, read_safetensors_header
 from tests.fuzzing import bounded
 
 UNET = "model.diffusion_model.input_blocks.0.0.weight"
@@ -146,8 +148,23 @@ def test_a_header_listing_too_many_tensors_is_refused_quickly_and_in_little_memo
 def test_escaped_names_cannot_hide_tensors_from_the_count(tmp_path):
     path = write_header(tmp_path / "escaped.safetensors", many_empty_tensors(60_000, '"data\\u005foffsets"'))
     with bounded(seconds=1.0, megabytes=40):
-        with pytest.raises(EngineError, match="its header lists 59,999 tensors; a model has at most 50,000"):
+        with pytest.raises(EngineError, match="its header lists 60,000 tensors; a model has at most 50,000"):
             inspect_checkpoint(path)
+
+
+@pytest.mark.parametrize("metadata", [False, True])
+@pytest.mark.parametrize("count, refused", [(50_000, False), (50_001, True)])
+def test_the_tensor_limit_is_exact_with_or_without_metadata(tmp_path, metadata, count, refused):
+    body = many_empty_tensors(count)
+    if metadata:
+        body = b'{"__metadata__":{"format":"pt"},' + body[1:]
+    path = write_header(tmp_path / "limit.safetensors", body)
+    if not refused:
+        assert len(read_safetensors_header(path).tensors) == count
+        return
+    with pytest.raises(EngineError) as error:
+        read_safetensors_header(path)
+    assert str(error.value).endswith(f"its header lists {count:,} tensors; a model has at most 50,000")
 
 
 def test_a_header_over_the_size_limit_is_refused_from_its_length_alone(tmp_path):
@@ -155,7 +172,7 @@ def test_a_header_over_the_size_limit_is_refused_from_its_length_alone(tmp_path)
     with open(path, "wb") as handle:            # 90 MB claimed and present (sparse), none of it read
         handle.write((90_000_000).to_bytes(8, "little") + b"{")
         handle.truncate(8 + 90_000_000)
-    with bounded(seconds=0.1, megabytes=1):
+    with bounded(seconds=1.0, megabytes=1):
         with pytest.raises(EngineError, match="its header is 90,000,000 bytes; a model's is at most 33,554,432"):
             inspect_checkpoint(path)
 
@@ -283,3 +300,124 @@ def test_float_weights_of_every_precision_and_integer_buffers_are_accepted(tmp_p
     state["model_ema.num_updates"] = torch.tensor(10, dtype=torch.int32)
     torch.save(state, tmp_path / "full-ema.ckpt")
     assert inspect_checkpoint(tmp_path / "full-ema.ckpt").family == "sd1"
+
+
+# -- what a file may make the loader read -------------------------------------------------------------------
+
+GB = 10**9
+
+
+def sparse_checkpoint(path, extra: dict, keys=(UNET, SD1, VAE)):
+    """A .safetensors file with small tensors under `keys` and the `extra` ones (name -> (dtype, shape)); the
+    data section is a hole (truncate), so a file of any size costs a few KB on disk."""
+    entries = {key: ("F16", [320, 4, 3, 3] if key == UNET else [2]) for key in keys} | extra
+    header, offset = {}, 0
+    for name, (dtype, shape) in entries.items():
+        size = math.prod(shape) * DTYPE_BYTES[dtype]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as handle:
+        handle.write(len(raw).to_bytes(8, "little") + raw)
+        handle.truncate(8 + len(raw) + offset)
+    return path
+
+
+def test_a_sparse_file_claiming_a_100_gb_tensor_is_refused_from_its_header(tmp_path):
+    path = sparse_checkpoint(tmp_path / "sparse.safetensors", {"junk": ("U8", [100 * GB])})
+    assert path.stat().st_size > 100 * GB and path.stat().st_blocks * 512 < 1 << 20
+    with bounded(seconds=1.0, megabytes=4):
+        with pytest.raises(EngineError) as error:
+            inspect_checkpoint(path)
+    assert str(error.value) == ("sparse.safetensors cannot be used: its tensor 'junk' takes 100,000,000,000 bytes; "
+                                "no Stable Diffusion model's tensor takes more than 2,147,483,648")
+
+
+TWO_GB = ("F32", [500_000_000])                 # 2,000,000,000 bytes: just under the limit of one tensor
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({f"model_ema.w{i}": TWO_GB for i in range(7)},
+     "14,000,000,000 bytes of its tensors belong to no model part (EMA copies, training state); no Stable "
+     "Diffusion 1.x model holds more than 12,884,901,888 of those"),
+    ({f"model.diffusion_model.w{i}": TWO_GB for i in range(13)},
+     "its tensors take 26,000,023,048 bytes; no Stable Diffusion 1.x model takes more than 25,769,803,776"),
+])
+def test_a_file_claiming_more_than_its_family_holds_is_refused(tmp_path, extra, expected):
+    path = sparse_checkpoint(tmp_path / "large.safetensors", extra)
+    with bounded(seconds=1.0, megabytes=4):
+        with pytest.raises(EngineError) as error:
+            inspect_checkpoint(path)
+    assert str(error.value) == f"large.safetensors cannot be used: {expected}"
+
+
+def test_files_as_large_as_real_full_precision_checkpoints_with_ema_are_accepted(tmp_path):
+    """SD 1.x with an F32 EMA copy is 7.7 GB; SDXL in F32 14 GB, 24 GB with its EMA copy."""
+    sd1 = sparse_checkpoint(tmp_path / "sd1-ema.safetensors", {f"model.diffusion_model.w{i}": TWO_GB
+                                                               for i in range(2)} |
+                            {f"model_ema.w{i}": TWO_GB for i in range(2)})
+    assert inspect_checkpoint(sd1).family == "sd1"
+    xl = sparse_checkpoint(tmp_path / "xl-ema.safetensors", {f"model.diffusion_model.w{i}": TWO_GB
+                                                             for i in range(7)} |
+                           {f"model_ema.w{i}": TWO_GB for i in range(5)}, keys=(UNET, XL_L, XL_G, VAE))
+    assert inspect_checkpoint(xl).family == "sdxl"
+
+
+def test_a_ckpt_claiming_a_100_gb_tensor_is_refused(tmp_path):
+    state = {UNET: torch.zeros(320, 4, 3, 3), SD1: torch.zeros(4), VAE: torch.zeros(2),
+             "junk": torch.empty(100 * GB, dtype=torch.uint8, device="meta")}      # its shape, and no bytes
+    torch.save({"state_dict": state}, tmp_path / "junk.ckpt")
+    with pytest.raises(EngineError) as error:
+        inspect_checkpoint(tmp_path / "junk.ckpt")
+    assert str(error.value) == ("junk.ckpt cannot be used: its tensor 'junk' takes 100,000,000,000 bytes; no "
+                                "Stable Diffusion model's tensor takes more than 2,147,483,648")
+
+
+def test_a_pickle_larger_than_any_checkpoint_is_refused_before_torch_reads_it(tmp_path, monkeypatch):
+    path = tmp_path / "huge.ckpt"
+    with open(path, "wb") as handle:
+        handle.truncate(70 * GB)
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("torch.load read the file"))
+    with bounded(seconds=1.0, megabytes=1):
+        with pytest.raises(EngineError) as error:
+            inspect_checkpoint(path)
+    assert str(error.value) == ("huge.ckpt cannot be used: it is 70,000,000,000 bytes; no Stable Diffusion "
+                                "checkpoint takes more than 68,719,476,736")
+
+
+# -- warnings ---------------------------------------------------------------------------------------------
+
+def test_torch_notes_about_a_refused_file_stay_quiet(tmp_path):
+    scripted, protocol4 = tmp_path / "scripted.pt", tmp_path / "protocol4.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)      # torch.jit's, while the test writes the file
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(scripted))
+    torch.save({UNET: torch.zeros(2)}, protocol4, pickle_protocol=4)
+    for path, expected in ((scripted, "scripted.pt is not a readable checkpoint"),
+                           (protocol4, "refused to load protocol4.ckpt")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")        # a note that escaped would be raised here
+            with pytest.raises(EngineError, match=expected):
+                inspect_checkpoint(path)
+
+
+def test_loading_a_pickle_leaves_no_warning_filter_behind_when_another_thread_uses_catch_warnings(
+        tmp_path, monkeypatch):
+    """The UI thread (the image reader) enters catch_warnings while a model is checked on a background
+    thread, and leaves it after the check: with catch_warnings in the check, the UI thread's exit put
+    the check's "ignore everything" back, for the whole process, for good."""
+    path = tmp_path / "model.ckpt"
+    torch.save({UNET: torch.zeros(320, 4, 3, 3), SD1: torch.zeros(4), VAE: torch.zeros(2)}, path)
+    real_load, other_thread = torch.load, warnings.catch_warnings()
+
+    def load_while_the_ui_thread_enters_catch_warnings(*args, **kwargs):
+        other_thread.__enter__()
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        return real_load(*args, **kwargs)
+    with warnings.catch_warnings():
+        before = list(warnings.filters)
+        monkeypatch.setattr(torch, "load", load_while_the_ui_thread_enters_catch_warnings)
+        inspect_checkpoint(path)
+        other_thread.__exit__(None, None, None)
+        added = [entry for entry in warnings.filters if entry not in before]
+        assert all(action == "ignore" and message is not None for action, message, *_ in added), added

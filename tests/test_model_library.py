@@ -208,3 +208,39 @@ def test_a_failed_save_leaves_the_library_as_it_was(tmp_path, checkpoint):
     with pytest.raises(EngineError, match="could not save the model list"):
         library.add(str(checkpoint))
     assert library.entries() == []
+
+
+def test_what_a_newer_version_wrote_is_kept_as_it_was(library_path, checkpoint):
+    newer = {"version": 2, "favourites": ["x"], "models": [
+        {"location": "/models/a.gguf", "label": "a", "kind": "gguf", "quantisation": "q8"},
+        {"location": "/models/b.safetensors", "label": "b", "kind": "file", "config": "", "precision": "fp8"}]}
+    library_path.parent.mkdir(parents=True)
+    library_path.write_text(json.dumps(newer))
+    library = ModelLibrary(library_path)
+    assert library.problems == [] and [e.label for e in library.entries()] == ["b"]
+    library.add(str(checkpoint))
+    saved = json.loads(library_path.read_text())
+    assert saved["favourites"] == ["x"]
+    assert {"location": "/models/a.gguf", "label": "a", "kind": "gguf", "quantisation": "q8"} in saved["models"]
+    assert [m.get("precision") for m in saved["models"] if m["location"] == "/models/b.safetensors"] == ["fp8"]
+    assert [e.label for e in ModelLibrary(library_path).entries()][:1] == ["b"]
+
+
+@pytest.mark.parametrize("fault", ["read", "set aside"])
+def test_a_list_that_cannot_be_read_or_set_aside_is_never_overwritten(library_path, checkpoint, monkeypatch, fault):
+    from app import model_library
+
+    content = '{"models": [{"location": "/models/a.safetensors", "kind": "file"}], "damaged": ' \
+        if fault == "set aside" else json.dumps({"models": [{"location": "/models/a.safetensors", "kind": "file"}]})
+    library_path.parent.mkdir(parents=True)
+    library_path.write_text(content)
+
+    def fail(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(model_library, "read_bounded" if fault == "read" else "set_aside", fail)
+    library = ModelLibrary(library_path)
+    [line] = library.problems
+    assert "left as it is" in line and "\n" not in line
+    with pytest.raises(EngineError, match="models cannot be added or removed"):
+        library.add(str(checkpoint))
+    assert library_path.read_text() == content

@@ -22,12 +22,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from app.engine.config_folder import ALLOWED, SCHEDULERS, check_config_folder
+from app.engine.config_folder import ALLOWED, SCHEDULERS, check_config_folder, check_part_config
 from app.engine.devices import plan_device
 from app.engine.events import EngineError
 from app.engine.model_files import CONFIG_ROOT, CheckpointInfo, ModelSource, inspect_checkpoint
 from app.engine.model_loader import load_model
 from app.model_library import ModelLibrary, describe_model
+from tests.fuzzing import bounded
 
 ROOT = Path(__file__).resolve().parent.parent
 ZEN = "Beautiful is better than ugly"
@@ -218,6 +219,145 @@ def test_the_cli_refuses_a_hostile_config_folder_in_one_line(tmp_path, hostile_m
     assert not marker.exists()
 
 
+# -- component configs that would make building a part costly ----------------------------------------------
+
+def changed_config(folder: Path, name: str, key: str, value) -> Path:
+    path = folder / name
+    config = json.loads(path.read_text())
+    config[key] = value
+    path.write_text(json.dumps(config))
+    return folder
+
+
+BOMBS = [   # (file, key, value, how the value is shown)
+    ("scheduler/scheduler_config.json", "num_train_timesteps", 2_000_000_000, "2000000000"),   # tried 8 GB
+    ("scheduler/scheduler_config.json", "num_train_timesteps", 1e8, "100000000.0"),            # 10 s, 763 MB
+    ("scheduler/scheduler_config.json", "beta_end", float("nan"), "NaN"),
+    ("scheduler/scheduler_config.json", "trained_betas", [0.01] * 100_000, "'[0.01, 0.01, "),
+    ("text_encoder/config.json", "max_position_embeddings", 5e7, "50000000.0"),               # 400 MB
+    ("text_encoder/config.json", "max_position_embeddings", 50_000_000, "50000000"),
+    ("text_encoder/config.json", "vocab_size", 10**9, "1000000000"),
+    ("text_encoder/config.json", "num_hidden_layers", 100_000, "100000"),
+    ("unet/config.json", "block_out_channels", [320, 640, 10**7, 1280], "'[320, 640, 10000000, 1280]'"),
+    ("unet/config.json", "layers_per_block", 10**6, "1000000"),
+    ("unet/config.json", "transformer_layers_per_block", [1, 2, 10**5], "'[1, 2, 100000]'"),
+    ("vae/config.json", "block_out_channels", [128] * 1000, "'[128, 128, "),
+    ("vae/config.json", "latent_channels", "4", "4"),
+]
+
+
+@pytest.mark.parametrize("name, key, value, shown", BOMBS)
+def test_a_config_folder_whose_part_config_would_exhaust_memory_is_refused_in_one_line(
+        tmp_path, checkpoint, name, key, value, shown):
+    config = changed_config(config_folder(tmp_path), name, key, value)
+    with bounded(seconds=1.0, megabytes=16):
+        with pytest.raises(EngineError) as added:
+            describe_model(str(checkpoint), str(config))
+    with pytest.raises(EngineError) as loaded:
+        load_with(checkpoint, config)
+    for error in (added, loaded):
+        assert one_line(error).startswith(f"config folder {config.name}: {name} gives {key} the value {shown}")
+        assert "; it must be " in str(error.value)
+
+
+@pytest.mark.parametrize("name, key, value, shown", [bomb for bomb in BOMBS if not bomb[0].startswith("vae")] + [
+    ("text_encoder_2/config.json", "max_position_embeddings", 5e7, "50000000.0")])
+def test_a_diffusers_folder_whose_part_config_would_exhaust_memory_is_refused_in_one_line(
+        tmp_path, tiny_models, name, key, value, shown):
+    family = "sdxl" if name.startswith("text_encoder_2") else "sd15"
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path(family), folder)
+    changed_config(folder, name, key, value)
+    with bounded(seconds=1.0, megabytes=16):
+        with pytest.raises(EngineError) as added:
+            describe_model(str(folder))
+    with pytest.raises(EngineError) as loaded:
+        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    for error in (added, loaded):
+        assert one_line(error).startswith(f"model/{name} gives {key} the value {shown}")
+        assert "; it must be " in str(error.value)
+
+
+def test_trained_betas_must_give_one_beta_per_timestep(tmp_path, checkpoint):
+    config = changed_config(config_folder(tmp_path), "scheduler/scheduler_config.json", "trained_betas",
+                            [0.01] * 10)
+    with pytest.raises(EngineError) as error:
+        describe_model(str(checkpoint), str(config))
+    assert one_line(error) == (f"config folder {config.name}: scheduler/scheduler_config.json gives 10 "
+                               "trained_betas for 1,000 timesteps (num_train_timesteps); it must give one for each")
+
+
+def test_a_scheduler_config_is_checked_before_a_scheduler_is_built():
+    from app.engine.samplers import make_scheduler
+
+    with bounded(seconds=0.5, megabytes=1):
+        with pytest.raises(EngineError) as error:
+            make_scheduler("dpmpp_2m_karras", {"num_train_timesteps": 2_000_000_000})
+    assert one_line(error) == ("the model's scheduler config gives num_train_timesteps the value 2000000000; it "
+                               "must be a whole number from 1 to 10,000")
+
+
+def test_any_value_of_any_bounded_key_is_accepted_or_refused_in_one_line():
+    from app.engine.config_folder import PART_LIMITS
+
+    odd = [10**400, -(10**400), -1, 0, 1, 77, 0.5, True, None, "4", [], [1] * 17, [[1, 2]], [[[1]]], {}, {"a": 1},
+           float("nan"), float("inf"), 1e308, [0.5] * 1000, [float("nan")]]
+    for part, limits in PART_LIMITS.items():
+        for key in limits:
+            for value in odd:
+                try:
+                    check_part_config(part, {key: value}, f"{part}/config.json")
+                except EngineError as error:
+                    assert "\n" not in str(error) and str(error).startswith(f"{part}/config.json gives ")
+                    assert key in str(error)
+
+
+def test_every_shipped_component_config_is_within_the_bounds():
+    for path in sorted(CONFIG_ROOT.glob("*/*/*.json")):
+        part = path.parent.name
+        check_part_config(part, json.loads(path.read_text()), str(path))
+
+
+# -- a config folder's own tokenizers ------------------------------------------------------------------------
+
+def with_own_tokenizer(tmp_path, tiny_models) -> Path:
+    """The tiny SD 1.x model's config folder, with a copy of its hub-layout tokenizer folder."""
+    config = tmp_path / "config"
+    shutil.copytree(tiny_models.config_folder("sd15"), config)
+    if not (config / "tokenizer").is_dir():
+        shutil.copytree(tiny_models.path("sd15") / "tokenizer", config / "tokenizer")
+    return config
+
+
+@pytest.mark.parametrize("name", ["vocab.json", "merges.txt", "tokenizer.json"])
+def test_a_config_folder_tokenizer_file_over_its_bound_is_refused_unread(tmp_path, tiny_models, checkpoint,
+                                                                          name):
+    config = with_own_tokenizer(tmp_path, tiny_models)
+    with open(config / "tokenizer" / name, "wb") as handle:
+        handle.truncate(1 << 30)                 # 1 GiB, sparse
+    with bounded(seconds=5.0, megabytes=64):
+        with pytest.raises(EngineError) as error:
+            load_with(checkpoint, config)
+    assert one_line(error) == (f"config folder {config.name}: tokenizer/{name} is too large for a tokenizer "
+                               "(1,073,741,824 bytes; at most 16,777,216 are read)")
+
+
+def test_a_config_folder_tokenizer_is_built_from_a_copy_of_its_tokenizer_files_only(tmp_path, tiny_models,
+                                                                                    checkpoint):
+    """Nothing else in the folder is read: a chat template (which transformers would read) as large as
+    1 GiB costs nothing."""
+    config = with_own_tokenizer(tmp_path, tiny_models)
+    merges = config / "tokenizer" / "merges.txt"
+    merges.write_text("".join(merges.read_text(encoding="utf-8").splitlines(keepends=True)[:-10]),
+                      encoding="utf-8")          # its own merges, so it is built from the folder
+    with open(config / "tokenizer" / "chat_template.jinja", "wb") as handle:
+        handle.truncate(1 << 30)
+    with bounded(seconds=30.0, megabytes=256):
+        model = load_with(checkpoint, config)
+    assert model.tokenizers[0].chat_template is None
+    assert model.tokenizers[0]("a red fox").input_ids[0] == 49406
+
+
 # -- pickles inside a diffusers folder ----------------------------------------------------------------------
 
 class _Payload:
@@ -299,6 +439,35 @@ def test_a_damaged_header_in_a_model_folder_is_one_line_naming_the_file(tmp_path
         load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
     assert one_line(error).startswith("model/vae/diffusion_pytorch_model.safetensors is not a readable "
                                       ".safetensors file: ")
+
+
+def test_a_model_folder_part_claiming_more_than_such_a_part_holds_is_refused_unread(tmp_path, tiny_models):
+    """Two 1.5 GB tensors as a VAE's weights (a real one is 0.3 GB in F32), in a sparse file."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    header = {f"w{i}": {"dtype": "F32", "shape": [375_000_000], "data_offsets": [i * 1_500_000_000,
+                                                                               (i + 1) * 1_500_000_000]}
+              for i in range(2)}
+    raw = json.dumps(header).encode()
+    with open(folder / "vae" / "diffusion_pytorch_model.safetensors", "wb") as handle:
+        handle.write(len(raw).to_bytes(8, "little") + raw)
+        handle.truncate(8 + len(raw) + 3_000_000_000)
+    with pytest.raises(EngineError) as error:
+        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    assert one_line(error) == ("model/vae cannot be used: its tensors take 3,000,000,000 bytes; no Stable "
+                               "Diffusion VAE takes more than 2,147,483,648")
+
+
+def test_a_model_folder_pickle_larger_than_such_a_part_is_refused_before_torch_reads_it(tmp_path, tiny_models):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with open(folder / "vae" / "diffusion_pytorch_model.bin", "wb") as handle:
+        handle.truncate(3_000_000_000)           # sparse
+    with pytest.raises(EngineError) as error:
+        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    assert one_line(error) == ("model/vae/diffusion_pytorch_model.bin cannot be used: it is 3,000,000,000 bytes; "
+                               "no Stable Diffusion VAE takes more than 2,147,483,648")
 
 
 def test_a_shard_index_naming_a_file_outside_the_folder_is_refused(tmp_path, tiny_models):

@@ -193,6 +193,7 @@ DAMAGE = {
     "parameters a dict": (_document(parameters={"seed": 7}), "document.parameters is an object, not text"),
     "parameters not unicode": (_document(parameters="\ud800"), "document.parameters is not valid Unicode"),
     "path with a nul": (_document(path="/photos/a\0b.png"), "document.path is not a file name"),
+    "relative path": (_document(path="photos/a.png"), "document.path is not an absolute path"),
     "canvas strings": (_document(canvas=["1", "2", "3", "4"]), "document.canvas is a list, not 4 whole numbers"),
     "canvas empty": (_document(canvas=[0, 0, 0, 0]), "document.canvas is 0x0, not a canvas"),
     "canvas floats": (_document(canvas=[0, 0, 1e9, 1e9]), "not 4 whole numbers"),

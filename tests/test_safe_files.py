@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,51 @@ def test_read_bounded_refuses_before_reading(tmp_path):
     with pytest.raises(FileTooLarge):
         read_bounded(path, 1000)
     assert read_bounded(path, 1001) == b"x" * 1001
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_pipe_named_like_a_file_is_refused_without_waiting(tmp_path):
+    from app.core.safe_files import NotAFile, open_regular
+
+    os.mkfifo(tmp_path / "settings.json")            # nobody ever writes to it: a plain open() would block
+    start = time.perf_counter()
+    with pytest.raises(NotAFile) as refused:
+        read_bounded(tmp_path / "settings.json", 1000)
+    assert refused.value.kind == "special" and time.perf_counter() - start < 1
+    with pytest.raises(NotAFile):
+        read_bounded(Path("/dev/zero"), 1000)
+    (tmp_path / "real").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert open_regular(tmp_path / "link").read() == b"x"
+    with pytest.raises(NotAFile) as refused:
+        open_regular(tmp_path / "link", follow_links=False)
+    assert refused.value.kind == "link"
+    with pytest.raises(IsADirectoryError):
+        open_regular(tmp_path)
+
+
+def test_a_write_beside_a_batch_never_removes_the_files_it_keeps(tmp_path, monkeypatch):
+    """The batch keeps the files it replaces under a second name that has their old time; another write into
+    the folder meanwhile (which cleans up stale temporaries) must leave them, or a failed batch loses them."""
+    from app.core import safe_files
+
+    first, second = tmp_path / "out.png", tmp_path / "out-2.png"
+    for path in (first, second):
+        path.write_bytes(b"old " + path.name.encode())
+        os.utime(path, (time.time() - 10 * 3600,) * 2)
+    batch = AtomicBatch()
+    batch.add(first, lambda h: h.write(b"new 1"))
+    batch.add(second, lambda h: h.write(b"new 2"))
+    replace = os.replace
+
+    def second_rename_fails(source, target):
+        if Path(target) == second:
+            remove_stale_temporaries(tmp_path)                           # as another write into the folder
+            raise OSError(28, "No space left on device")
+        return replace(source, target)
+    monkeypatch.setattr(safe_files.os, "replace", second_rename_fails)
+    with pytest.raises(OSError):
+        batch.commit()
+    monkeypatch.undo()
+    assert first.read_bytes() == b"old out.png" and second.read_bytes() == b"old out-2.png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-2.png", "out.png"]

@@ -99,24 +99,26 @@ def test_a_huge_file_is_not_read(tmp_path):
     assert "too large" in store.problems[0] and store.get("panel/steps") == 25
 
 
-def test_a_failed_save_keeps_the_old_file(tmp_path):
+def test_a_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    from app.core import safe_files
+
     path = write(tmp_path / "settings.json", {"panel/steps": 40})
     store = SettingsStore(path)
     store.set("panel/steps", 50)
-    os.chmod(tmp_path, 0o500)
-    try:
-        if os.access(tmp_path, os.W_OK):
-            pytest.skip("running as a user who can write anywhere")
-        with pytest.raises(OSError):
-            store.save()
-    finally:
-        os.chmod(tmp_path, 0o700)
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(safe_files.os, "replace", full)
+    with pytest.raises(OSError):
+        store.save()
+    monkeypatch.undo()
     assert SettingsStore(path).get("panel/steps") == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]
 
 
 def test_a_planted_pickle_in_qt_settings_never_runs(tmp_path):
-    """PySide6's QSettings unpickles Python objects stored in it when it reads its file; the editor reads
-    only its own JSON file, so an old or planted QSettings file is never parsed."""
+    """PySide6's QSettings unpickles Python objects stored in it when it reads its file; the editor keeps its
+    own JSON file, and takes an older version's QSettings values over by reading that file as text."""
     marker = tmp_path / "pwned"
     root = str(Path(__file__).resolve().parent.parent)
     plant = f"""
@@ -126,6 +128,9 @@ class Evil:
         return (open, ({str(marker)!r}, "w"))
 planted = QSettings("LatentCanvas", "Latent Canvas")
 planted.setValue("panel/prompt", Evil())
+planted.setValue("panel/negative", 'blurry, "low" quality')
+planted.setValue("panel/steps", 30)
+planted.setValue("brush/size", 99)
 planted.sync()
 """
     launch = f"""
@@ -136,6 +141,8 @@ app = QApplication([])
 app.setOrganizationName("LatentCanvas"); app.setApplicationName("Latent Canvas")
 from app.widgets.main_window import MainWindow
 window = MainWindow(recovery_root={str(tmp_path / "recovery")!r})
+print("taken:", window.panel.negative_edit.toPlainText(), window.panel.steps_spin.value(), window.state.brush_size,
+      repr(window.panel.prompt_edit.toPlainText()))
 window.close()
 print("started")
 """
@@ -146,3 +153,47 @@ print("started")
     done = subprocess.run([sys.executable, "-c", launch], env=env, capture_output=True, text=True, timeout=120)
     assert "started" in done.stdout, done.stderr[-2000:]
     assert not marker.exists()
+    # The plain values of the old file are taken over (read as text); the pickled one is skipped.
+    assert "taken: blurry, \"low\" quality 30 99 ''" in done.stdout
+
+
+@pytest.mark.parametrize("fault", ["read", "set aside"])
+def test_a_file_that_cannot_be_read_or_set_aside_is_never_overwritten(tmp_path, monkeypatch, fault):
+    from app import stored_settings
+
+    path = tmp_path / "settings.json"
+    content = "{damaged" if fault == "set aside" else json.dumps({"version": 1, "settings": {"panel/steps": 40}})
+    path.write_text(content)
+
+    def fail(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(stored_settings, "read_bounded" if fault == "read" else "set_aside", fail)
+    store = SettingsStore(path)
+    [line] = store.problems
+    assert "left as it is" in line and store.get("panel/steps") == 25
+    store.set("panel/steps", 50)
+    store.save()
+    assert path.read_text() == content
+
+
+def test_damaged_copies_never_overwrite_each_other(tmp_path):
+    path = tmp_path / "settings.json"
+    for content in ("{first", "{second", "{third"):
+        path.write_text(content)
+        SettingsStore(path)
+    assert sorted(p.read_text() for p in tmp_path.glob("settings.json.damaged-*")) == ["{first", "{second", "{third"]
+
+
+def test_an_older_versions_qt_settings_are_taken_as_text(tmp_path):
+    from app.stored_settings import migrate_qt_settings
+
+    old = tmp_path / "Latent Canvas.conf"
+    old.write_text('[General]\nlast_dir=/home/u/Pictures\n\n[panel]\nprompt="a boat, at dusk; \\\\ \\"x\\" \\x263a"\n'
+                   'negative=a, b\nsteps=30\nguidance=lots\nrandom_seed=false\nstyle=@Variant(\\0\\0\\0\\x7f)\n'
+                   '[window]\ngeometry=@ByteArray(\\x1\\x2)\n')
+    store = SettingsStore(tmp_path / "settings.json")
+    assert migrate_qt_settings(store, old)
+    assert store.stored() == {"last_dir": "/home/u/Pictures", "panel/prompt": 'a boat, at dusk; \\ "x" \u263a',
+                              "panel/steps": 30, "panel/random_seed": False}
+    store.save()
+    assert not migrate_qt_settings(SettingsStore(tmp_path / "settings.json"), old)   # only into a new store

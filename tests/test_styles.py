@@ -112,6 +112,8 @@ def test_optional_settings_are_read(tmp_path):
     ([{"name": "Oil", "prompt": "{prompt}", "steps": 10**9}], "steps must be a whole number from 1 to 500"),
     ([{"name": "Oil", "prompt": "{prompt}", "guidance": 1e300}], "at most 50"),
     ([{"name": "O" * 1000, "prompt": "{prompt}"}], "entry 1: the name is over 100 characters"),
+    ([{"name": "Oil\u001b[2J", "prompt": "{prompt}"}], "entry 1: the name holds control characters"),
+    ([{"name": "Oil\rInk", "prompt": "{prompt}"}], "entry 1: the name holds control characters"),
     ([{"name": "Oil", "prompt": "{prompt}", "lora": "~nobody-such-user-here/x.safetensors"}],
      "cannot find the home folder"),
     ([{"name": "Oil", "prompt": "{prompt}", "lora": "a\u0000b.safetensors"}], "lora must be the path"),
@@ -143,6 +145,9 @@ def test_reading_leniently_keeps_the_good_styles_and_names_the_bad(tmp_path):
                                    {"name": "oil", "prompt": "{prompt}, again"}])
     found = read_styles(path)
     assert [style.name for style in found.styles] == ["None", "Oil"]      # "None" is always there, first
+    assert [s.name for s in read_styles(write_styles(tmp_path, [{"name": "Oil", "prompt": "{prompt}"},
+                                                                {"name": "None", "prompt": "{prompt}"}])).styles] \
+        == ["None", "Oil"]
     assert found.problems[0] == "styles.json: style 'Broken': the prompt template has no {prompt} (left out)."
     assert found.problems[1] == "2 more styles were left out."
 

@@ -30,9 +30,11 @@ from typing import Iterable
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from app.core.safe_files import AtomicBatch, Writer, real_target, write_atomically
+from app.core.safe_files import (AtomicBatch, FileTooLarge, NotAFile, Writer, read_bounded, real_target,
+                                 write_atomically)
 
 MAX_PIXELS = 150_000_000
+MAX_FILE_BYTES = 2 << 30            # 150 megapixels of 16-bit RGBA, uncompressed, is 1.2 GB
 _MASK_BAND_PIXELS = 1 << 22      # a mask is computed in bands: its uint32 temporaries stay near 16 MB each
 
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -186,8 +188,16 @@ def pixels_from_pil(image: Image.Image) -> tuple[np.ndarray, tuple[str, ...]]:
 def _read_file(path: Path) -> bytes:
     name = path.name or str(path)
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        return read_bounded(path, MAX_FILE_BYTES)
+    except FileTooLarge:
+        size = os.stat(path).st_size
+        raise ImageLoadError(f"{name}: the file is {size / 2**30:.1f} GB; image files of up to "
+                             f"{MAX_FILE_BYTES >> 30} GB are opened") from None
+    except NotAFile:
+        raise ImageLoadError(f"{name}: not a regular file (a pipe, a device or a socket), not an image") \
+            from None
+    except MemoryError:
+        raise ImageLoadError(f"{name}: not enough memory to read the file") from None
     except FileNotFoundError:
         raise ImageLoadError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -294,10 +304,9 @@ def _orientation(exif: Image.Exif) -> int:
 
 
 def _frame_count(image: Image.Image) -> int:
+    """1, or 2 for "more than one": counting every page of a TIFF takes time quadratic in the pages."""
     try:
-        if image.format == "GIF":
-            return 2 if image.is_animated else 1
-        return int(getattr(image, "n_frames", 1))
+        return 2 if getattr(image, "is_animated", False) else 1
     except Exception:
         return 1
 

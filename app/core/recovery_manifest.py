@@ -27,6 +27,7 @@ from app.core.changes import CanvasChange, Change, DocumentChange, MaskPatchChan
 from app.core.document import Document, DocumentState, read_only
 from app.core.geometry import Rect
 from app.core.imageio import MAX_PIXELS
+from app.core.safe_files import NotAFile, open_regular
 
 MANIFEST = "session.json"
 FORMAT = 1
@@ -368,22 +369,13 @@ def _open_regular(path: Path, name: str):
     """`path` opened for reading if it is a regular file in its folder: not a link, a folder, a pipe or a
     device (a pipe would block the reader for ever)."""
     try:
-        info = os.lstat(path)
+        return open_regular(path, follow_links=False)
     except FileNotFoundError:
         raise _Bad(f"{name} is missing") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a link" if stat.S_ISLNK(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode) else "special"
-        raise _Bad(f"{name} is {kind}, not a file")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(path, flags)
-    try:
-        opened = os.fstat(descriptor)
-        if not stat.S_ISREG(opened.st_mode) or (opened.st_ino, opened.st_dev) != (info.st_ino, info.st_dev):
-            raise _Bad(f"{name} was replaced while it was read")
-        return os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
+    except IsADirectoryError:
+        raise _Bad(f"{name} is a folder, not a file") from None
+    except NotAFile as exc:
+        raise _Bad(f"{name} is {'a link' if exc.kind == 'link' else 'special'}, not a file") from None
 
 
 # -- the manifest's values ------------------------------------------------------------------------------------
@@ -468,6 +460,8 @@ def _path(value) -> Path | None:
         os.fsencode(value)
     except UnicodeEncodeError:
         raise _Bad("document.path is not a file name this system can use") from None
+    if not Path(value).is_absolute():         # Save would write it relative to wherever the editor started
+        raise _Bad("document.path is not an absolute path")
     return Path(value)
 
 

@@ -14,6 +14,7 @@ before reading it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -22,9 +23,10 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-TEMP_TAG = "latent-canvas-partial"
-_TEMP_NAME = re.compile(r"^\..+\." + TEMP_TAG + r"-(\d+)-[0-9a-f]{12}\.tmp$")
-STALE_AFTER_S = 3600.0          # however it was named, a temporary older than this is no write in progress
+TEMP_TAG = "latent-canvas-partial"       # a file being written
+KEPT_TAG = "latent-canvas-previous"      # the file a batch is replacing, kept until the batch is in place
+_TEMP_NAME = re.compile(r"^\..+\.(" + TEMP_TAG + "|" + KEPT_TAG + r")-(\d+)-[0-9a-f]{12}\.tmp$")
+STALE_AFTER_S = 3600.0          # a partial file older than this is no write in progress, whatever its pid
 
 Writer = Callable[[BinaryIO], None]
 
@@ -33,8 +35,16 @@ class FileTooLarge(OSError):
     """A file is over the size its reader accepts."""
 
 
-def temporary_for(target: Path) -> Path:
-    return target.parent / f".{target.name}.{TEMP_TAG}-{os.getpid()}-{secrets.token_hex(6)}.tmp"
+class NotAFile(OSError):
+    """A path names a pipe, a device, a socket (kind "special") or a link ("link") where a file belongs."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def temporary_for(target: Path, tag: str = TEMP_TAG) -> Path:
+    return target.parent / f".{target.name}.{tag}-{os.getpid()}-{secrets.token_hex(6)}.tmp"
 
 
 def is_temporary(path: Path) -> bool:
@@ -102,20 +112,28 @@ class AtomicBatch:
             raise
 
     def commit(self) -> None:
-        """Rename every prepared file into place. Files they replace are first moved aside (hard links under
-        a temporary name), so that if any rename fails, every target is put back as it was."""
+        """Rename every prepared file into place. A file one replaces is first given a second name (a hard
+        link), so that if any rename fails, every target already replaced is put back as it was."""
         placed: list[tuple[Path, Path | None]] = []     # (target, what it was before, or None)
         try:
             for temp, target in self._ready:
                 before = _keep_aside(target)
+                try:
+                    os.replace(temp, target)
+                except BaseException:
+                    if before is not None:
+                        _unlink(before)  # this target was not replaced: it is still what it was
+                    raise
                 placed.append((target, before))
-                os.replace(temp, target)
         except BaseException:
             for target, before in reversed(placed):
-                if before is not None:
-                    os.replace(before, target)
-                else:
-                    _unlink(target)
+                try:
+                    if before is not None:
+                        os.replace(before, target)
+                    else:
+                        _unlink(target)
+                except OSError:          # put back what can be; a kept file stays under its second name
+                    continue
             self.discard()
             raise
         for _, before in placed:
@@ -135,7 +153,7 @@ def _keep_aside(target: Path) -> Path | None:
     """A second name for the file at `target` (a hard link), or None when there is none to keep."""
     if not target.is_file():
         return None
-    aside = temporary_for(target)
+    aside = temporary_for(target, KEPT_TAG)
     try:
         os.link(target, aside)
     except OSError:                     # no hard links here (FAT, some network shares): a copy does
@@ -146,8 +164,9 @@ def _keep_aside(target: Path) -> Path | None:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporaries of our naming in `folder` whose writer is gone (or which are over an hour old).
-    Best effort: a folder that cannot be listed, or a file that cannot be removed, is left alone."""
+    """Remove the temporaries of our naming in `folder` whose writer is gone (or, for partial files, which are
+    over an hour old: a kept previous file has the old file's time). Best effort: a folder that cannot be
+    listed, or a file that cannot be removed, is left alone."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -161,27 +180,66 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
-            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+            old = match.group(1) == TEMP_TAG and now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
         except OSError:
             continue
-        pid = int(match.group(1))
+        pid = int(match.group(2))
         if old or (pid != os.getpid() and not process_running(pid)):
             if _unlink(Path(entry.path)):
                 removed.append(Path(entry.path))
     return removed
 
 
+def open_regular(path: Path, follow_links: bool = True) -> BinaryIO:
+    """`path` opened for reading if it is a regular file. A FIFO, a device or a socket named like a file is
+    refused (NotAFile, kind "special") without waiting for a writer, and so is a link when `follow_links` is
+    False (kind "link"); a folder raises IsADirectoryError; else OSError as os.open raises it."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as exc:
+        if not follow_links and exc.errno in (errno.ELOOP, getattr(errno, "EMLINK", None)) \
+                and os.path.islink(path):
+            raise NotAFile("link", f"{Path(path).name} is a link, not a file") from None
+        raise
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise NotAFile("special", f"{Path(path).name} is not a regular file (a pipe, a device or a socket)")
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 def read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of `path`; FileTooLarge when it is over `limit` bytes (checked before reading), OSError
-    as open() raises it otherwise."""
-    with open(path, "rb") as handle:
+    """The bytes of the regular file `path`; FileTooLarge when it is over `limit` bytes (checked before
+    reading), NotAFile for anything but a regular file, OSError as open raises it otherwise."""
+    with open_regular(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > limit:
             raise FileTooLarge(f"{size:,} bytes; at most {limit:,} are read")
-        data = handle.read(limit + 1)
-    if len(data) > limit:                 # grew while being read, or a special file
+        data = handle.read(size + 1)
+    if len(data) > limit:                 # it grew while being read
         raise FileTooLarge(f"over {limit:,} bytes")
     return data
+
+
+def set_aside(path: Path, tag: str = "damaged") -> Path:
+    """Rename `path` to an unused `<name>.<tag>-<date>-<time>` beside it (a counter added when that is taken)
+    and return the new path; OSError when it cannot be renamed."""
+    path = Path(path)
+    base = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
+    candidate, number = base, 1
+    while candidate.exists() or candidate.is_symlink():
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    os.replace(path, candidate)
+    return candidate
 
 
 def sync_folder(folder: Path) -> None:

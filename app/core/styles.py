@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +115,8 @@ def read_styles(path: str | os.PathLike | None = None) -> StyleSet:
             _add(styles, _parse_entry(entry, number, fail, path.resolve().parent), fail)
         except StyleError as exc:
             problems.append(f"{exc} (left out).")
-    if not any(style.name.casefold() == NONE.name.casefold() for style in styles):
-        styles.insert(0, NONE)
+    plain = [style for style in styles if style.name.casefold() == NONE.name.casefold()]
+    styles = (plain or [NONE]) + [style for style in styles if style not in plain]
     return StyleSet(styles, tuple(problems[:1] + ([f"{len(problems) - 1} more styles were left out."]
                                                   if len(problems) > 1 else [])))
 
@@ -159,8 +160,10 @@ def _parse_entry(entry: object, number: int, fail, folder: Path) -> Style:
     if not isinstance(entry, dict):
         raise fail(f"entry {number} is not an object")
     name = entry.get("name")
-    if not isinstance(name, str) or not name.strip() or "\n" in name or "\0" in name:
+    if not isinstance(name, str) or not name.strip():
         raise fail(f"entry {number} has no name")
+    if any(unicodedata.category(character).startswith("C") for character in name):
+        raise fail(f"entry {number}: the name holds control characters")
     if len(name.strip()) > MAX_NAME:
         raise fail(f"entry {number}: the name is over {MAX_NAME} characters")
     name = name.strip()

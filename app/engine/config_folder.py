@@ -4,19 +4,26 @@ user gives: `--model-config DIR`, "Config folder" in Add model).
 diffusers' from_single_file imports whatever module model_index.json names for a component and looks up the
 class named beside it, so a folder naming ["some_installed_module", "X"] would run that module. The folder is
 therefore read here first, within bounds, and only the library classes a Stable Diffusion pipeline of the
-model's family uses are accepted (`check_config_folder`). The loader then gives diffusers a copy holding just
-what was checked (`staged`): the validated model_index.json and the components' config files, so nothing
-else in the folder (weights, code, a file changed since the check) is ever read.
+model's family uses are accepted (`check_config_folder`). Every component's config is checked too
+(`check_part_config`, which diffusers folders go through as well): a config sizes what is built from it, so
+`max_position_embeddings: 5e7` would allocate 400 MB and `num_train_timesteps: 2e9` 8 GB before any weight is
+read; each key that sizes something is bounded far above what real models use.
+
+The loader then gives diffusers a copy holding just what was checked (`staged`): the validated
+model_index.json and the components' config files. The only other files of the folder ever read are its
+tokenizers' (tokenizer/, tokenizer_2/), which model_loader.tokenizers_for reads within bounds and builds from
+a copy of; weights, code and any other file in it are never read.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from app.engine.events import EngineError
 from app.engine.model_files import CheckpointInfo, read_json
@@ -121,7 +128,13 @@ def _config(folder: Path, name: str, where: str) -> dict:
     path = folder / name
     if not path.is_file():
         raise EngineError(f"{where} has no {name}")
-    return read_json(path, MAX_CONFIG_BYTES)
+    return part_config(path, name.split("/")[0], f"{where}: {name}")
+
+
+def part_config(path: Path, part: str, shown: str) -> dict:
+    """The config file of `part` ("unet", "vae", "text_encoder", "text_encoder_2" or "scheduler") at
+    `path`, read within bounds and checked (`check_part_config`); `shown` names it in messages."""
+    return check_part_config(part, read_json(path, MAX_CONFIG_BYTES), shown)
 
 
 def _check_family(unet: dict, info: CheckpointInfo, model_name: str, folder_name: str) -> None:
@@ -134,8 +147,138 @@ def _check_family(unet: dict, info: CheckpointInfo, model_name: str, folder_name
 
 
 def _shown(value) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)[:60]
+    text = value if isinstance(value, str) else json.dumps(value)
     return text if _PLAIN.fullmatch(text) else shown_name(text, 60)
+
+
+# -- what a part's config may say ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Rule:
+    accepts: Callable[[object], bool]
+    says: str                                    # what the value must be, for the message
+
+
+def _is_whole(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _whole(low: int, high: int, null: bool = False) -> _Rule:
+    return _Rule(lambda v: _is_whole(v, low, high) or (null and v is None),
+                 f"a whole number from {low:,} to {high:,}" + (", or null" if null else ""))
+
+
+def _wholes(low: int, high: int, null: bool = False, most: int = 16) -> _Rule:
+    """A number, or one per block (diffusers also takes a list of lists for transformer layers)."""
+    def accepts(value, depth: int = 0) -> bool:
+        if type(value) is list:
+            return depth < 2 and 1 <= len(value) <= most and all(accepts(v, depth + 1) for v in value)
+        return _is_whole(value, low, high) or (null and depth == 0 and value is None)
+    return _Rule(accepts, f"a whole number from {low:,} to {high:,}, or a list of at most {most} of them"
+                 + (", or null" if null else ""))
+
+
+def _channels(high: int, most: int = 8) -> _Rule:
+    return _Rule(lambda v: type(v) is list and 1 <= len(v) <= most and all(_is_whole(c, 1, high) for c in v),
+                 f"a list of 1 to {most} whole numbers from 1 to {high:,}")
+
+
+def _is_number(value, low: float, high: float, below_high: bool = False) -> bool:
+    if type(value) not in (int, float) or (type(value) is float and not math.isfinite(value)):
+        return False
+    return low < value and (value < high if below_high else value <= high)
+
+
+def _number(low: float, high: float, null: bool = False) -> _Rule:
+    return _Rule(lambda v: _is_number(v, low, high) or (null and v is None),
+                 f"a number above {low:g} and at most {high:g}" + (", or null" if null else ""))
+
+
+def _fraction() -> _Rule:
+    return _Rule(lambda v: _is_number(v, 0, 1, below_high=True), "a number above 0 and below 1")
+
+
+def _one_of(*choices: str) -> _Rule:
+    return _Rule(lambda v: type(v) is str and v in choices, "one of " + ", ".join(choices))
+
+
+_BETAS = _Rule(lambda v: v is None or (type(v) is list and 1 <= len(v) <= 10_000
+                                       and all(_is_number(b, 0, 1, below_high=True) for b in v)),
+               "null or a list of at most 10,000 numbers above 0 and below 1")
+_TRUE_OR_FALSE = _Rule(lambda v: type(v) is bool, "true or false")
+
+# The keys that size what is built from a config (and the VAE's factors, which every decode divides by), with
+# the largest value of a real SD 1.x/2.x/SDXL model in comments; no other key can make building a part costly.
+_TEXT_ENCODER = {
+    "vocab_size": _whole(1, 1_000_000),                      # 49,408
+    "hidden_size": _whole(1, 16_384),                        # 1,280
+    "intermediate_size": _whole(1, 65_536),                  # 5,120
+    "num_hidden_layers": _whole(1, 128),                     # 32
+    "num_attention_heads": _whole(1, 256),                   # 20
+    "max_position_embeddings": _whole(77, 1024),             # 77, which every prompt window fills
+    "projection_dim": _whole(1, 16_384),                     # 1,280
+}
+PART_LIMITS: dict[str, dict[str, _Rule]] = {
+    "unet": {
+        "sample_size": _whole(1, 256),                       # 128 (latent pixels: 1024 image pixels)
+        "in_channels": _whole(1, 64), "out_channels": _whole(1, 64),                  # 9, 4
+        "block_out_channels": _channels(8192),               # [320, 640, 1280, 1280]
+        "layers_per_block": _wholes(1, 16),                  # 2
+        "attention_head_dim": _wholes(1, 1024),              # [5, 10, 20]
+        "num_attention_heads": _wholes(1, 1024, null=True),
+        "cross_attention_dim": _wholes(1, 16_384),           # 2,048
+        "transformer_layers_per_block": _wholes(1, 64),      # [1, 2, 10]
+        "reverse_transformer_layers_per_block": _wholes(1, 64, null=True),
+        "norm_num_groups": _whole(1, 1024),                  # 32
+        "addition_embed_type_num_heads": _whole(1, 1024),    # 64
+        "addition_time_embed_dim": _whole(1, 4096, null=True),                 # 256
+        "projection_class_embeddings_input_dim": _whole(1, 65_536, null=True),  # 2,816
+        "time_embedding_dim": _whole(1, 65_536, null=True),
+        "time_cond_proj_dim": _whole(1, 65_536, null=True),
+        "num_class_embeds": _whole(1, 10_000, null=True),
+        "encoder_hid_dim": _whole(1, 16_384, null=True),
+        "conv_in_kernel": _whole(1, 15), "conv_out_kernel": _whole(1, 15),     # 3
+    },
+    "vae": {
+        "sample_size": _whole(8, 8192),                      # 1,024 (pixels: the tile size when tiling)
+        "in_channels": _whole(1, 64), "out_channels": _whole(1, 64),          # 3
+        "latent_channels": _whole(1, 64),                    # 4
+        "block_out_channels": _channels(8192),               # [128, 256, 512, 512]
+        "layers_per_block": _whole(1, 16),                   # 2
+        "norm_num_groups": _whole(1, 1024),                  # 32
+        "scaling_factor": _number(0, 100),                   # 0.18215
+        "shift_factor": _number(-100, 100, null=True),
+    },
+    "text_encoder": _TEXT_ENCODER,
+    "text_encoder_2": _TEXT_ENCODER,
+    "scheduler": {                                           # what samplers.make_scheduler passes on
+        "num_train_timesteps": _whole(1, 10_000),            # 1,000
+        "beta_start": _fraction(), "beta_end": _fraction(),  # 0.00085, 0.012
+        "beta_schedule": _one_of("linear", "scaled_linear", "squaredcos_cap_v2"),
+        "trained_betas": _BETAS,
+        "prediction_type": _one_of("epsilon", "v_prediction", "sample"),
+        "steps_offset": _whole(0, 10_000),                   # 1
+        "rescale_betas_zero_snr": _TRUE_OR_FALSE,
+    },
+}
+
+
+def check_part_config(part: str, config: dict, shown: str) -> dict:
+    """`config` (the config file of `part`, named `shown` in messages) when every key that sizes what is
+    built from it is within PART_LIMITS; EngineError in one line naming the key and its value otherwise."""
+    nested = config.get("text_config") if part.startswith("text_encoder") else None
+    if nested is not None:                       # a whole CLIP config: transformers builds its text part
+        if not isinstance(nested, dict):
+            raise EngineError(f"{shown} gives text_config the value {_shown(nested)}; it must be an object")
+        check_part_config(part, nested, f"{shown} (text_config)")
+    for key, rule in PART_LIMITS[part].items():
+        if key in config and not rule.accepts(config[key]):
+            raise EngineError(f"{shown} gives {key} the value {_shown(config[key])}; it must be {rule.says}")
+    betas, timesteps = config.get("trained_betas"), config.get("num_train_timesteps", 1000)
+    if part == "scheduler" and betas is not None and len(betas) != timesteps:
+        raise EngineError(f"{shown} gives {len(betas):,} trained_betas for {timesteps:,} timesteps "
+                          "(num_train_timesteps); it must give one for each")
+    return config
 
 
 @contextmanager

@@ -105,7 +105,7 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
                 model_input = torch.cat([model_input, condition], dim=1)
             prediction = model.unet(model_input.to(dtype), t, encoder_hidden_states=embeddings,
                                     added_cond_kwargs=added, return_dict=False)[0].float()
-            finite = torch.isfinite(prediction).all()    # read after the step is queued: no extra device wait
+            finite = torch.isfinite(prediction).all()
             if guided:
                 unconditional, conditional = prediction.chunk(2)
                 prediction = unconditional + job.guidance * (conditional - unconditional)
@@ -113,9 +113,11 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_options)[0]
             if keep is not None:
                 latents, x0 = _blend(scheduler, latents, x0, init, noise, keep, timesteps, index)
+            stop = on_step(index + 1, len(timesteps), x0)
+            # Read after the preview of x0, which waits for this step already: no device wait of its own.
             if not bool(finite):
                 raise invalid_values("the UNet", model, f" at step {index + 1} of {len(timesteps)}")
-            if on_step(index + 1, len(timesteps), x0):
+            if stop:
                 return x0, index + 1
     return x0, len(timesteps)
 

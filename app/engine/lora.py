@@ -162,15 +162,17 @@ def _host_classes():
 
 @contextmanager
 def _quiet():
-    """diffusers logs (multi-line) errors and PEFT warns while loading; the EngineError line says it all."""
+    """diffusers logs (multi-line) errors and PEFT warns while loading; the EngineError line says it all.
+    The warnings are filtered by their modules, not inside catch_warnings: that is not thread-safe (this runs
+    on the engine's thread while the UI thread reads images) and could leave an "ignore all" behind."""
     import diffusers
 
+    for module in (r"peft(\.|$)", r"diffusers(\.|$)"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
     level = diffusers.utils.logging.get_verbosity()
     diffusers.utils.logging.set_verbosity(logging.CRITICAL + 10)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
         diffusers.utils.logging.set_verbosity(level)
 

@@ -6,12 +6,16 @@ key names and the UNet's input channels, the way model sites' files are laid out
   SD 1.x  cond_stage_model.transformer.*            SD 2.x  cond_stage_model.model.* (OpenCLIP)
   SDXL    conditioner.embedders.{0,1}.*             inpainting: a 9-channel first UNet convolution
 A .safetensors header is read by the bounded reader of app.engine.safetensors_header, never by the library
-that loads the weights; every weight a model part loads must be floating point (`check_weight_dtypes`).
+that loads the weights; every weight a model part loads must be floating point (`check_weight_dtypes`), and
+no file may make the loader read more than a model of its family can hold (`check_weight_sizes`).
 """
 from __future__ import annotations
 
 import json
+import math
+import os
 import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Callable, Iterable, Mapping
 
 from app.core.safe_files import FileTooLarge, read_bounded
 from app.engine.events import EngineError
-from app.engine.safetensors_header import TensorInfo, read_safetensors_header, shown_name
+from app.engine.safetensors_header import DTYPE_BYTES, TensorInfo, read_safetensors_header, shown_name
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -37,6 +41,20 @@ SINGLE_FILE_PARTS = (("model.diffusion_model.", "UNet"), ("first_stage_model.los
                      ("conditioner.embedders.", "text encoder"))
 FOLDER_PARTS = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder",
                 "text_encoder_2": "second text encoder"}
+# What a file may make the loader read (from_single_file reads a checkpoint whole). The largest real tensor is
+# SDXL's second text encoder's token embedding, 49,408 x 1,280: 253 MB in F32. A full-precision SDXL
+# checkpoint is 14 GB, 24 GB with an F32 EMA copy of its UNet; an SD 1.x one with its EMA copy 7.7 GB. Each
+# limit holds the largest real file in F64 (twice F32) with room to spare.
+GIB = 1 << 30
+MAX_TENSOR_BYTES = 2 * GIB
+MAX_DATA_BYTES = {"sd1": 24 * GIB, "sd2": 24 * GIB, "sdxl": 64 * GIB}     # all of a single file's tensors
+MAX_EXTRA_BYTES = {"sd1": 12 * GIB, "sd2": 12 * GIB, "sdxl": 32 * GIB}    # those no model part loads
+MAX_PART_BYTES = {"unet": 24 * GIB, "vae": 2 * GIB, "text_encoder": 4 * GIB, "text_encoder_2": 8 * GIB}
+MAX_PICKLE_BYTES = max(MAX_DATA_BYTES.values())
+# torch.load's notes about a file it then refuses (an unusual pickle protocol, a TorchScript archive); the
+# one line load_pickled_state_dict gives says what matters. The TorchScript note is attributed to its caller.
+TORCH_LOAD_NOTES = ((r"Detected pickle protocol \d+ in the checkpoint", r"torch\."),
+                    (r"'torch\.load' received a zip file that looks like a TorchScript", re.escape(__name__)))
 
 
 @dataclass(frozen=True)
@@ -110,21 +128,28 @@ def tensor_table(state: Mapping) -> dict[str, TensorInfo]:
             for key, value in state.items() if isinstance(key, str) and isinstance(value, torch.Tensor)}
 
 
-def load_pickled_state_dict(path: Path, label: str = "") -> dict:
+def load_pickled_state_dict(path: Path, label: str = "", limit: int = MAX_PICKLE_BYTES,
+                            holder: str = "Stable Diffusion checkpoint") -> dict:
     """A .ckpt/.pt/.bin state dict through torch.load(weights_only=True): plain tensors only, never code.
-    `label` names the file in messages (default: its name)."""
+    `label` names the file in messages (default: its name); a file over `limit` bytes, more than any
+    `holder` takes, is refused before torch reads it (the legacy format is read whole)."""
     import torch
 
     name = label or path.name
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")        # torch's notes on pickle protocols; the outcome is our line
-            try:
-                data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                data = torch.load(str(path), map_location="cpu", weights_only=True)   # legacy (non-zip) format
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise EngineError(f"could not read {name}: {exc.strerror or exc}") from None
+    if size > limit:
+        raise EngineError(f"{name} cannot be used: it is {size:,} bytes; no {holder} takes more than {limit:,}")
+    quiet_torch_load()
+    try:
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            data = torch.load(str(path), map_location="cpu", weights_only=True)   # legacy (non-zip) format
     except pickle.UnpicklingError:
         raise EngineError(refused_pickle(name)) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -135,6 +160,15 @@ def load_pickled_state_dict(path: Path, label: str = "") -> dict:
     if not isinstance(data, dict):
         raise EngineError(f"{name} does not hold a state dict of weights")
     return data
+
+
+def quiet_torch_load() -> None:
+    """Ignore TORCH_LOAD_NOTES. Added before every load rather than scoped with catch_warnings, which is not
+    thread-safe (a check runs off the UI thread) and could leave a process-wide filter behind; adding the
+    same filter again only moves it to the front, which also restores it after another thread's
+    catch_warnings dropped it."""
+    for message, module in TORCH_LOAD_NOTES:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
 
 
 def refused_pickle(name: str) -> str:
@@ -152,6 +186,26 @@ def check_weight_dtypes(tensors: Mapping[str, TensorInfo], name: str, part_of: C
         if part:
             raise EngineError(f"{name} cannot be used: its {part} weight {shown_name(key)} is {info.dtype}, but "
                               f"a Stable Diffusion model's weights are floating point ({', '.join(FLOAT_DTYPES)})")
+
+
+def check_weight_sizes(tensors: Mapping[str, TensorInfo], name: str, part_of: Callable[[str], str],
+                       limits: tuple[int, int], holder: str) -> None:
+    """EngineError when one tensor, the tensors no model part loads (`part_of(key)` is ""), or all of them
+    together (`limits`: the bounds of all, and of those) take more than any `holder` ("SDXL model", ...)."""
+    total = extra = 0
+    for key, info in tensors.items():
+        size = math.prod(info.shape) * DTYPE_BYTES.get(info.dtype, 16)
+        if size > MAX_TENSOR_BYTES:
+            raise EngineError(f"{name} cannot be used: its tensor {shown_name(key)} takes {size:,} bytes; no "
+                              f"Stable Diffusion model's tensor takes more than {MAX_TENSOR_BYTES:,}")
+        total += size
+        extra += 0 if part_of(key) else size
+    if extra > limits[1]:
+        raise EngineError(f"{name} cannot be used: {extra:,} bytes of its tensors belong to no model part (EMA "
+                          f"copies, training state); no {holder} holds more than {limits[1]:,} of those")
+    if total > limits[0]:
+        raise EngineError(f"{name} cannot be used: its tensors take {total:,} bytes; no {holder} takes more "
+                          f"than {limits[0]:,}")
 
 
 def single_file_part(key: str) -> str:
@@ -194,6 +248,8 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     tensors = read_checkpoint_tensors(path)
     info = identify_checkpoint(tensors, lambda key: tensors[key].shape if key in tensors else None, path.name)
     check_weight_dtypes(tensors, path.name, single_file_part)
+    check_weight_sizes(tensors, path.name, single_file_part,
+                       (MAX_DATA_BYTES[info.family], MAX_EXTRA_BYTES[info.family]), f"{info.label} model")
     return info
 
 
@@ -223,7 +279,10 @@ def _what_else(keys: list[str]) -> str:
 # -- diffusers folders --------------------------------------------------------------------------------
 
 def inspect_folder(folder: Path) -> tuple[str, bool]:
-    """(family, inpaint) of a diffusers folder; EngineError names a missing or foreign component."""
+    """(family, inpaint) of a diffusers folder; EngineError names a missing or foreign component, or a
+    component config that is not within bounds (config_folder.check_part_config)."""
+    from app.engine.config_folder import part_config
+
     for part in ("unet", "vae", "text_encoder"):
         if not (folder / part / "config.json").is_file():
             raise EngineError(f"{folder.name} is not a complete diffusers model: its {part}/config.json "
@@ -241,6 +300,11 @@ def inspect_folder(folder: Path) -> tuple[str, bool]:
         family = "sdxl"
     else:
         family = "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
+    for part in ("unet", "vae", "text_encoder") + (("text_encoder_2",) if family == "sdxl" else ()):
+        part_config(folder / part / "config.json", part, f"{folder.name}/{part}/config.json")
+    if (folder / "scheduler" / "scheduler_config.json").is_file():
+        part_config(folder / "scheduler" / "scheduler_config.json", "scheduler",
+                    f"{folder.name}/scheduler/scheduler_config.json")
     return family, channels == 9
 
 
@@ -252,14 +316,19 @@ def check_folder_weights(folder: Path, part: str) -> bool:
     where = folder / part
     stem = "diffusion_pytorch_model" if part in ("unet", "vae") else "model"
     candidates = ((f"{stem}.safetensors", True), (f"{'pytorch_model' if stem == 'model' else stem}.bin", False))
+    shown, limit = FOLDER_PARTS.get(part, part), MAX_PART_BYTES[part]
     for weights, safe in candidates:
         files = _weight_files(where, weights, f"{folder.name}/{part}")
+        every: dict[str, TensorInfo] = {}
         for file in files:
             label = f"{folder.name}/{part}/{file.name}"
             tensors = read_safetensors_header(file, label).tensors if safe else \
-                tensor_table(load_pickled_state_dict(file, label))
-            check_weight_dtypes(tensors, label, lambda key: FOLDER_PARTS.get(part, part))
+                tensor_table(load_pickled_state_dict(file, label, limit, f"Stable Diffusion {shown}"))
+            check_weight_dtypes(tensors, label, lambda key: shown)
+            every.update({key if key not in every else f"{file.name}:{key}": info for key, info in tensors.items()})
         if files:
+            check_weight_sizes(every, f"{folder.name}/{part}", lambda key: shown, (limit, limit),
+                               f"Stable Diffusion {shown}")
             return safe
     raise EngineError(f"{folder.name}/{part} holds no weights ({candidates[0][0]} or {candidates[1][0]})")
 
@@ -296,7 +365,6 @@ def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> dict:
     if not isinstance(data, dict):
         raise EngineError(f"{shown} is not a JSON object")
     return data
-
 
 
 def short_error(exc: BaseException, limit: int = 160) -> str:

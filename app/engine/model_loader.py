@@ -6,18 +6,22 @@ downloaded into the standard Hugging Face cache first (only the files a diffuser
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import pickle
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from app.engine.config_folder import check_config_folder, staged
+from app.core.safe_files import FileTooLarge, read_bounded
+from app.engine.config_folder import check_config_folder, part_config, staged
 from app.engine.devices import DevicePlan
 from app.engine.events import EngineError
 from app.engine.model_files import (CONFIG_ROOT, TOKENIZER_DIR, ModelSource, check_folder_weights,
-                                    inspect_checkpoint, inspect_folder, read_json, refused_pickle, short_error)
+                                    inspect_checkpoint, inspect_folder, refused_pickle, short_error)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]          # message, fraction done (0..1, or -1 when unknown)
@@ -116,7 +120,7 @@ def _load_single_file(path: Path, config: str, plan: DevicePlan, progress: Progr
     progress(f"reading {path.name}", -1)
     info = inspect_checkpoint(path)
     checked = check_config_folder(Path(config) if config else CONFIG_ROOT / info.config_name, info, path.name)
-    tokenizers = tokenizers_for(checked.path, info.family)
+    tokenizers = tokenizers_for(checked.path, info.family, f"config folder {checked.path.name}: ")
     # Every other part is given, so diffusers loads nothing but the UNet, the VAE and the text encoders; the
     # scheduler's config is the checked one (the samplers make their own schedulers from it).
     kwargs = {"tokenizer": tokenizers[0], "scheduler": None, "feature_extractor": None, "image_encoder": None}
@@ -152,8 +156,14 @@ def _load_folder(folder: Path, name: str, plan: DevicePlan, progress: Progress) 
     import diffusers
     import transformers
 
-    family, inpaint = inspect_folder(folder)
+    family, inpaint = inspect_folder(folder)            # every part's config checked among the rest
     parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    if not scheduler_path.is_file():
+        scheduler_path = CONFIG_ROOT / ("sdxl" if family == "sdxl" else "sd15") / "scheduler" / scheduler_path.name
+    scheduler_config = part_config(scheduler_path, "scheduler",
+                                   f"{scheduler_path.parent.parent.name}/scheduler/{scheduler_path.name}")
+    tokenizers = tokenizers_for(folder, family, f"{folder.name}/")
     safetensors = {part: check_folder_weights(folder, part) for part in parts}
 
     def options(part: str) -> dict:
@@ -168,28 +178,69 @@ def _load_folder(folder: Path, name: str, plan: DevicePlan, progress: Progress) 
     if family == "sdxl":
         encoders.append(transformers.CLIPTextModelWithProjection.from_pretrained(
             folder, **options("text_encoder_2")))
-    tokenizers = tokenizers_for(folder, family)
-    scheduler_path = folder / "scheduler" / "scheduler_config.json"
-    scheduler_config = read_json(scheduler_path) if scheduler_path.is_file() else \
-        read_json(CONFIG_ROOT / ("sdxl" if family == "sdxl" else "sd15") / "scheduler" / "scheduler_config.json")
     return _finish(DiffusionModel(name, family, inpaint, unet, vae, encoders, tokenizers, scheduler_config, plan))
 
 
-def tokenizers_for(folder: Path, family: str) -> list:
-    """The model's CLIP tokenizers: its own if it has them, else (single files) the shipped vocabulary's."""
-    from transformers import CLIPTokenizer
-
+def tokenizers_for(folder: Path, family: str, where: str = "") -> list:
+    """The model's CLIP tokenizers: its own if it has them, else (single files) the shipped vocabulary's.
+    A folder's own are read within TOKENIZER_FILES' bounds and built from a copy of just those files;
+    `where` ("config folder X: ", "model/") begins the name of a file in messages."""
     def load(sub: str, pad: str):
         own = folder / sub
-        has_own = (own / "vocab.json").is_file() and (own / "merges.txt").is_file()
-        if has_own and not _is_shipped_vocabulary(own, pad):
-            return CLIPTokenizer.from_pretrained(own, local_files_only=True)
-        return shipped_tokenizer(pad)
+        if not ((own / "vocab.json").is_file() and (own / "merges.txt").is_file()):
+            return shipped_tokenizer(pad)
+        files = _tokenizer_files(own, f"{where}{sub}/")
+        if _is_shipped_vocabulary(files, pad):
+            return shipped_tokenizer(pad)
+        from transformers import CLIPTokenizer
+
+        with tempfile.TemporaryDirectory(prefix="latent-canvas-tokenizer-") as temp:
+            for name, file in files.items():
+                (Path(temp) / name).write_bytes(file.read())
+            return CLIPTokenizer.from_pretrained(temp, local_files_only=True)
 
     # SD 2.x and SDXL's second encoder are OpenCLIP models, which pad with "!" (token 0).
     if family == "sdxl":
         return [load("tokenizer", "<|endoftext|>"), load("tokenizer_2", "!")]
     return [load("tokenizer", "!" if family == "sd2" else "<|endoftext|>")]
+
+
+# The files a CLIP tokenizer is built from, and the most of each that is read (the shipped vocabulary is
+# 0.96 MB, its merges 0.52 MB, a CLIP tokenizer.json 3.6 MB, the settings a few KB).
+TOKENIZER_FILES = {"vocab.json": 16 << 20, "merges.txt": 16 << 20, "tokenizer.json": 16 << 20,
+                   "tokenizer_config.json": 1 << 20, "special_tokens_map.json": 1 << 20,
+                   "added_tokens.json": 1 << 20}
+
+
+class _TokenizerFile(NamedTuple):
+    size: int
+    read: Callable[[], bytes]                    # its bytes (read once), or EngineError in one line
+
+
+def _tokenizer_files(folder: Path, shown: str) -> dict[str, _TokenizerFile]:
+    """Each of TOKENIZER_FILES in `folder`, by name; EngineError in one line when one is over its bound
+    (measured before anything is read)."""
+    def reader(path: Path, limit: int) -> Callable[[], bytes]:
+        @functools.cache
+        def read() -> bytes:
+            try:
+                return read_bounded(path, limit)
+            except FileTooLarge as exc:
+                raise EngineError(f"{shown}{path.name} is too large for a tokenizer ({exc})") from None
+            except OSError as exc:
+                raise EngineError(f"could not read {shown}{path.name}: {exc.strerror or exc}") from None
+        return read
+    files = {}
+    for name, limit in TOKENIZER_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        if size > limit:
+            raise EngineError(f"{shown}{name} is too large for a tokenizer ({size:,} bytes; at most {limit:,} are "
+                              "read)")
+        files[name] = _TokenizerFile(size, reader(path, limit))
+    return files
 
 
 # Building a CLIP tokenizer parses a 49k-word vocabulary and 48k merges in one call that holds the GIL for
@@ -212,19 +263,22 @@ def shipped_tokenizer(pad: str):
         return _shipped[pad]
 
 
-def _is_shipped_vocabulary(folder: Path, pad: str) -> bool:
-    """True if the tokenizer folder holds the shipped vocabulary and merges, byte for byte, the standard
-    special tokens with `pad`, and nothing that would change how it tokenizes (added tokens, tokenizer.json)."""
-    if (folder / "tokenizer.json").exists() or (folder / "added_tokens.json").exists():
+def _is_shipped_vocabulary(files: dict[str, _TokenizerFile], pad: str) -> bool:
+    """True if a tokenizer folder's `files` hold the shipped vocabulary and merges, byte for byte,
+    the standard special tokens with `pad`, and nothing that would change how it tokenizes (added tokens,
+    tokenizer.json). The vocabulary and merges are read only when their sizes are the shipped files'."""
+    if "tokenizer.json" in files or "added_tokens.json" in files:
         return False
     specials: dict[str, Any] = {}
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        path = folder / name
-        if path.is_file():
+        if name in files:
             try:
-                specials.update(read_json(path))
-            except (EngineError, ValueError, OSError):
+                settings = json.loads(files[name].read().decode("utf-8"))
+            except (ValueError, RecursionError):        # UnicodeDecodeError is a ValueError
                 return False
+            if not isinstance(settings, dict):
+                return False
+            specials.update(settings)
     added = specials.get("added_tokens_decoder") or {}
     if not isinstance(added, dict) or set(added) - {"49406", "49407"}:
         return False
@@ -235,11 +289,10 @@ def _is_shipped_vocabulary(folder: Path, pad: str) -> bool:
             declared = declared.get("content")
         if declared != value:
             return False
-    try:
-        return all((folder / name).read_bytes() == (TOKENIZER_DIR / name).read_bytes()
-                   for name in ("vocab.json", "merges.txt"))
-    except OSError:
+    shipped = ("vocab.json", "merges.txt")
+    if any(files[name].size != (TOKENIZER_DIR / name).stat().st_size for name in shipped):
         return False
+    return all(files[name].read() == (TOKENIZER_DIR / name).read_bytes() for name in shipped)
 
 
 # -- the Hugging Face hub -----------------------------------------------------------------------------------

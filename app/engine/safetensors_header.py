@@ -79,10 +79,10 @@ def read_safetensors_header(path: Path, label: str = "") -> SafetensorsHeader:
 def _parse(raw: bytes, data_size: int, refuse) -> SafetensorsHeader:
     if not raw.startswith(b"{"):
         raise refuse("its header is not a JSON object")
-    objects, values = _structure_counts(raw)
-    if objects > MAX_TENSORS + 2:             # the header itself and __metadata__ are objects too
-        listed = max(raw.count(b'"data_offsets"'), objects - 2)
-        raise refuse(f"its header lists {listed:,} tensors; a model has at most {MAX_TENSORS:,}")
+    others = 1 + (b'"__metadata__"' in raw)   # the objects that are no tensor's: the header, __metadata__
+    objects, values = _structure_counts(raw, MAX_TENSORS + others)
+    if objects - others > MAX_TENSORS:
+        raise refuse(f"its header lists {objects - others:,} tensors; a model has at most {MAX_TENSORS:,}")
     if values > MAX_VALUES:
         raise refuse(f"its header holds {values:,} values; a model's holds at most {MAX_VALUES:,}")
     try:
@@ -118,17 +118,18 @@ def _parse(raw: bytes, data_size: int, refuse) -> SafetensorsHeader:
     return SafetensorsHeader(tensors, metadata)
 
 
-def _structure_counts(raw: bytes) -> tuple[int, int]:
+def _structure_counts(raw: bytes, max_objects: int) -> tuple[int, int]:
     """(objects, values) a JSON text holds, at most: its "{", and its ":", "," and "[", outside strings.
 
-    Counting them everywhere is an upper bound that a model's header stays far below; only when it does not
-    (a large metadata text full of punctuation, or a hostile header) are the strings taken out, in chunks:
+    Counting them everywhere is an upper bound that a model's header stays far below; only when it is over
+    `max_objects` or MAX_VALUES (a large metadata text full of punctuation, or a hostile header) are the
+    strings taken out, for the exact count, in chunks:
     with escaped backslashes and quotes removed, a byte is inside a string when an odd number of quotes
     precede it."""
     def count(text: bytes, chars: bytes) -> int:
         return sum(text.count(bytes([char])) for char in chars)
     objects, values = raw.count(b"{"), count(raw, b":,[")
-    if objects <= MAX_TENSORS + 2 and values <= MAX_VALUES:
+    if objects <= max_objects and values <= MAX_VALUES:
         return objects, values
     plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in raw else raw
     objects = values = inside = 0

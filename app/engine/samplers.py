@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.engine.config_folder import check_part_config
 from app.engine.events import EngineError
 
 
@@ -39,13 +40,15 @@ def find_sampler(name: str) -> Sampler:
 
 
 def make_scheduler(name: str, model_scheduler_config: dict):
-    """A fresh scheduler of sampler `name` with the model's noise schedule and prediction type."""
-    import diffusers
-
+    """A fresh scheduler of sampler `name` with the model's noise schedule and prediction type; EngineError
+    when the schedule is not one a model has (the loader has refused such a config already)."""
     sampler = find_sampler(name)
     keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
             "prediction_type", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr")
     config = {key: value for key, value in model_scheduler_config.items() if key in keep}
+    check_part_config("scheduler", config, "the model's scheduler config")
+    import diffusers
+
     # "leading" spacing (old SD configs) skips the noisiest timestep; every tool now uses trailing.
     config["timestep_spacing"] = "trailing"
     config.update(dict(sampler.options))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,12 @@ from app.core.geometry import expand_by_fraction, expand_to_aspect
 from app.core.imageio import ImageLoadError, ImageSaveError, LoadedImage, load_image, save_image
 from app.core.styles import read_styles
 from app.editor_state import EditorState
+from app.engine import preload
 from app.engine.events import EngineError
 from app.engine.registry import EngineRegistry
 from app.generation_session import GenerationSession
 from app.model_library import ModelEntry, ModelLibrary, describe_model
-from app.stored_settings import SettingsStore
+from app.stored_settings import SettingsStore, migrate_qt_settings
 from app.widgets.actions import build_actions
 from app.widgets.add_model_dialog import AddModelDialog
 from app.widgets.canvas import CanvasView
@@ -57,6 +59,13 @@ def default_recovery_root() -> Path:
     return Path(folder or Path.home() / ".local" / "share" / "latent-canvas") / "recovery"
 
 
+def _describe_model(text: str, config: str) -> ModelEntry:
+    """describe_model for a background thread: after the engine's background import, since two threads
+    importing torch at once can fail (a .ckpt is read with torch)."""
+    preload.wait_if_started()
+    return describe_model(text, config)
+
+
 class MainWindow(QMainWindow):
     model_check_finished = Signal(object)      # the ModelEntry added (or already listed), None if refused
 
@@ -66,8 +75,12 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.setObjectName("mainWindow")
         self.setAccessibleName("Latent Canvas")
-        if not isinstance(settings, SettingsStore):
-            settings = SettingsStore(default_settings_path() if settings is None else settings)
+        if settings is None:
+            settings = SettingsStore(default_settings_path())
+            if sys.platform.startswith("linux"):     # an older version's QSettings file, read as plain text
+                migrate_qt_settings(settings, config_folder().with_suffix(".conf"))
+        elif not isinstance(settings, SettingsStore):
+            settings = SettingsStore(settings)
         self.settings = settings
         self.last_error = ""
         self.state = EditorState(self)
@@ -333,7 +346,7 @@ class MainWindow(QMainWindow):
             return
         name = Path(text.strip()).name or text.strip()
         self._show_status(f"Checking {name}…", False)
-        call = BackgroundCall(describe_model, text, config, parent=self)
+        call = BackgroundCall(_describe_model, text, config, parent=self)
         call.finished.connect(self._model_checked)
         call.start()
 
@@ -348,7 +361,8 @@ class MainWindow(QMainWindow):
             return
         except Exception as exc:  # noqa: BLE001 - a bug must not take the window down: one line, logged
             log.error("checking a model failed", exc_info=exc)
-            self.show_error(f"Could not check the model: internal error ({type(exc).__name__}: {exc})")
+            self.show_error(f"Could not check the model: internal error ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())})")
             self.model_check_finished.emit(None)
             return
         if entry.kind != "repo":
