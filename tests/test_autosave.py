@@ -138,6 +138,18 @@ def test_damaged_recovery_data_is_one_line_and_the_editor_starts_empty(qtbot, tm
     assert window.last_error.startswith("Could not recover the last session: the recovery data")
     assert "\n" not in window.last_error and window.state.document is None
     assert not folder.exists() and folder.with_name("999998.damaged").is_dir()      # kept, never offered again
+    assert window.last_error.endswith("it was set aside as 999998.damaged.")
+
+
+def test_damaged_recovery_data_is_reported_beside_other_damaged_files(qtbot, tmp_path):
+    (tmp_path / "settings.json").write_text("{broken")
+    folder = tmp_path / "recovery" / "999998"
+    folder.mkdir(parents=True)
+    (folder / "session.json").write_text("{broken")
+    window = window_for(qtbot, tmp_path)
+    window.offer_recovery(lambda text: pytest.fail("a damaged session must not be offered"))
+    line = window.statusBar().currentMessage()
+    assert "The settings file settings.json was damaged" in line and "Could not recover the last session" in line
     assert window.recovery.crashed() == []
 
 

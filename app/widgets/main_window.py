@@ -87,7 +87,7 @@ class MainWindow(QMainWindow):
         styles = read_styles()
         self.registry = registry or EngineRegistry()
         self.library = library if library is not None else ModelLibrary(default_library_path())
-        startup_notes = [*settings.problems, *styles.problems, *self.library.problems]
+        self.startup_notes = [*settings.problems, *styles.problems, *self.library.problems]
         styles = styles.styles
         self.session = GenerationSession(self.state, styles, self.registry, self)
         self.recovery = RecoveryStore(recovery_root if recovery_root is not None else default_recovery_root())
@@ -119,8 +119,8 @@ class MainWindow(QMainWindow):
         self.resize(1400, 900)
         self._restore_settings()
         self._refresh()
-        if startup_notes:          # damaged files: the editor starts anyway, and says what it set aside
-            self._show_status(" ".join(startup_notes), True)
+        if self.startup_notes:     # damaged files: the editor starts anyway, and says what it set aside
+            self._show_status(" ".join(self.startup_notes), True)
 
     # -- construction -----------------------------------------------------------------------------
     def _centre(self) -> QWidget:
@@ -505,7 +505,9 @@ class MainWindow(QMainWindow):
             found = recovery_load(folder)
         except RecoveryError as exc:
             kept = RecoveryStore.set_aside(folder)
-            self._show_status(f"Could not recover the last session: {exc} (kept in {kept})", True)
+            self.startup_notes.append(f"Could not recover the last session: {exc}; it was set aside as "
+                                      f"{kept.name}.")
+            self._show_status(" ".join(self.startup_notes), True)
             return False
         text = (f"Latent Canvas did not close properly last time. Recover the unsaved work?\n\n"
                 f"{found.describe()}")
