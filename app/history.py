@@ -45,9 +45,10 @@ class _Command(QUndoCommand):
         try:
             step(self._history.document())
         except Exception as exc:  # noqa: BLE001 - reported in one line; the document is as it was
-            # Obsolete: QUndoStack drops the step, so its position still matches the document (and a stack
-            # that was clean at this step is clean no more: autosave keeps the work).
+            # Obsolete: QUndoStack drops the step, so its position still matches the document.
             self.setObsolete(True)
+            if what == "undo":           # the document still holds this step: it is not the saved one
+                self._history.stack.resetClean()
             line = f"Could not {what} \"{self.change.label}\" ({' '.join(str(exc).split())}); that step was " \
                    "taken out of the undo history"
             log.error("%s", line)

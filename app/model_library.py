@@ -11,10 +11,9 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from app.core.safe_files import FileTooLarge, read_bounded, set_aside, write_text_atomically
+from app.core.safe_files import read_json_file, set_aside, writable_text, write_text_atomically
 from app.engine.events import EngineError
-from app.engine.model_files import (CheckpointInfo, inspect_checkpoint, inspect_folder, resolve_source,
-                                    short_error)
+from app.engine.model_files import CheckpointInfo, inspect_checkpoint, inspect_folder, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +119,15 @@ class ModelLibrary:
         stored.entries = entries
 
     def _load(self) -> None:
-        try:
-            raw = read_bounded(self.path, MAX_FILE_BYTES)
-        except (FileNotFoundError, NotADirectoryError):        # no list yet: nothing to keep
+        found = read_json_file(self.path, MAX_FILE_BYTES)
+        if found.missing:
             return
-        except FileTooLarge as exc:
-            self._damaged(f"it is too large ({exc})", _Stored())
+        if found.unreadable:
+            self._read_only = f"it could not be read: {found.unreadable}"
+            self._report(f"Could not read the model list {self.path} ({found.unreadable}); it is left as it is "
+                         "and no models are listed.")
             return
-        except OSError as exc:
-            self._read_only = f"it could not be read: {exc.strerror or exc}"
-            self._report(f"Could not read the model list {self.path} ({exc.strerror or exc}); it is left as it "
-                         "is and no models are listed.")
-            return
-        stored = parse_model_list(raw)
+        stored = _Stored(problem=found.damaged) if found.damaged else parse_model_list(found.data)
         if stored.problem:
             self._damaged(stored.problem, stored)
         else:
@@ -149,11 +144,12 @@ class ModelLibrary:
         count = len(stored.entries)
         listed = f"{count} model{'s' if count != 1 else ''} listed" if count else "no models listed"
         self._report(f"The model list {self.path.name} is damaged ({problem}); {listed}, {where}.")
-        self._stored = _Stored(other=stored.other, extra=stored.extra, foreign=stored.foreign)
+        self._stored = stored
+        stored.problem = ""
         if stored.entries or stored.foreign:
             try:
                 self._commit(stored.entries)     # the readable part, as the new list
-            except EngineError as exc:
+            except EngineError as exc:           # still listed, and in the list the next change writes
                 self._report(str(exc))
 
     def _report(self, line: str) -> None:
@@ -171,14 +167,8 @@ class _Stored:
     problem: str = ""                                        # what was damaged ("" = nothing)
 
 
-def parse_model_list(raw: bytes) -> _Stored:
+def parse_model_list(data: object) -> _Stored:
     """The entries of a saved model list, what a newer version wrote, and what was damaged."""
-    try:
-        data = json.loads(raw.decode("utf-8"))       # json.JSONDecodeError is a ValueError
-    except UnicodeDecodeError:
-        return _Stored(problem="it is not UTF-8 text")
-    except (ValueError, RecursionError) as exc:
-        return _Stored(problem=f"not valid JSON: {short_error(exc, 80)}")
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         return _Stored(problem="expected an object with a 'models' list")
     stored = _Stored(other={k: v for k, v in data.items() if k not in ("version", "models")})
@@ -203,7 +193,8 @@ def _entry_from(item: object) -> ModelEntry | None:
     if not isinstance(item, dict):
         return None
     values = {key: item.get(key, "") for key in FIELDS}
-    if not all(isinstance(v, str) and len(v) <= MAX_TEXT and "\0" not in v for v in values.values()):
+    if not all(isinstance(v, str) and len(v) <= MAX_TEXT and "\0" not in v and writable_text(v)
+               for v in values.values()):
         return None
     if not values["location"].strip() or values["kind"] not in KINDS:
         return None
@@ -212,9 +203,12 @@ def _entry_from(item: object) -> ModelEntry | None:
 
 def _is_newer_kind(item: object) -> bool:
     """An entry of a kind of model a later version knows: well formed, but not one of KINDS."""
-    return (isinstance(item, dict) and isinstance(item.get("kind"), str) and item["kind"] not in KINDS
-            and isinstance(item.get("location"), str) and bool(item["location"].strip())
-            and len(json.dumps(item)) <= 4 * MAX_TEXT)
+    if not (isinstance(item, dict) and isinstance(item.get("kind"), str) and item["kind"] not in KINDS
+            and isinstance(item.get("location"), str) and bool(item["location"].strip())):
+        return False
+    text = json.dumps(item, ensure_ascii=False)
+    return len(text) <= 4 * MAX_TEXT and writable_text(text)
+
 
 
 def _normalised(location: str) -> str:

@@ -3,12 +3,14 @@
 They live in one JSON file in the user's config folder, read through one typed reader: every value is
 checked against its entry in SCHEMA (type, range, length) and a value that is missing takes its default;
 one that is damaged (not a number, not finite, outside its range, of the wrong type, too long) takes its
-default too and is named in `problems`: a setting is never silently turned into something extreme. A file that is not a JSON object of
-settings is kept beside the original name (settings.json.damaged-<time>) and the editor starts with the
-defaults. Saving is atomic (app/core/safe_files.py).
+default too and is named in `problems`: a setting is never silently turned into something extreme. A file
+that is not a JSON object of settings is kept beside the original name (settings.json.damaged-<time>) and
+the editor starts with the defaults; one that cannot be read is left as it is and never overwritten.
+Saving is atomic (app/core/safe_files.py).
 
 Qt's QSettings is not used: PySide6 stores any Python object it is given as a pickle and unpickles it when
-the file is read, so a planted settings file could run code at every launch. This file holds only JSON.
+the file is read, so a planted settings file could run code at every launch. This file holds only JSON; an
+older version's QSettings file is taken over once by reading it as plain text (`migrate_qt_settings`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.safe_files import FileTooLarge, read_bounded, set_aside, write_text_atomically
+from app.core.safe_files import (read_bounded, read_json_file, set_aside, writable_text,
+                                 write_text_atomically)
 
 MAX_FILE_BYTES = 1 << 20
 MAX_TEXT = 20_000
@@ -108,24 +111,18 @@ class SettingsStore:
 
     # -- reading ----------------------------------------------------------------------------------------
     def _load(self) -> None:
-        try:
-            raw = read_bounded(self.path, MAX_FILE_BYTES)
-        except (FileNotFoundError, NotADirectoryError):        # no list yet: nothing to keep
+        found = read_json_file(self.path, MAX_FILE_BYTES)
+        if found.missing:
             return
-        except FileTooLarge as exc:
-            self._set_aside(f"it is too large ({exc})")
-            return
-        except OSError as exc:
+        if found.unreadable:
             self._writable = False
-            self.problems.append(f"Could not read the settings file {self.path} ({exc.strerror or exc}); "
-                                 "using the defaults, and it is left as it is.")
+            self.problems.append(f"Could not read the settings file {self.path} ({found.unreadable}); using the "
+                                 "defaults, and it is left as it is.")
             return
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            self._set_aside(f"it is not valid JSON ({type(exc).__name__})")
+        if found.damaged:
+            self._set_aside(found.damaged)
             return
-        stored = data.get("settings") if isinstance(data, dict) else None
+        stored = found.data.get("settings") if isinstance(found.data, dict) else None
         if not isinstance(stored, dict):
             self._set_aside("it is not an object of settings")
             return
@@ -158,7 +155,7 @@ def migrate_qt_settings(store: SettingsStore, old: Path) -> bool:
     """Take the values of an older version's QSettings INI file (Linux) into a store that has no file yet,
     reading it as plain text: values Qt would have to deserialise ("@Variant(...)", "@ByteArray(...)") and
     lists are skipped, so nothing in it is unpickled. True when something was taken."""
-    if store.path.exists():
+    if store.path.exists() or store.problems:           # a damaged file of this version: not the old one's turn
         return False
     try:
         text = read_bounded(old, MAX_FILE_BYTES).decode("utf-8")
@@ -193,7 +190,9 @@ _INI_ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r", "0": "\0"
 def _ini_value(raw: str) -> str | None:
     """One plain string as Qt writes it into an INI file (quoted or not, with its escapes); None for the
     values this reader does not take (@-values, lists)."""
-    if raw.startswith("@"):
+    if raw.startswith("@@"):                             # Qt's escape of a text that starts with "@"
+        raw = raw[1:]
+    elif raw.startswith("@"):
         return None
     out, quoted, index = [], False, 0
     while index < len(raw):
@@ -216,7 +215,11 @@ def _ini_value(raw: str) -> str | None:
         else:
             out.append(character)
         index += 1
-    return "".join(out)
+    text = "".join(out)
+    try:                                                 # \xd83c\xdfa8: one character in two UTF-16 units
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        return None
 
 
 def _stored_form(setting: Setting, value: object) -> object:
@@ -236,7 +239,7 @@ def _check(setting: Setting, value: object) -> tuple[object | None, str]:
     if kind is str:
         if not isinstance(value, str):
             return None, "not text"
-        if len(value) > setting.max_length or "\0" in value:
+        if len(value) > setting.max_length or "\0" in value or not writable_text(value):
             return None, "too long or not text"
         return value, ""
     if kind is bytes:

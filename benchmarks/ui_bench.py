@@ -147,8 +147,11 @@ def run(args) -> dict:
     added = []                                       # the model is checked on a background thread
     window.model_check_finished.connect(added.append)
     window.add_model_from_text(str(folder))
-    while not added:
+    deadline = time.perf_counter() + 300
+    while not added and time.perf_counter() < deadline:
         app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 10)
+    if not added:
+        raise RuntimeError("the benchmark model was not checked within 5 minutes")
     entry = added[0]
     if entry is None or window.panel.selected_model() != entry.location:
         raise RuntimeError(f"could not add and pick the benchmark model: {window.last_error}")

@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.core.changes import CanvasChange, DocumentChange, MaskPatchChange
-from app.core.geometry import Rect
 from app.core.imageio import MAX_PIXELS
 from app.core.recovery import Recovered, RecoveryError, load
 from tests.fuzzing import bounded

@@ -146,3 +146,19 @@ def test_an_undo_that_fails_is_one_line_and_never_takes_the_process_down():
     # The step is gone from the history: nothing to redo, and the document (which still holds the step's
     # result) counts as unsaved, so closing asks and autosave keeps it.
     assert "after: 0 0 False False" in out.stdout
+
+
+def test_an_undo_that_fails_right_after_a_save_leaves_the_document_unsaved(state):
+    """Saved, then a step whose undo fails: the step leaves the history and the position is the saved one
+    again, yet the document still holds the step. It must not count as saved, or closing would not ask."""
+    paint(state, Rect(0, 0, 8, 8))
+    state.history.stack.setClean()
+    paint(state, Rect(20, 20, 8, 8))
+    change = state.history.changes()[-1]
+    change.before = change.before[:3]                      # no longer fits its rectangle: undo refuses it
+    failed = []
+    state.history.failed.connect(failed.append)
+    state.history.stack.undo()
+    assert failed and state.history.stack.index() == 1 and state.history.stack.count() == 1
+    assert not state.history.stack.isClean()
+    assert state.document.mask[20:28, 20:28].all()         # the document is as it was

@@ -237,10 +237,41 @@ def test_a_list_that_cannot_be_read_or_set_aside_is_never_overwritten(library_pa
 
     def fail(*args, **kwargs):
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(model_library, "read_bounded" if fault == "read" else "set_aside", fail)
+    from app.core import safe_files
+
+    monkeypatch.setattr(safe_files, "read_bounded", fail) if fault == "read" else \
+        monkeypatch.setattr(model_library, "set_aside", fail)
     library = ModelLibrary(library_path)
     [line] = library.problems
     assert "left as it is" in line and "\n" not in line
     with pytest.raises(EngineError, match="models cannot be added or removed"):
         library.add(str(checkpoint))
     assert library_path.read_text() == content
+
+
+def test_a_list_with_text_that_cannot_be_written_back_still_opens(library_path, checkpoint):
+    library_path.parent.mkdir(parents=True)
+    library_path.write_text(json.dumps({"models": [{"location": "/m/a.safetensors", "kind": "file", "label": "\ud800"},
+                                                   {"location": "/m/b.safetensors", "kind": "file"}]}))
+    library = ModelLibrary(library_path)
+    assert [e.location for e in library.entries()] == ["/m/b.safetensors"]
+    library.add(str(checkpoint))
+    assert len(ModelLibrary(library_path).entries()) == 2
+
+
+def test_readable_entries_stay_listed_when_the_repaired_list_cannot_be_written(library_path, checkpoint,
+                                                                               monkeypatch):
+    from app import model_library
+
+    library_path.parent.mkdir(parents=True)
+    library_path.write_text(json.dumps({"models": [{"location": "/m/a.safetensors", "kind": "file"}, "junk"]}))
+    written = model_library.write_text_atomically
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(model_library, "write_text_atomically", full)
+    library = ModelLibrary(library_path)
+    assert [e.location for e in library.entries()] == ["/m/a.safetensors"]
+    monkeypatch.setattr(model_library, "write_text_atomically", written)
+    library.add(str(checkpoint))
+    assert [e.location for e in ModelLibrary(library_path).entries()][0] == "/m/a.safetensors"

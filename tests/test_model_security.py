@@ -278,6 +278,21 @@ def test_a_diffusers_folder_whose_part_config_would_exhaust_memory_is_refused_in
         assert "; it must be " in str(error.value)
 
 
+def test_a_text_encoder_config_far_larger_than_its_weights_is_refused_before_loading(tmp_path, tiny_models):
+    """Each key within its bound, but together 13 billion parameters beside the tiny model's weights:
+    transformers would make up the missing ones in memory (51 GB and more)."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models.path("sd15"), folder)
+    for key, value in (("hidden_size", 4096), ("intermediate_size", 16384), ("num_hidden_layers", 64),
+                       ("num_attention_heads", 32)):
+        changed_config(folder, "text_encoder/config.json", key, value)
+    with bounded(seconds=5.0, megabytes=64):
+        with pytest.raises(EngineError) as loaded:
+            load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    assert one_line(loaded).startswith("model/text_encoder cannot be used: its config describes a text encoder "
+                                       "of 13,")
+
+
 def test_trained_betas_must_give_one_beta_per_timestep(tmp_path, checkpoint):
     config = changed_config(config_folder(tmp_path), "scheduler/scheduler_config.json", "trained_betas",
                             [0.01] * 10)
@@ -356,6 +371,23 @@ def test_a_config_folder_tokenizer_is_built_from_a_copy_of_its_tokenizer_files_o
         model = load_with(checkpoint, config)
     assert model.tokenizers[0].chat_template is None
     assert model.tokenizers[0]("a red fox").input_ids[0] == 49406
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("key", ["vocab", "merges", "vocab_file", "merges_file", "tokenizer_file"])
+def test_a_tokenizer_config_naming_other_files_never_makes_them_read(tmp_path, tiny_models, checkpoint, key):
+    """tokenizer_config.json keys that name files would make transformers read a FIFO (hanging for ever),
+    /dev/zero (until memory runs out) or anything else: only the keys a CLIP tokenizer needs are kept."""
+    config = with_own_tokenizer(tmp_path, tiny_models)
+    merges = config / "tokenizer" / "merges.txt"
+    merges.write_text("".join(merges.read_text(encoding="utf-8").splitlines(keepends=True)[:-10]),
+                      encoding="utf-8")          # its own merges, so it is built from the folder
+    os.mkfifo(tmp_path / "pipe")
+    (config / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({key: str(tmp_path / "pipe"),
+                                                                            "model_max_length": 77}))
+    with bounded(seconds=30.0, megabytes=256):
+        model = load_with(checkpoint, config)
+    assert model.tokenizers[0]("a red fox").input_ids[0] == 49406 and model.tokenizers[0].model_max_length == 77
 
 
 # -- pickles inside a diffusers folder ----------------------------------------------------------------------

@@ -63,13 +63,21 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt", "photo.png"]
 
 
-def test_a_running_writers_temporary_is_kept_unless_it_is_old(tmp_path):
+def test_a_running_writers_temporary_is_kept_unless_it_is_old(tmp_path, monkeypatch):
+    from app.core import safe_files
+
     mine = temporary_for(tmp_path / "a.png")          # this process: a write in progress
     mine.write_bytes(b"x")
+    kept = temporary_for(tmp_path / "b.png", safe_files.KEPT_TAG)
+    (tmp_path / "b.png").write_bytes(b"old")
+    old = time.time() - 10 * 3600
+    os.utime(tmp_path / "b.png", (old, old))
+    os.link(tmp_path / "b.png", kept)                 # a batch's second name of a file last changed long ago
     assert remove_stale_temporaries(tmp_path) == []
-    old = time.time() - 2 * 3600
-    os.utime(mine, (old, old))
-    assert remove_stale_temporaries(tmp_path) == [mine]
+    later = time.time() + 2 * 3600                     # the pid may have been reused: age decides
+    monkeypatch.setattr(safe_files.time, "time", lambda: later)
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([mine, kept])
+    assert (tmp_path / "b.png").read_bytes() == b"old"
 
 
 def test_a_batch_writes_all_or_nothing(tmp_path):
@@ -181,3 +189,44 @@ def test_a_write_beside_a_batch_never_removes_the_files_it_keeps(tmp_path, monke
     monkeypatch.undo()
     assert first.read_bytes() == b"old out.png" and second.read_bytes() == b"old out-2.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out-2.png", "out.png"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="no /proc here")
+def test_a_socket_is_refused_and_a_file_of_untold_size_is_read_whole(tmp_path):
+    import socket
+
+    from app.core.safe_files import NotAFile
+
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "settings.json"))
+    try:
+        with pytest.raises(NotAFile):
+            read_bounded(tmp_path / "settings.json", 1000)
+    finally:
+        server.close()
+    status = read_bounded(Path("/proc/self/status"), 1 << 20)     # st_size 0, yet kilobytes long
+    assert status.startswith(b"Name:") and b"\nPid:" in status
+
+
+def test_a_batch_without_hard_links_that_cannot_keep_a_copy_leaves_nothing(tmp_path, monkeypatch):
+    import shutil
+
+    from app.core import safe_files
+
+    target = tmp_path / "a.png"
+    target.write_bytes(b"old")
+    batch = AtomicBatch()
+    batch.add(target, lambda h: h.write(b"new"))
+
+    def no_links(*args):
+        raise OSError(1, "Operation not permitted")
+
+    def half_a_copy(source, destination):
+        Path(destination).write_bytes(b"ol")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(safe_files.os, "link", no_links)
+    monkeypatch.setattr(shutil, "copy2", half_a_copy)
+    with pytest.raises(OSError):
+        batch.commit()
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -34,6 +34,7 @@ def write(path: Path, settings: dict) -> Path:
     ("panel/prompt", 42, ""),
     ("panel/prompt", "x" * 30_000, ""),
     ("panel/prompt", "a\0b", ""),
+    ("last_dir", "/x\ud800", ""),                        # a lone surrogate: valid JSON, but not writable text
     ("window/geometry", "hello!", b""),
     ("window/geometry", {"a": 1}, b""),
     ("last_dir", ["/tmp"], ""),
@@ -167,7 +168,10 @@ def test_a_file_that_cannot_be_read_or_set_aside_is_never_overwritten(tmp_path, 
 
     def fail(*args, **kwargs):
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(stored_settings, "read_bounded" if fault == "read" else "set_aside", fail)
+    from app.core import safe_files
+
+    monkeypatch.setattr(safe_files, "read_bounded", fail) if fault == "read" else \
+        monkeypatch.setattr(stored_settings, "set_aside", fail)
     store = SettingsStore(path)
     [line] = store.problems
     assert "left as it is" in line and store.get("panel/steps") == 25
@@ -197,3 +201,14 @@ def test_an_older_versions_qt_settings_are_taken_as_text(tmp_path):
                               "panel/steps": 30, "panel/random_seed": False}
     store.save()
     assert not migrate_qt_settings(SettingsStore(tmp_path / "settings.json"), old)   # only into a new store
+
+
+def test_qt_escapes_of_at_signs_and_characters_beyond_the_basic_plane_are_read(tmp_path):
+    from app.stored_settings import migrate_qt_settings
+
+    old = tmp_path / "Latent Canvas.conf"
+    old.write_text('[panel]\nprompt=@@at the start \\xd83c\\xdfa8\nnegative=\\xd800 alone\n')
+    store = SettingsStore(tmp_path / "settings.json")
+    migrate_qt_settings(store, old)
+    assert store.stored("panel/") == {"prompt": "@at the start \U0001f3a8"}
+    store.save()                                           # and it can be written back

@@ -165,3 +165,9 @@ def test_a_huge_styles_file_is_not_read(tmp_path):
     with open(path, "wb") as handle:
         handle.truncate(100 << 20)
     assert "too large" in read_styles(path).problems[0]
+
+
+def test_names_with_joined_emoji_or_direction_marks_are_kept(tmp_path):
+    names = ["\U0001f9d1\u200d\U0001f3a8 Artist", "\u05e6\u05d9\u05d5\u05e8\u200f"]
+    found = read_styles(write_styles(tmp_path, [{"name": name, "prompt": "{prompt}"} for name in names]))
+    assert [style.name for style in found.styles] == ["None", *names] and found.problems == ()

@@ -190,9 +190,12 @@ def _read_file(path: Path) -> bytes:
     try:
         return read_bounded(path, MAX_FILE_BYTES)
     except FileTooLarge:
-        size = os.stat(path).st_size
-        raise ImageLoadError(f"{name}: the file is {size / 2**30:.1f} GB; image files of up to "
-                             f"{MAX_FILE_BYTES >> 30} GB are opened") from None
+        try:
+            size = f"{os.stat(path).st_size / 2**30:.1f} GB"
+        except OSError:
+            size = "too large"
+        raise ImageLoadError(f"{name}: the file is {size}; image files of up to {MAX_FILE_BYTES >> 30} GB are "
+                             "opened") from None
     except NotAFile:
         raise ImageLoadError(f"{name}: not a regular file (a pipe, a device or a socket), not an image") \
             from None

@@ -15,11 +15,13 @@ before reading it.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import secrets
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -159,7 +161,11 @@ def _keep_aside(target: Path) -> Path | None:
     except OSError:                     # no hard links here (FAT, some network shares): a copy does
         import shutil
 
-        shutil.copy2(target, aside)
+        try:
+            shutil.copy2(target, aside)
+        except BaseException:
+            _unlink(aside)
+            raise
     return aside
 
 
@@ -180,7 +186,8 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
-            old = match.group(1) == TEMP_TAG and now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+            # ctime: when the file was last written, or given its second name (a kept file keeps its mtime)
+            old = now - entry.stat(follow_symlinks=False).st_ctime > STALE_AFTER_S
         except OSError:
             continue
         pid = int(match.group(2))
@@ -197,6 +204,12 @@ def open_regular(path: Path, follow_links: bool = True) -> BinaryIO:
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     if not follow_links:
         flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        mode = (os.stat if follow_links else os.lstat)(path).st_mode
+    except OSError:
+        mode = None                     # os.open says what is wrong
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        raise NotAFile("special", f"{Path(path).name} is not a regular file (a pipe, a device or a socket)")
     try:
         descriptor = os.open(path, flags)
     except OSError as exc:
@@ -224,9 +237,50 @@ def read_bounded(path: Path, limit: int) -> bytes:
         if size > limit:
             raise FileTooLarge(f"{size:,} bytes; at most {limit:,} are read")
         data = handle.read(size + 1)
-    if len(data) > limit:                 # it grew while being read
+        while len(data) > size and len(data) <= limit:    # it grew, or its size was not told (/proc)
+            more = handle.read(1 << 20)
+            if not more:
+                break
+            data += more
+    if len(data) > limit:
         raise FileTooLarge(f"over {limit:,} bytes")
     return data
+
+
+@dataclass(frozen=True)
+class JsonFile:
+    """A small JSON file of the editor's own, as read: exactly one of the four is set."""
+    data: object = None               # its contents
+    missing: bool = False             # there is none yet: nothing to keep
+    unreadable: str = ""              # it could not be read: leave it as it is, never overwrite it
+    damaged: str = ""                 # it was read but is no JSON (or too large): set it aside
+
+
+def read_json_file(path: Path, limit: int) -> JsonFile:
+    try:
+        raw = read_bounded(path, limit)
+    except (FileNotFoundError, NotADirectoryError):
+        return JsonFile(missing=True)
+    except FileTooLarge as exc:
+        return JsonFile(damaged=f"it is too large ({exc})")
+    except OSError as exc:
+        return JsonFile(unreadable=str(exc.strerror or exc))
+    try:
+        return JsonFile(data=json.loads(raw.decode("utf-8")))
+    except UnicodeDecodeError:
+        return JsonFile(damaged="it is not UTF-8 text")
+    except (ValueError, RecursionError) as exc:
+        detail = " ".join(str(exc).split())[:80] or type(exc).__name__
+        return JsonFile(damaged=f"it is not valid JSON ({detail})")
+
+
+def writable_text(text: str) -> bool:
+    """False for text with lone surrogates ("\\ud800" is valid JSON): it cannot be written back as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def set_aside(path: Path, tag: str = "damaged") -> Path:

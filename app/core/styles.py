@@ -23,7 +23,6 @@ app/job_builder.py and app/engine/denoise.py).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import unicodedata
@@ -162,7 +161,7 @@ def _parse_entry(entry: object, number: int, fail, folder: Path) -> Style:
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
         raise fail(f"entry {number} has no name")
-    if any(unicodedata.category(character).startswith("C") for character in name):
+    if any(unicodedata.category(character) in ("Cc", "Cs", "Zl", "Zp") for character in name):
         raise fail(f"entry {number}: the name holds control characters")
     if len(name.strip()) > MAX_NAME:
         raise fail(f"entry {number}: the name is over {MAX_NAME} characters")

@@ -208,6 +208,21 @@ def check_weight_sizes(tensors: Mapping[str, TensorInfo], name: str, part_of: Ca
                           f"than {limits[0]:,}")
 
 
+def check_text_encoder_fits_weights(config: dict, tensors: Mapping[str, TensorInfo], name: str) -> None:
+    """EngineError when a CLIP text encoder's config describes far more parameters than its weights hold:
+    transformers would make up the missing ones, in memory (a config of 64 layers of 4096 beside 16 KB of
+    weights asks for 51 GB)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    hidden, inner = int(text.get("hidden_size", 512)), int(text.get("intermediate_size", 2048))
+    layers = int(text.get("num_hidden_layers", 12))
+    described = (int(text.get("vocab_size", 49408)) + int(text.get("max_position_embeddings", 77))) * hidden \
+        + layers * (4 * hidden * hidden + 2 * hidden * inner)
+    held = sum(math.prod(info.shape) for info in tensors.values())
+    if described > 2 * held + 1_000_000:
+        raise EngineError(f"{name} cannot be used: its config describes a text encoder of {described:,} "
+                          f"parameters, but its weights hold {held:,}")
+
+
 def single_file_part(key: str) -> str:
     """The model part a single file's tensor belongs to ("" for EMA copies, the VAE's training loss, ...)."""
     return next((part for prefix, part in SINGLE_FILE_PARTS if key.startswith(prefix)), "")
@@ -329,6 +344,11 @@ def check_folder_weights(folder: Path, part: str) -> bool:
         if files:
             check_weight_sizes(every, f"{folder.name}/{part}", lambda key: shown, (limit, limit),
                                f"Stable Diffusion {shown}")
+            if part.startswith("text_encoder"):
+                from app.engine.config_folder import part_config
+
+                config = part_config(where / "config.json", part, f"{folder.name}/{part}/config.json")
+                check_text_encoder_fits_weights(config, every, f"{folder.name}/{part}")
             return safe
     raise EngineError(f"{folder.name}/{part} holds no weights ({candidates[0][0]} or {candidates[1][0]})")
 

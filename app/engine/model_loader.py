@@ -196,7 +196,10 @@ def tokenizers_for(folder: Path, family: str, where: str = "") -> list:
 
         with tempfile.TemporaryDirectory(prefix="latent-canvas-tokenizer-") as temp:
             for name, file in files.items():
-                (Path(temp) / name).write_bytes(file.read())
+                data = file.read()
+                if name in TOKENIZER_SETTINGS:
+                    data = _tokenizer_settings(data, TOKENIZER_SETTINGS[name], f"{where}{sub}/{name}")
+                (Path(temp) / name).write_bytes(data)
             return CLIPTokenizer.from_pretrained(temp, local_files_only=True)
 
     # SD 2.x and SDXL's second encoder are OpenCLIP models, which pad with "!" (token 0).
@@ -210,6 +213,28 @@ def tokenizers_for(folder: Path, family: str, where: str = "") -> list:
 TOKENIZER_FILES = {"vocab.json": 16 << 20, "merges.txt": 16 << 20, "tokenizer.json": 16 << 20,
                    "tokenizer_config.json": 1 << 20, "special_tokens_map.json": 1 << 20,
                    "added_tokens.json": 1 << 20}
+
+
+# What a tokenizer's settings files may say. Other keys are dropped: some name files to read instead of the
+# copied ones ("vocab", "merges", "vocab_file", "tokenizer_file"), which could be a FIFO or /dev/zero.
+_TOKENS = {"bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens"}
+TOKENIZER_SETTINGS = {
+    "tokenizer_config.json": _TOKENS | {"add_prefix_space", "clean_up_tokenization_spaces", "do_lower_case",
+                                        "errors", "model_max_length", "added_tokens_decoder", "padding_side",
+                                        "truncation_side", "model_input_names"},
+    "special_tokens_map.json": _TOKENS,
+}
+
+
+def _tokenizer_settings(data: bytes, allowed: set[str], shown: str) -> bytes:
+    """A tokenizer settings file with only the keys a CLIP tokenizer needs."""
+    try:
+        settings = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise EngineError(f"{shown} is not valid JSON: {short_error(exc, 80)}") from None
+    if not isinstance(settings, dict):
+        raise EngineError(f"{shown} is not a JSON object")
+    return json.dumps({key: value for key, value in settings.items() if key in allowed}).encode("utf-8")
 
 
 class _TokenizerFile(NamedTuple):

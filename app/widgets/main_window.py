@@ -561,5 +561,5 @@ class MainWindow(QMainWindow):
         s.set("window/geometry", self.saveGeometry())
         try:
             s.save()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:     # closing goes on: the engine and autosave must still stop
             log.warning("could not save the settings to %s: %s", s.path, exc)
