@@ -271,7 +271,7 @@ def read_json_file(path: Path, limit: int) -> JsonFile:
         return JsonFile(damaged="it is not UTF-8 text")
     except (ValueError, RecursionError) as exc:
         detail = " ".join(str(exc).split())[:80] or type(exc).__name__
-        return JsonFile(damaged=f"it is not valid JSON ({detail})")
+        return JsonFile(damaged=f"it is not valid JSON: {detail}")
 
 
 def writable_text(text: str) -> bool:
