@@ -130,7 +130,8 @@ class SettingsStore:
         for key, value in stored.items():
             setting = SCHEMA.get(key)
             if setting is None:
-                if isinstance(key, str) and len(key) <= 200:
+                kept = isinstance(key, str) and len(key) <= 200
+                if kept and writable_text(key + json.dumps(value, ensure_ascii=False)):
                     self._other[key] = value
                 continue
             checked, problem = _check(setting, value)
@@ -226,8 +227,6 @@ def _stored_form(setting: Setting, value: object) -> object:
     """How a value is written to JSON: bytes as base64 text, everything else as itself."""
     if setting.kind is bytes and isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
-    if setting.kind is bytes and hasattr(value, "data"):          # QByteArray
-        return base64.b64encode(bytes(value.data())).decode("ascii")
     return value
 
 

@@ -247,8 +247,10 @@ def test_settings_survive_a_restart(qtbot, settings, photo):
     window.panel.random_seed_check.setChecked(False)
     window.panel.seed_spin.setValue(1234)
     window.state.set_brush(size=99)
+    window.resize(1000, 700)
     window.close()
     again = make_window(qtbot, settings, ScriptedEngine())
+    assert again.height() == 700          # the window's geometry came back (offscreen, widths are clamped)
     assert again.panel.prompt_edit.toPlainText() == "a red boat"
     assert again.panel.style_combo.currentText() == style
     assert again.panel.job_settings().seed == 1234

@@ -70,6 +70,15 @@ def load_with(checkpoint: Path, config: Path):
     return load_model(ModelSource("file", str(checkpoint), str(config)), plan_device("cpu", "auto", "auto"))
 
 
+def copied_model(tmp_path, tiny_models, family: str = "sd15") -> Path:
+    """A copy of the tiny diffusers folder of `family`, as tmp_path/model, to damage."""
+    return Path(shutil.copytree(tiny_models.path(family), tmp_path / "model"))
+
+
+def load_folder(folder: Path):
+    return load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+
+
 def one_line(error: pytest.ExceptionInfo) -> str:
     message = str(error.value)
     assert "\n" not in message
@@ -265,14 +274,13 @@ def test_a_config_folder_whose_part_config_would_exhaust_memory_is_refused_in_on
 def test_a_diffusers_folder_whose_part_config_would_exhaust_memory_is_refused_in_one_line(
         tmp_path, tiny_models, name, key, value, shown):
     family = "sdxl" if name.startswith("text_encoder_2") else "sd15"
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path(family), folder)
+    folder = copied_model(tmp_path, tiny_models, family)
     changed_config(folder, name, key, value)
     with bounded(seconds=1.0, megabytes=16):
         with pytest.raises(EngineError) as added:
             describe_model(str(folder))
     with pytest.raises(EngineError) as loaded:
-        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+        load_folder(folder)
     for error in (added, loaded):
         assert one_line(error).startswith(f"model/{name} gives {key} the value {shown}")
         assert "; it must be " in str(error.value)
@@ -281,14 +289,13 @@ def test_a_diffusers_folder_whose_part_config_would_exhaust_memory_is_refused_in
 def test_a_text_encoder_config_far_larger_than_its_weights_is_refused_before_loading(tmp_path, tiny_models):
     """Each key within its bound, but together 13 billion parameters beside the tiny model's weights:
     transformers would make up the missing ones in memory (51 GB and more)."""
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path("sd15"), folder)
+    folder = copied_model(tmp_path, tiny_models)
     for key, value in (("hidden_size", 4096), ("intermediate_size", 16384), ("num_hidden_layers", 64),
                        ("num_attention_heads", 32)):
         changed_config(folder, "text_encoder/config.json", key, value)
     with bounded(seconds=5.0, megabytes=64):
         with pytest.raises(EngineError) as loaded:
-            load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+            load_folder(folder)
     assert one_line(loaded).startswith("model/text_encoder cannot be used: its config describes a text encoder "
                                        "of 13,")
 
@@ -407,14 +414,13 @@ class _Payload:
 ])
 def test_a_pickle_with_code_in_a_model_folder_is_refused_in_one_line_and_never_runs(
         tmp_path, tiny_models, part, safe_name, pickle_name, capfd, caplog):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path("sd15"), folder)
+    folder = copied_model(tmp_path, tiny_models)
     marker = tmp_path / "payload-ran"
     (folder / part / safe_name).unlink()
     (folder / part / pickle_name).write_bytes(pickle.dumps({"weight": _Payload(marker)}))
     capfd.readouterr()
     with pytest.raises(EngineError) as error:
-        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+        load_folder(folder)
     assert one_line(error) == (f"refused to load model/{part}/{pickle_name}: it holds Python objects or code, "
                                "not just weights (ask for a .safetensors version)")
     assert not marker.exists()
@@ -426,57 +432,52 @@ def test_plain_pickled_weights_in_a_model_folder_still_load(tmp_path, tiny_model
     """torch.save'd tensors (what old repos ship) pass the same check and load as the .safetensors would."""
     from safetensors.torch import load_file
 
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path("sd15"), folder)
+    folder = copied_model(tmp_path, tiny_models)
     weights = load_file(str(folder / "text_encoder" / "model.safetensors"))
     torch.save(weights, folder / "text_encoder" / "pytorch_model.bin")
     (folder / "text_encoder" / "model.safetensors").unlink()
-    model = load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    model = load_folder(folder)
     state = model.text_encoders[0].state_dict()
     key = next(k for k in weights if k.endswith("final_layer_norm.weight"))
     assert torch.equal(next(v for k, v in state.items() if k.endswith("final_layer_norm.weight")), weights[key])
 
 
 def test_a_pickle_beside_safetensors_weights_is_never_read(tmp_path, tiny_models):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path("sd15"), folder)
+    folder = copied_model(tmp_path, tiny_models)
     marker = tmp_path / "payload-ran"
     for part, name in (("unet", "diffusion_pytorch_model.bin"), ("text_encoder", "pytorch_model.bin")):
         (folder / part / name).write_bytes(pickle.dumps({"weight": _Payload(marker)}))
-    model = load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+    model = load_folder(folder)
     assert model.family == "sd1" and not marker.exists()
 
 
 def test_integer_weights_in_a_model_folder_are_refused_naming_the_part_and_dtype(tmp_path, tiny_models):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path("sd15"), folder)
+    folder = copied_model(tmp_path, tiny_models)
     path = folder / "unet" / "diffusion_pytorch_model.safetensors"
     from safetensors.torch import load_file
 
     weights = {k: v.to(torch.int8) for k, v in load_file(str(path)).items()}
     save_file(weights, str(path))
     with pytest.raises(EngineError) as error:
-        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+        load_folder(folder)
     message = one_line(error)
     assert message.startswith("model/unet/diffusion_pytorch_model.safetensors cannot be used: its UNet weight ")
     assert " is I8, but a Stable Diffusion model's weights are floating point" in message
 
 
 def test_a_damaged_header_in_a_model_folder_is_one_line_naming_the_file(tmp_path, tiny_models):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path("sd15"), folder)
+    folder = copied_model(tmp_path, tiny_models)
     path = folder / "vae" / "diffusion_pytorch_model.safetensors"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(EngineError) as error:
-        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+        load_folder(folder)
     assert one_line(error).startswith("model/vae/diffusion_pytorch_model.safetensors is not a readable "
                                       ".safetensors file: ")
 
 
 def test_a_model_folder_part_claiming_more_than_such_a_part_holds_is_refused_unread(tmp_path, tiny_models):
     """Two 1.5 GB tensors as a VAE's weights (a real one is 0.3 GB in F32), in a sparse file."""
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path("sd15"), folder)
+    folder = copied_model(tmp_path, tiny_models)
     header = {f"w{i}": {"dtype": "F32", "shape": [375_000_000], "data_offsets": [i * 1_500_000_000,
                                                                                (i + 1) * 1_500_000_000]}
               for i in range(2)}
@@ -485,31 +486,29 @@ def test_a_model_folder_part_claiming_more_than_such_a_part_holds_is_refused_unr
         handle.write(len(raw).to_bytes(8, "little") + raw)
         handle.truncate(8 + len(raw) + 3_000_000_000)
     with pytest.raises(EngineError) as error:
-        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+        load_folder(folder)
     assert one_line(error) == ("model/vae cannot be used: its tensors take 3,000,000,000 bytes; no Stable "
                                "Diffusion VAE takes more than 2,147,483,648")
 
 
 def test_a_model_folder_pickle_larger_than_such_a_part_is_refused_before_torch_reads_it(tmp_path, tiny_models):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path("sd15"), folder)
+    folder = copied_model(tmp_path, tiny_models)
     (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with open(folder / "vae" / "diffusion_pytorch_model.bin", "wb") as handle:
         handle.truncate(3_000_000_000)           # sparse
     with pytest.raises(EngineError) as error:
-        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+        load_folder(folder)
     assert one_line(error) == ("model/vae/diffusion_pytorch_model.bin cannot be used: it is 3,000,000,000 bytes; "
                                "no Stable Diffusion VAE takes more than 2,147,483,648")
 
 
 def test_a_shard_index_naming_a_file_outside_the_folder_is_refused(tmp_path, tiny_models):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_models.path("sd15"), folder)
+    folder = copied_model(tmp_path, tiny_models)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     index = {"weight_map": {"conv_in.weight": "../../elsewhere.safetensors"}}
     (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(EngineError) as error:
-        load_model(ModelSource("folder", str(folder)), plan_device("cpu", "auto", "auto"))
+        load_folder(folder)
     assert "'../../elsewhere.safetensors', which is not a file beside it" in one_line(error)
 
 

@@ -212,3 +212,11 @@ def test_qt_escapes_of_at_signs_and_characters_beyond_the_basic_plane_are_read(t
     migrate_qt_settings(store, old)
     assert store.stored("panel/") == {"prompt": "@at the start \U0001f3a8"}
     store.save()                                           # and it can be written back
+
+
+def test_a_newer_versions_key_that_cannot_be_written_back_is_dropped(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text('{"version": 1, "settings": {"panel/future": "\\ud800", "panel/later": [1], "panel/steps": 40}}')
+    store = SettingsStore(path)
+    store.save()                                           # a lone surrogate would make the save raise
+    assert json.loads(path.read_text())["settings"] == {"panel/later": [1], "panel/steps": 40}

@@ -9,8 +9,8 @@ A temporary file left behind by a process that was killed mid-write is named so 
 (".photo.png.latent-canvas-partial-<pid>-<hex>.tmp") and is removed by the next write into that folder once
 its process is gone.
 
-Readers of small files (settings-like JSON) use `read_bounded`, which refuses a file over its size limit
-before reading it.
+Readers use `read_bounded` (or `read_json_file` for the editor's own JSON files), which refuses a pipe, a
+device or a socket without waiting, and a file over its size limit before reading it.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import BinaryIO, Callable
 TEMP_TAG = "latent-canvas-partial"       # a file being written
 KEPT_TAG = "latent-canvas-previous"      # the file a batch is replacing, kept until the batch is in place
 _TEMP_NAME = re.compile(r"^\..+\.(" + TEMP_TAG + "|" + KEPT_TAG + r")-(\d+)-[0-9a-f]{12}\.tmp$")
-STALE_AFTER_S = 3600.0          # a partial file older than this is no write in progress, whatever its pid
+STALE_AFTER_S = 3600.0          # untouched this long (ctime), a temporary is in no write, whatever its pid
 
 Writer = Callable[[BinaryIO], None]
 
@@ -170,9 +170,9 @@ def _keep_aside(target: Path) -> Path | None:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporaries of our naming in `folder` whose writer is gone (or, for partial files, which are
-    over an hour old: a kept previous file has the old file's time). Best effort: a folder that cannot be
-    listed, or a file that cannot be removed, is left alone."""
+    """Remove the temporaries of our naming in `folder` whose writer is gone, or which nothing has touched for
+    an hour (a pid can be reused). Best effort: a folder that cannot be listed, or a file that cannot be
+    removed, is left alone."""
     removed = []
     try:
         entries = list(os.scandir(folder))

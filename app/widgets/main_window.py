@@ -558,7 +558,7 @@ class MainWindow(QMainWindow):
             s.set(f"panel/{key}", value)
         s.set("brush/size", self.state.brush_size)
         s.set("brush/softness", self.state.brush_softness)
-        s.set("window/geometry", self.saveGeometry())
+        s.set("window/geometry", self.saveGeometry().data())
         try:
             s.save()
         except (OSError, ValueError) as exc:     # closing goes on: the engine and autosave must still stop
