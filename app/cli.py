@@ -24,9 +24,9 @@ from app.engine.events import CancelToken, EngineError, EngineEvent, EventKind
 from app.engine.registry import EngineRegistry
 from app.engine.request import MEMORY_SAVING, PRECISIONS, SamplingOptions
 from app.engine.runner import run_job
-from app.job_builder import (DEVICES, RESTYLE_STRENGTH, JobSettings, build_expand_request, build_fill_request,
+from app.editor.job_builder import (DEVICES, RESTYLE_STRENGTH, JobSettings, build_expand_request, build_fill_request,
                              build_restyle_request)
-from app.model_library import describe_model
+from app.editor.model_library import describe_model
 
 COMMANDS = ("fill", "expand", "restyle", "styles")
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

@@ -16,7 +16,7 @@ def run_editor(argv: list[str]) -> int:
     from app.widgets.main_window import MainWindow
 
     if QApplication.instance() is None:
-        from app.display_check import display_problem
+        from app.widgets.display_check import display_problem
 
         problem = display_problem()
         if problem:                   # Qt would abort with a generic message (exit 134)

@@ -3,7 +3,7 @@
 A real MainWindow (offscreen) holds a 4096 x 4096 RGB document. Each of 50 rounds paints a 256 x 256 mask
 square the way a brush stroke is recorded (MaskPatchChange of the painted rectangle), fills it through
 window.session.fill with the classic engine (OpenCV, no model), waits for the variant and accepts it
-(session.accept: one DocumentChange on the undo stack). The history's byte count is what app/history.py
+(session.accept: one DocumentChange on the undo stack). The history's byte count is what app/editor/history.py
 trims to (its budget, DEFAULT_BUDGET_BYTES); the bytes it really holds count each shared array once.
 Peak RSS is resource.getrusage's ru_maxrss of this process.
 
@@ -48,9 +48,9 @@ def run(args) -> dict:
     from app.core.changes import MaskPatchChange
     from app.core.document import Document
     from app.core.geometry import Rect
-    from app.history import DEFAULT_BUDGET_BYTES
-    from app.job_builder import JobSettings
-    from app.model_library import ModelLibrary
+    from app.editor.history import DEFAULT_BUDGET_BYTES
+    from app.editor.job_builder import JobSettings
+    from app.editor.model_library import ModelLibrary
     from app.widgets.main_window import MainWindow
 
     window = MainWindow(settings=scratch / "settings.json",

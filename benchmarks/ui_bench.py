@@ -109,7 +109,7 @@ def run(args) -> dict:
 
     app = QApplication.instance() or QApplication(["latent-canvas-benchmark"])
     from app.core.document import Document
-    from app.model_library import ModelLibrary
+    from app.editor.model_library import ModelLibrary
     from app.widgets.canvas import CanvasView
     from app.widgets.main_window import MainWindow
 

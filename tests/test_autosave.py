@@ -12,7 +12,7 @@ import pytest
 
 from app import MainWindow
 from app.core.geometry import Rect
-from app.model_library import ModelLibrary
+from app.editor.model_library import ModelLibrary
 from tests.test_recovery import DAMAGE, saved_session
 
 
@@ -222,7 +222,7 @@ from PySide6.QtCore import QCoreApplication
 from app.core.changes import MaskPatchChange
 from app.core.document import Document
 from app.core.geometry import Rect
-from app.editor_state import EditorState
+from app.editor.editor_state import EditorState
 app = QCoreApplication([])
 state = EditorState()
 state.document = Document.from_image(np.zeros((40, 60, 3), np.uint8))

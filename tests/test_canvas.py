@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.core.document import Document
 from app.core.geometry import Rect
-from app.editor_state import EditorState
+from app.editor.editor_state import EditorState
 from app.widgets import canvas_tools as tools
 from app.widgets.canvas import CanvasView
 

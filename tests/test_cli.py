@@ -175,7 +175,7 @@ def sd1_keys_file(path):
 def test_model_config_reaches_the_request(photo, mask, tmp_path):
     from app.cli import _settings, build_parser
     from app.core.styles import load_styles
-    from app.job_builder import build_fill_request
+    from app.editor.job_builder import build_fill_request
 
     args = build_parser().parse_args(["fill", str(photo[0]), "--mask", str(mask[0]), "-o", "out.png",
                                       "--model", "m.safetensors", "--model-config", str(tmp_path)])

@@ -17,7 +17,7 @@ from app.engine.model_manager import ModelManager
 from app.engine.registry import EngineRegistry
 from app.engine.request import GenerationRequest, JobKind, MaskOptions, OutpaintOptions, SamplingOptions
 from app.engine.runner import run_job
-from app.job_builder import JobSettings, build_fill_request
+from app.editor.job_builder import JobSettings, build_fill_request
 
 pytest.importorskip("diffusers")
 from app.engine.diffusion_engine import DiffusionEngine  # noqa: E402

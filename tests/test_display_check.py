@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.display_check import _loadable, display_problem
+from app.widgets.display_check import _loadable, display_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 

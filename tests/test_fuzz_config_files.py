@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.core.styles import DEFAULT_STYLES_PATH, NONE, Style, read_styles
-from app.model_library import ModelEntry, ModelLibrary
-from app.stored_settings import SCHEMA, SettingsStore
+from app.editor.model_library import ModelEntry, ModelLibrary
+from app.editor.stored_settings import SCHEMA, SettingsStore
 from tests.fuzzing import bounded
 
 json_values = st.recursive(

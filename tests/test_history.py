@@ -5,7 +5,7 @@ import pytest
 from app.core.changes import MaskPatchChange
 from app.core.document import Document
 from app.core.geometry import Rect
-from app.editor_state import EditorState
+from app.editor.editor_state import EditorState
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_an_undo_that_fails_is_one_line_and_never_takes_the_process_down():
         from PySide6.QtCore import QCoreApplication
         from app.core.changes import Change
         from app.core.document import Document
-        from app.history import History
+        from app.editor.history import History
 
         class Broken(Change):
             label = "Broken step"

@@ -18,7 +18,7 @@ from app.core.styles import Style, StyleError, load_styles
 from app.engine.base import format_parameters
 from app.engine.events import CancelToken, EventKind
 from app.engine.request import GenerationRequest, JobKind, StyleOptions
-from app.job_builder import (JobSettings, build_expand_request, build_fill_request, build_restyle_request)
+from app.editor.job_builder import (JobSettings, build_expand_request, build_fill_request, build_restyle_request)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")

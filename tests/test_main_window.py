@@ -14,7 +14,7 @@ from app.core.geometry import Rect
 from app.engine.base import Engine, format_parameters
 from app.engine.events import EngineEvent, Variant
 from app.engine.registry import EngineRegistry
-from app.model_library import ModelLibrary
+from app.editor.model_library import ModelLibrary
 from app.widgets.generate_panel import ADD_MODEL
 
 NAMED = ["canvas", "promptEdit", "negativePromptEdit", "styleCombo", "styleStrengthSlider", "modelCombo",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from app.engine.events import EngineError
-from app.model_library import ModelEntry, ModelLibrary
+from app.editor.model_library import ModelEntry, ModelLibrary
 
 torch = pytest.importorskip("torch")
 save_file = pytest.importorskip("safetensors.torch").save_file
@@ -228,7 +228,7 @@ def test_what_a_newer_version_wrote_is_kept_as_it_was(library_path, checkpoint):
 
 @pytest.mark.parametrize("fault", ["read", "set aside"])
 def test_a_list_that_cannot_be_read_or_set_aside_is_never_overwritten(library_path, checkpoint, monkeypatch, fault):
-    from app import model_library
+    from app.editor import model_library
 
     content = '{"models": [{"location": "/models/a.safetensors", "kind": "file"}], "damaged": ' \
         if fault == "set aside" else json.dumps({"models": [{"location": "/models/a.safetensors", "kind": "file"}]})
@@ -261,7 +261,7 @@ def test_a_list_with_text_that_cannot_be_written_back_still_opens(library_path, 
 
 def test_readable_entries_stay_listed_when_the_repaired_list_cannot_be_written(library_path, checkpoint,
                                                                                monkeypatch):
-    from app import model_library
+    from app.editor import model_library
 
     library_path.parent.mkdir(parents=True)
     library_path.write_text(json.dumps({"models": [{"location": "/m/a.safetensors", "kind": "file"}, "junk"]}))

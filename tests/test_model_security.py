@@ -27,7 +27,7 @@ from app.engine.devices import plan_device
 from app.engine.events import EngineError
 from app.engine.model_files import CONFIG_ROOT, CheckpointInfo, ModelSource, inspect_checkpoint
 from app.engine.model_loader import load_model
-from app.model_library import ModelLibrary, describe_model
+from app.editor.model_library import ModelLibrary, describe_model
 from tests.fuzzing import bounded
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from app.engine.classic import ClassicEngine
 from app.engine.events import CancelToken, EventKind
 from app.engine.request import GenerationRequest, JobKind, SamplingOptions
 from app.engine.runner import run_job
-from app.job_builder import RESTYLE_STRENGTH, JobSettings, build_restyle_request
+from app.editor.job_builder import RESTYLE_STRENGTH, JobSettings, build_restyle_request
 from tests.test_cli import run as run_cli
 from tests.test_main_window import ScriptedEngine, make_window, settings  # noqa: F401 - fixture
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.stored_settings import SCHEMA, SettingsStore
+from app.editor.stored_settings import SCHEMA, SettingsStore
 
 
 def write(path: Path, settings: dict) -> Path:
@@ -160,7 +160,7 @@ print("started")
 
 @pytest.mark.parametrize("fault", ["read", "set aside"])
 def test_a_file_that_cannot_be_read_or_set_aside_is_never_overwritten(tmp_path, monkeypatch, fault):
-    from app import stored_settings
+    from app.editor import stored_settings
 
     path = tmp_path / "settings.json"
     content = "{damaged" if fault == "set aside" else json.dumps({"version": 1, "settings": {"panel/steps": 40}})
@@ -189,7 +189,7 @@ def test_damaged_copies_never_overwrite_each_other(tmp_path):
 
 
 def test_an_older_versions_qt_settings_are_taken_as_text(tmp_path):
-    from app.stored_settings import migrate_qt_settings
+    from app.editor.stored_settings import migrate_qt_settings
 
     old = tmp_path / "Latent Canvas.conf"
     old.write_text('[General]\nlast_dir=/home/u/Pictures\n\n[panel]\nprompt="a boat, at dusk; \\\\ \\"x\\" \\x263a"\n'
@@ -204,7 +204,7 @@ def test_an_older_versions_qt_settings_are_taken_as_text(tmp_path):
 
 
 def test_qt_escapes_of_at_signs_and_characters_beyond_the_basic_plane_are_read(tmp_path):
-    from app.stored_settings import migrate_qt_settings
+    from app.editor.stored_settings import migrate_qt_settings
 
     old = tmp_path / "Latent Canvas.conf"
     old.write_text('[panel]\nprompt=@@at the start \\xd83c\\xdfa8\nnegative=\\xd800 alone\n')

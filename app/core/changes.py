@@ -1,6 +1,6 @@
 """Undoable document changes, Qt-free. Each knows how to apply and revert itself and what it costs.
 
-The Qt undo stack (app/history.py) wraps these; keeping the data here lets the stack be rebuilt when it
+The Qt undo stack (app/editor/history.py) wraps these; keeping the data here lets the stack be rebuilt when it
 is trimmed to its byte budget, and lets the core be tested without Qt.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Crash recovery: the open document, its mask and its undo history, written to disk so a killed editor
-loses at most the last few seconds of work. Qt-free; app/autosave.py schedules it.
+loses at most the last few seconds of work. Qt-free; app/editor/autosave.py schedules it.
 
 Each running editor writes into its own folder, recovery/<pid>/: one `.npy` file per pixel array (images,
 masks, mask patches) and a `session.json` manifest naming them (app/core/recovery_manifest.py), each written

@@ -48,7 +48,7 @@ class SamplingOptions:
 
 @dataclass(frozen=True)
 class StyleOptions:
-    """The chosen style as the engine needs it; built by app.job_builder, the one place styles are applied.
+    """The chosen style as the engine needs it; built by app.editor.job_builder, the one place styles are applied.
 
     GenerationRequest.prompt / negative_prompt hold the styled text. With strength s below 1, engines
     that encode text blend the conditioning of base_prompt / base_negative_prompt (the same text with no

@@ -1,1 +1,1 @@
-"""Qt widgets: thin views bound to app.editor_state.EditorState."""
+"""Qt widgets: thin views bound to app.editor.editor_state.EditorState."""

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QWidget
 
 from app.core.changes import MaskPatchChange
 from app.core.geometry import Rect
-from app.editor_state import EditorState
+from app.editor.editor_state import EditorState
 from app.widgets import canvas_tools as tools
 from app.widgets.mip_cache import MipCache
 from app.widgets.qt_image import qimage_from_array

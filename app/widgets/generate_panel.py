@@ -10,9 +10,9 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
                                QWidget)
 
 from app.core.styles import Style
-from app.job_builder import RESTYLE_STRENGTH, JobSettings
-from app.model_library import ModelEntry
-from app.stored_settings import value_range
+from app.editor.job_builder import RESTYLE_STRENGTH, JobSettings
+from app.editor.model_library import ModelEntry
+from app.editor.stored_settings import value_range
 
 ADD_MODEL = "::add-model"        # item data of the model picker's "Add model…" entry
 
@@ -257,7 +257,7 @@ class GeneratePanel(QWidget):
             feather=self.feather_spin.value(),
         )
 
-    # -- persistence: app/stored_settings.py reads the values back typed and within these widgets' ranges ---
+    # -- persistence: app/editor/stored_settings.py reads the values back typed and within these widgets' ranges ---
     def saved_values(self) -> dict[str, object]:
         return {"prompt": self.prompt_edit.toPlainText(), "negative": self.negative_edit.toPlainText(),
                 "style": self.style_combo.currentText(), "model": self.selected_model(),

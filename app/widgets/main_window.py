@@ -11,21 +11,21 @@ from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplicat
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea,
                                QSlider, QToolBar, QVBoxLayout, QWidget)
 
-from app.autosave import Autosave
-from app.background import BackgroundCall
+from app.editor.autosave import Autosave
+from app.editor.background import BackgroundCall
 from app.core.document import Document
 from app.core.recovery import RecoveryError, RecoveryStore
 from app.core.recovery import load as recovery_load
 from app.core.geometry import expand_by_fraction, expand_to_aspect
 from app.core.imageio import ImageLoadError, ImageSaveError, LoadedImage, load_image, save_image
 from app.core.styles import read_styles
-from app.editor_state import EditorState
+from app.editor.editor_state import EditorState
 from app.engine import preload
 from app.engine.events import EngineError
 from app.engine.registry import EngineRegistry
-from app.generation_session import GenerationSession
-from app.model_library import ModelEntry, ModelLibrary, describe_model
-from app.stored_settings import SettingsStore, migrate_qt_settings
+from app.editor.generation_session import GenerationSession
+from app.editor.model_library import ModelEntry, ModelLibrary, describe_model
+from app.editor.stored_settings import SettingsStore, migrate_qt_settings
 from app.widgets.actions import build_actions
 from app.widgets.add_model_dialog import AddModelDialog
 from app.widgets.canvas import CanvasView

@@ -11,7 +11,7 @@ from PySide6.QtCore import QObject, Signal
 from app.core.changes import CanvasChange, Change, DocumentChange, MaskPatchChange
 from app.core.document import Document, DocumentState
 from app.core.geometry import Rect
-from app.history import History
+from app.editor.history import History
 
 TOOLS = ("brush", "eraser", "rect", "lasso", "canvas")
 

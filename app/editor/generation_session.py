@@ -7,12 +7,12 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Signal
 
 from app.core.styles import Style
-from app.editor_state import EditorState
+from app.editor.editor_state import EditorState
 from app.engine.events import EngineEvent, EventKind, Variant
 from app.engine.registry import EngineRegistry
 from app.engine.request import GenerationRequest
 from app.engine.worker import EngineController
-from app.job_builder import JobSettings, build_expand_request, build_fill_request, build_restyle_request
+from app.editor.job_builder import JobSettings, build_expand_request, build_fill_request, build_restyle_request
 
 
 class GenerationSession(QObject):

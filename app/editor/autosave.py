@@ -14,7 +14,7 @@ import time
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.core.recovery import RecoveryStore, take_snapshot
-from app.editor_state import EditorState
+from app.editor.editor_state import EditorState
 
 log = logging.getLogger(__name__)
 
