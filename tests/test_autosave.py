@@ -14,6 +14,7 @@ from app import MainWindow
 from app.core.geometry import Rect
 from app.editor.model_library import ModelLibrary
 from tests.test_recovery import DAMAGE, saved_session
+from tests.results import accept_result
 
 
 def window_for(qtbot, tmp_path, delay_ms: int = 20) -> MainWindow:
@@ -262,7 +263,7 @@ def test_a_recovered_result_keeps_its_parameters_and_save_writes_them(qtbot, tmp
 
     window = window_for(qtbot, tmp_path)
     window.open_image(photo[0])
-    window.state.accept(255 - photo[1], "a red door\nSteps: 20, Seed: 7")
+    assert accept_result(window.state, 255 - photo[1], "a red door\nSteps: 20, Seed: 7")
     with qtbot.waitSignal(window.autosave.saved, timeout=5000):
         paint(window, Rect(5, 5, 10, 10))
     crash(window)

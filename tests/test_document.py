@@ -6,6 +6,7 @@ import pytest
 
 from app.core.document import Document, is_immutable, read_only
 from app.core.geometry import Rect
+from app.core.layers import Layer
 from app.engine.request import GenerationRequest, JobKind
 
 
@@ -18,8 +19,18 @@ def test_document_images_cannot_be_written_in_place():
     with pytest.raises(ValueError):
         doc.image[0, 0] = 255
     doc.restore(doc.snapshot())
-    doc.image = _image(20)                      # a result replaces the image: it is frozen too
-    assert not doc.image.flags.writeable and int(doc.image[0, 0, 0]) == 20
+    doc.layers = doc.layers.added(Layer(0, "top", _image(20)[:4, :4], 2, 3))   # a new layer: frozen too
+    assert not doc.image.flags.writeable and int(doc.image[3, 2, 0]) == 20 and int(doc.image[0, 0, 0]) == 10
+
+
+def test_a_shared_composite_is_never_changed_in_place():
+    doc = Document.from_image(_image())
+    held = doc.shared_image()                    # a running job holds it
+    doc.layers = doc.layers.added(Layer(0, "top", _image(20)[:4, :4], 0, 0))
+    assert int(doc.image[0, 0, 0]) == 20 and int(held[0, 0, 0]) == 10
+    mine = doc.image                             # not shared: the next change may reuse its memory
+    doc.layers = doc.layers.changed(doc.layers.layers[-1].id, visible=False)
+    assert int(doc.image[0, 0, 0]) == 10 and doc.image is mine
 
 
 def test_a_request_shares_a_document_image_and_copies_anything_writable():

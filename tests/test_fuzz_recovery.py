@@ -96,7 +96,7 @@ def _assert_document(doc) -> None:
     image, mask, canvas = doc.image, doc.mask, doc.canvas
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (3, 4)
     assert 1 <= image.shape[0] * image.shape[1] <= MAX_PIXELS
-    assert mask.dtype == np.uint8 and mask.shape == image.shape[:2] and mask.flags.writeable
+    assert mask.dtype == np.uint8 and mask.shape == image.shape[:2] and doc.editable_mask().flags.writeable
     assert all(type(v) is int for v in (canvas.x, canvas.y, canvas.w, canvas.h))
     assert canvas.w >= 1 and canvas.h >= 1 and canvas.w * canvas.h <= MAX_PIXELS
     assert not canvas.intersect(doc.image_rect).is_empty()

@@ -6,6 +6,7 @@ from app.core.changes import MaskPatchChange
 from app.core.document import Document
 from app.core.geometry import Rect
 from app.editor.editor_state import EditorState
+from tests.results import accept_result
 
 
 @pytest.fixture
@@ -51,19 +52,29 @@ def test_canvas_change_is_one_step_and_signals(state, qtbot):
     assert state.history.stack.index() == 0
 
 
-def test_accept_replaces_image_mask_and_canvas_in_one_step(state):
+def test_accept_adds_a_generative_layer_and_grows_the_canvas_in_one_step(state):
     original = state.document.image
     paint(state, Rect(0, 0, 8, 8))
     state.set_canvas(Rect(-8, 0, 88, 64))
     result = np.full((64, 88, 3), 7, np.uint8)
-    state.accept(result, "Steps: 1")
+    assert accept_result(state, result, "Steps: 1")
     doc = state.document
-    assert doc.image.shape == (64, 88, 3) and doc.canvas == Rect(0, 0, 88, 64)
-    assert not doc.mask.any() and doc.parameters == "Steps: 1"
+    np.testing.assert_array_equal(doc.image, result)
+    assert doc.canvas == Rect(0, 0, 88, 64) and doc.parameters == "Steps: 1"
+    assert doc.mask[:8, 8:16].all() and not doc.mask[:8, :8].any()     # the mask kept, moved with the image
+    assert [layer.kind for layer in doc.layers.layers] == ["raster", "generative"]
+    assert doc.layers.layers[0].rect == Rect(8, 0, 80, 64)               # the photo moved, not copied
     state.history.stack.undo()
-    assert state.document.image is original
+    np.testing.assert_array_equal(state.document.image, original)
     assert state.document.canvas == Rect(-8, 0, 88, 64)
     assert state.document.mask[:8, :8].all()
+
+
+def test_accept_can_clear_the_mask_when_asked(state):
+    state.keep_mask_after_accept = False
+    paint(state, Rect(0, 0, 8, 8))
+    assert accept_result(state, np.full((64, 80, 3), 7, np.uint8))
+    assert not state.document.mask.any()
 
 
 def test_invert_and_clear_mask(state):

@@ -126,7 +126,7 @@ def test_fill_shows_previews_then_variants_and_accept_is_one_undo_step(qtbot, se
     qtbot.mouseClick(window.strip.accept_button, Qt.MouseButton.LeftButton)
     assert window.state.document.image[0, 0].tolist() == [20, 20, 30]
     assert window.state.history.stack.count() == steps_before + 1
-    assert not window.state.document.has_mask() and window.state.candidate is None
+    assert window.state.document.has_mask() and window.state.candidate is None     # kept to iterate on
     window.action_set["undo"].trigger()
     assert np.array_equal(window.state.document.image, photo[1])
     assert window.state.document.has_mask()
@@ -222,18 +222,21 @@ def test_save_writes_parameters_and_marks_clean(qtbot, settings, photo, tmp_path
     window.accept_current()
     assert window.has_unsaved_changes() and "*" in window.windowTitle()
     out = tmp_path / "saved.png"
-    assert window.save_image(out)
-    assert not window.has_unsaved_changes() and "*" not in window.windowTitle()
+    assert window.save_image(out)                     # an export: flattened, with the parameters
     text = Image.open(out).text["parameters"]
     assert "Seed:" in text and "Mode: fill" in text
+    assert np.array_equal(np.asarray(Image.open(out)), window.state.document.image)
+    assert window.has_unsaved_changes()               # the layers are not in a PNG: still unsaved
+    assert window.save_image(tmp_path / "saved.ora")
+    assert not window.has_unsaved_changes() and "*" not in window.windowTitle()
 
 
 def test_paste_and_copy_through_clipboard(qtbot, settings, photo):
     window = make_window(qtbot, settings, ScriptedEngine())
     window.open_image(photo[0])
-    window.copy_image()
+    window.files.copy()
     window.state.set_document(None)
-    window.paste()
+    window.files.paste()
     assert window.state.document is not None
     assert np.array_equal(window.state.document.image, photo[1])
     assert QGuiApplication.clipboard().image().width() == 64

@@ -15,6 +15,7 @@ from app.core import recovery
 from app.core.changes import CanvasChange, DocumentChange, MaskPatchChange
 from app.core.document import Document, DocumentState
 from app.core.geometry import Rect
+from app.core.layers import LayerStack
 from app.core.recovery import RecoveryError, RecoveryStore, load, take_snapshot
 from app.core.safe_files import TEMP_TAG, is_temporary
 
@@ -28,11 +29,11 @@ def _session():
     doc.mask[5:15, 10:30] = 255
     stroke = MaskPatchChange.capture(doc, Rect(10, 5, 20, 10), before, "Paint mask")
     filled = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    accept = DocumentChange(doc.snapshot(), DocumentState(filled, np.zeros((40, 60), np.uint8),
+    accept = DocumentChange(doc.snapshot(), DocumentState(LayerStack.from_image(filled), np.zeros((40, 60), np.uint8),
                                                           Rect(0, 0, 60, 40), "seed 7"), "Accept")
     accept.apply(doc)
     drag = CanvasChange(doc.canvas, Rect(0, 0, 90, 40))
-    doc.mask[30:35, 0:5] = 128                       # painted after the last step: only in the live mask
+    doc.editable_mask()[30:35, 0:5] = 128                       # painted after the last step: only in the live mask
     return doc, [stroke, accept, drag], 2
 
 
@@ -51,7 +52,7 @@ def test_a_saved_session_comes_back_exactly(tmp_path):
     # Undo all the way gives the original image and an empty mask; redo gives the state again.
     for change in reversed(back.changes[:back.index]):
         change.revert(back.document)
-    np.testing.assert_array_equal(back.document.image, changes[1].before.image)
+    np.testing.assert_array_equal(back.document.image, Document(changes[1].before.layers).image)
     assert not back.document.mask.any()
     for change in back.changes:
         change.apply(back.document)
@@ -66,7 +67,7 @@ def test_unchanged_arrays_are_written_once_and_unused_ones_removed(tmp_path):
     first = {p.name for p in store.folder.glob("*.npy")}
     store.save(take_snapshot(doc, changes, index))
     second = {p.name for p in store.folder.glob("*.npy")}
-    assert len(first & second) == len(first) - 1              # only the live mask was written again
+    assert first == second                   # nothing written again (the live mask is shared until painted)
     store.save(take_snapshot(doc, changes[:1], 1))             # history trimmed: the fill's images go
     assert len(list(store.folder.glob("*.npy"))) < len(second)
     store.clear()
@@ -81,7 +82,7 @@ def test_a_crash_while_writing_keeps_the_previous_save(tmp_path, monkeypatch):
     def disk_full(path, array):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(recovery, "_write_array", disk_full)
-    doc.mask[:] = 0
+    doc.editable_mask()[:] = 0
     with pytest.raises(OSError):
         store.save(take_snapshot(doc, changes, index))
     back = load(store.folder)
@@ -147,7 +148,10 @@ def _sizes_that_do_not_chain(folder: Path) -> None:
     """The accepted fill's after-state becomes 50x30 while the document (the state after it) is 60x40."""
     image = _new_array(folder, np.zeros((30, 50, 3), np.uint8))
     mask = _new_array(folder, np.zeros((30, 50), np.uint8))
-    edit_manifest(folder, lambda m: m["changes"][1]["after"].update(image=image, mask=mask, canvas=[0, 0, 50, 30]))
+    layers = {"width": 50, "height": 30, "next_id": 2, "layers": [
+        {"id": 1, "name": "Background", "kind": "raster", "x": 0, "y": 0, "visible": True, "opacity": 1.0,
+         "pixels": image}]}
+    edit_manifest(folder, lambda m: m["changes"][1]["after"].update(layers=layers, mask=mask, canvas=[0, 0, 50, 30]))
 
 
 def _link_outside(folder: Path) -> None:
@@ -165,6 +169,10 @@ def _manifest_is_a_folder(folder: Path) -> None:
 
 def _document(**values):
     return lambda f: edit_manifest(f, lambda m: m["document"].update(values))
+
+
+def _background(**values):
+    return lambda f: edit_manifest(f, lambda m: m["document"]["layers"]["layers"][0].update(values))
 
 
 def _stroke(**values):
@@ -207,7 +215,7 @@ DAMAGE = {
                      "holds object values, not uint8"),
     "pickled array": (lambda f: np.save(named(f, "document", "mask"), np.array([{"payload": 1}], dtype=object),
                                         allow_pickle=True), "holds object values, not uint8"),
-    "float64 image": (lambda f: np.save(named(f, "document", "image"), np.zeros((40, 60, 3))),
+    "float64 image": (lambda f: np.save(named(f, "document", "layers", "layers", 0, "pixels"), np.zeros((40, 60, 3))),
                       "holds float64 values, not uint8"),
     "1-D mask": (lambda f: np.save(named(f, "document", "mask"), np.zeros(2400, np.uint8)),
                  "document.mask"),
@@ -222,9 +230,21 @@ DAMAGE = {
     "index text": (_top(index="2"), "undo position '2' is not a whole number"),
     "changes a dict": (_top(changes={"0": {}}), "changes is an object, not a list"),
     "kind unknown": (_stroke(kind="brush"), "unknown change kind 'brush'"),
-    "name outside the folder": (_document(image="../x.npy"), "bad array name '../x.npy'"),
-    "name of a system file": (_document(image="../../etc/passwd"), "bad array name"),
+    "name outside the folder": (_background(pixels="../x.npy"), "bad array name '../x.npy'"),
+    "name of a system file": (_background(pixels="../../etc/passwd"), "bad array name"),
     "link outside the folder": (_link_outside, "is a link, not a file"),
+    "layer opacity 2": (_background(opacity=2), "document.layers.layers[0].opacity is 2, not a number from 0 to 1"),
+    "layer kind unknown": (_background(kind="vector"), "document.layers.layers[0].kind is 'vector'"),
+    "layer visible text": (_background(visible="yes"), "visible is 'yes', not true or false"),
+    "layer id a float": (_background(id=1.5), "document.layers.layers[0].id is 1.5, not a whole number"),
+    "layer far away": (_background(x=2**40), "outside"),
+    "raster with generation data": (_background(generation={"kind": "fill"}), "a raster layer with generation"),
+    "generative without variants": (_background(kind="generative", generation={"kind": "fill", "variants": []}),
+                                    "variants must be a list of 1 to 64"),
+    "layers not a list": (_document(layers={"width": 60, "height": 40, "next_id": 2, "layers": {}}),
+                          "document.layers.layers is an object, not a list"),
+    "settings a list": (_top(settings=[1]), "settings is a list, not an object"),
+    "settings nested": (_top(settings={"prompt": {"a": 1}}), "settings.prompt is an object, not text"),
 }
 
 
@@ -261,7 +281,7 @@ def test_a_valid_session_comes_back_with_every_part_checked(tmp_path):
     doc.mask[40:48, 56:64] = 255
     corner = MaskPatchChange.capture(doc, Rect(56, 40, 8, 8), before, "Paint mask")
     grown = np.zeros((64, 96, 4), np.uint8)
-    expand = DocumentChange(doc.snapshot(), DocumentState(grown, np.zeros((64, 96), np.uint8),
+    expand = DocumentChange(doc.snapshot(), DocumentState(LayerStack.from_image(grown), np.zeros((64, 96), np.uint8),
                                                           Rect(0, 0, 96, 64), "seed 2"), "Accept")
     expand.apply(doc)
     drag = CanvasChange(doc.canvas, Rect(-16, 0, 112, 64))

@@ -97,7 +97,7 @@ class CanvasChange(Change):
 
 @dataclass
 class DocumentChange(Change):
-    """An accepted fill or expand: image, mask and canvas replaced together."""
+    """Layers, mask and canvas replaced together: an accepted result, or any layer edit."""
     before: DocumentState
     after: DocumentState
     label: str = "Accept result"
@@ -105,8 +105,8 @@ class DocumentChange(Change):
 
     @property
     def nbytes(self) -> int:
-        # Images are shared between neighbouring states; count each array once per change.
-        return self.before.nbytes + self.after.nbytes
+        # Neighbouring states share their unchanged layers and mask: count only what differs.
+        return self.before.cost_beside(self.after) + self.after.cost_beside(self.before)
 
     def apply(self, doc: Document) -> None:
         doc.restore(self.after)

@@ -1,8 +1,8 @@
-"""The open document: pixels, mask and canvas rectangle. Qt-free.
+"""The open document: its layers, mask and canvas rectangle. Qt-free.
 
-Coordinates are image pixels: the image occupies Rect(0, 0, width, height); `canvas` may reach beyond it
-(the area Expand outpaints) or crop into it. The mask is image-sized, uint8, 255 = fill, values between
-are a soft edge.
+Coordinates are image pixels: the image (the layers' canvas) occupies Rect(0, 0, width, height); `canvas`
+may reach beyond it (the area Expand outpaints) or inside it. The mask is image-sized, uint8, 255 = fill,
+values between are a soft edge.
 """
 from __future__ import annotations
 
@@ -13,31 +13,83 @@ import cv2
 import numpy as np
 
 from app.core.geometry import Rect
+from app.core.layers import LayerStack, composite_rgba
 
 
-@dataclass
 class Document:
-    image: np.ndarray                 # H x W x 3 (RGB) or 4 (RGBA), uint8
-    mask: np.ndarray                  # H x W uint8
-    canvas: Rect
-    path: Path | None = None
-    parameters: str = ""              # generation settings of the last accepted result
+    """A canvas with a layer stack (app/core/layers.py), a mask over it, and the canvas rectangle Expand works
+    on. `image` is the composite of the visible layers: kept up to date as layers change, redrawn only where
+    they differ, and read-only, so a generation request can hold it while the user goes on editing."""
+
+    def __init__(self, layers: LayerStack, mask: np.ndarray | None = None, canvas: Rect | None = None,
+                 path: Path | None = None, parameters: str = "") -> None:
+        if mask is None:
+            mask = np.zeros((layers.height, layers.width), np.uint8)
+        if mask.shape != (layers.height, layers.width) or mask.dtype != np.uint8:
+            raise ValueError(f"a {layers.width}x{layers.height} document needs a mask of that size, "
+                             f"got {mask.shape[1] if mask.ndim > 1 else '?'}x{mask.shape[0]}")
+        self.layers = layers
+        self.mask = mask
+        self.canvas = canvas if canvas is not None else layers.rect
+        self.path = path
+        self.parameters = parameters          # generation settings of the last accepted result
+        self._composite: np.ndarray | None = None
+        self._composited: LayerStack | None = None     # the stack _composite shows
+        self._shared = False                  # _composite was handed out: the next update makes a new array
 
     @staticmethod
     def from_image(image: np.ndarray, path: Path | None = None, parameters: str = "") -> "Document":
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError("a document image must be H x W x 3 or 4 uint8")
-        h, w = image.shape[:2]
-        return Document(np.ascontiguousarray(image), np.zeros((h, w), np.uint8), Rect(0, 0, w, h),
-                        path, parameters)
+        return Document(LayerStack.from_image(image), path=path, parameters=parameters)
 
+    # -- the composite --------------------------------------------------------------------------------------
+    @property
+    def image(self) -> np.ndarray:
+        """The visible layers composited over the canvas: RGB when the bottom layer is RGB and every pixel is
+        opaque, RGBA otherwise. Read-only; hand it to someone who keeps it with shared_image()."""
+        stack = self.layers
+        if self._composite is None or self._composited is not stack:
+            self._composite = self._composite_for(stack)
+            self._composited = stack
+        return self._composite
+
+    def shared_image(self) -> np.ndarray:
+        """The composite, never changed in place from now on (a request keeps it while a job runs)."""
+        image = self.image
+        self._shared = True
+        return image
+
+    def _composite_for(self, stack: LayerStack) -> np.ndarray:
+        old, before = self._composite, self._composited
+        area = None if old is None or before is None else before.changed_area(stack)
+        if old is not None and before is not None and (before.width, before.height) == (stack.width, stack.height):
+            if area is None:
+                return old
+            patch = composite_rgba(stack, area)
+            channels = _channels(stack, patch, old, area)
+            if channels == old.shape[2]:
+                target = old.copy() if self._shared else old
+                self._shared = False
+                target.setflags(write=True)
+                target[area.slices()] = patch[..., :channels]
+                target.setflags(write=False)
+                return target
+        full = composite_rgba(stack, stack.rect)
+        self._shared = False
+        opaque_rgb = stack.layers and not stack.layers[0].has_alpha and bool((full[..., 3] == 255).all())
+        image = np.ascontiguousarray(full[..., :3]) if opaque_rgb else full
+        image.setflags(write=False)
+        return image
+
+    # -- geometry -------------------------------------------------------------------------------------------
     @property
     def width(self) -> int:
-        return int(self.image.shape[1])
+        return int(self.layers.width)
 
     @property
     def height(self) -> int:
-        return int(self.image.shape[0])
+        return int(self.layers.height)
 
     @property
     def image_rect(self) -> Rect:
@@ -50,10 +102,10 @@ class Document:
     def has_mask(self) -> bool:
         return any_painted(self.mask)
 
-    # The mask is edited in place by the brush, and shared without a copy by the generation request that
-    # reads it: shared_mask() marks it read-only, and the next edit works on a copy of it.
+    # The mask is edited in place by the brush, and shared without a copy by the generation request and the
+    # undo history that read it: shared_mask() marks it read-only, and the next edit works on a copy of it.
     def shared_mask(self) -> np.ndarray:
-        """The mask, read-only from now on, for a request to keep without copying it."""
+        """The mask, read-only from now on, for a request or an undo state to keep without copying it."""
         self.mask.setflags(write=False)
         return self.mask
 
@@ -77,34 +129,51 @@ class Document:
         return not self.image_rect.contains_rect(self.canvas)
 
     def nbytes(self) -> int:
-        return int(self.image.nbytes + self.mask.nbytes)
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "image":
-            value = read_only(value)
-        super().__setattr__(name, value)
+        return int(self.layers.nbytes() + self.mask.nbytes)
 
     def snapshot(self) -> "DocumentState":
-        return DocumentState(self.image, self.mask.copy(), self.canvas, self.parameters)
+        return DocumentState(self.layers, self.shared_mask(), self.canvas, self.parameters)
 
     def restore(self, state: "DocumentState") -> None:
-        self.image = state.image
-        self.mask = state.mask.copy()
+        self.layers = state.layers
+        self.mask = state.mask
+        self.mask.setflags(write=False)
         self.canvas = state.canvas
         self.parameters = state.parameters
 
 
+def _channels(stack: LayerStack, patch: np.ndarray, old: np.ndarray, area: Rect) -> int:
+    """How many channels the composite needs after `patch` replaces `area` of `old`."""
+    if not stack.layers or stack.layers[0].has_alpha:
+        return 4
+    patch_opaque = bool((patch[..., 3] == 255).all())
+    if old.shape[2] == 3:
+        return 3 if patch_opaque else 4
+    if not patch_opaque:
+        return 4
+    outside = old[..., 3].copy()
+    outside[area.slices()] = 255
+    return 3 if bool((outside == 255).all()) else 4
+
+
 @dataclass(frozen=True)
 class DocumentState:
-    """Everything an accepted result replaces; images are never mutated in place, so they are shared."""
-    image: np.ndarray
+    """Everything an undo step may replace. Layer stacks share their pixel arrays and the mask is shared
+    read-only, so a state costs only what differs from its neighbours."""
+    layers: LayerStack
     mask: np.ndarray
     canvas: Rect
     parameters: str
 
     @property
     def nbytes(self) -> int:
-        return int(self.image.nbytes + self.mask.nbytes)
+        return int(self.layers.nbytes() + self.mask.nbytes)
+
+    def cost_beside(self, other: "DocumentState") -> int:
+        """The bytes this state holds that `other` does not."""
+        theirs = other.layers.arrays()
+        own = sum(int(a.nbytes) for key, a in self.layers.arrays().items() if key not in theirs)
+        return own + (0 if self.mask is other.mask else int(self.mask.nbytes))
 
 
 def read_only(image: np.ndarray) -> np.ndarray:

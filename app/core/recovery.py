@@ -53,11 +53,12 @@ class Snapshot:
     changes: tuple[Change, ...]
     index: int                      # undo position: changes[:index] are applied
     saved_at: float
+    settings: dict | None = None    # the Generate panel's settings
 
 
-def take_snapshot(document: Document, changes: list[Change], index: int) -> Snapshot:
-    live = Document(document.image, document.mask.copy(), document.canvas, document.path, document.parameters)
-    return Snapshot(live, tuple(changes), index, time.time())
+def take_snapshot(document: Document, changes: list[Change], index: int, settings: dict | None = None) -> Snapshot:
+    live = Document(document.layers, document.shared_mask(), document.canvas, document.path, document.parameters)
+    return Snapshot(live, tuple(changes), index, time.time(), settings)
 
 
 def load(folder: Path) -> Recovered:
@@ -106,7 +107,7 @@ class RecoveryStore:
             return name
 
         manifest = manifest_for(snapshot.document, snapshot.changes, snapshot.index, snapshot.saved_at,
-                                self.pid, ref)
+                                self.pid, ref, snapshot.settings)
         write_text_atomically(self.folder / MANIFEST, json.dumps(manifest))
         self._written = used
         self._remove_unused({name for _, name in used.values()} | {MANIFEST, LOCK})

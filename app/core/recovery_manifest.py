@@ -27,10 +27,12 @@ from app.core.changes import CanvasChange, Change, DocumentChange, MaskPatchChan
 from app.core.document import Document, DocumentState, read_only
 from app.core.geometry import Rect
 from app.core.imageio import MAX_PIXELS
+from app.core.layers import LayerStack
 from app.core.safe_files import NotAFile, open_regular
+from app.core.stack_records import RecordError, parse_settings, parse_stack, show, stack_entry
 
 MANIFEST = "session.json"
-FORMAT = 1
+FORMAT = 2                         # 2: layer stacks; 1 (one image per state) is still read
 ARRAY_NAME = re.compile(r"[0-9a-f]{32}\.npy")      # what the writer names its arrays: uuid4().hex + ".npy"
 
 MAX_MANIFEST_BYTES = 64 * 2**20
@@ -59,6 +61,7 @@ class Recovered:
     saved_at: float
     folder: Path
     arrays: dict[str, np.ndarray]       # file name -> the array read from it (shared with the history)
+    settings: dict | None = None        # the Generate panel's settings when it was saved
 
     def describe(self) -> str:
         name = _one_line(self.document.path.name) if self.document.path else "an unsaved image"
@@ -72,17 +75,21 @@ class Recovered:
 
 # -- writing --------------------------------------------------------------------------------------------------
 
-def manifest_for(document: Document, changes, index: int, saved_at: float, pid: int, ref) -> dict:
+def manifest_for(document: Document, changes, index: int, saved_at: float, pid: int, ref,
+                 settings: dict | None = None) -> dict:
     """The manifest of a snapshot; `ref(array)` writes an array (or finds it written) and gives its name."""
     changes, index = bounded_history(list(changes), index)
-    return {
+    manifest = {
         "format": FORMAT, "saved_at": saved_at, "pid": pid,
-        "document": {"image": ref(document.image), "mask": ref(document.mask),
+        "document": {"layers": stack_entry(document.layers, ref), "mask": ref(document.mask),
                      "canvas": _rect_entry(document.canvas), "path": str(document.path) if document.path else None,
                      "parameters": document.parameters},
         "changes": [_change_entry(change, ref) for change in changes],
         "index": index,
     }
+    if settings:
+        manifest["settings"] = settings
+    return manifest
 
 
 def bounded_history(changes: list[Change], index: int) -> tuple[list[Change], int]:
@@ -97,7 +104,7 @@ def _rect_entry(rect: Rect) -> list[int]:
 
 
 def _state_entry(state: DocumentState, ref) -> dict:
-    return {"image": ref(state.image), "mask": ref(state.mask), "canvas": _rect_entry(state.canvas),
+    return {"layers": stack_entry(state.layers, ref), "mask": ref(state.mask), "canvas": _rect_entry(state.canvas),
             "parameters": state.parameters}
 
 
@@ -122,7 +129,7 @@ class _Bad(Exception):
 
 @dataclass(frozen=True)
 class _State:
-    image: str
+    build: object                       # arrays by name -> the LayerStack
     mask: str
     canvas: Rect
     parameters: str
@@ -163,7 +170,7 @@ class _Reader:
         top = _parse(self.folder / MANIFEST)
         if not isinstance(top, dict):
             raise _Bad(f"the manifest is {_show(top)}, not an object")
-        if not _is_int(top.get("format")) or top["format"] != FORMAT:
+        if not _is_int(top.get("format")) or top["format"] not in (1, FORMAT):
             raise _Bad(f"recovery format {_show(top.get('format'))} is not {FORMAT}")
         saved_at = _saved_at(top.get("saved_at"))
         _integer(top, "pid", "pid", 0, 2**32)
@@ -180,20 +187,35 @@ class _Reader:
         if not 0 <= index <= len(steps):
             raise _Bad(f"undo position {_show(index)} outside 0..{len(steps)}")
         _check_history(document.size, steps, index)
+        settings = None
+        if top.get("settings") is not None:
+            try:
+                settings = parse_settings(top["settings"], "settings")
+            except RecordError as bad:
+                raise _Bad(str(bad)) from None
         arrays = self.files.read_all()
-        image = arrays[document.image]
         mask = arrays[document.mask].copy()          # the live mask is painted in place
-        doc = Document(image, mask, document.canvas, path, document.parameters)
+        doc = Document(document.build(arrays), mask, document.canvas, path, document.parameters)
         changes = [_change(step, arrays) for step in steps]
-        return Recovered(doc, changes, index, saved_at, self.folder, arrays)
+        return Recovered(doc, changes, index, saved_at, self.folder, arrays, settings)
 
     def state(self, entry: dict, where: str) -> _State:
-        image, (width, height) = self.files.image(entry.get("image", _MISSING), f"{where}.image")
+        if "layers" in entry:
+            try:
+                (width, height), build = parse_stack(entry["layers"], self.files, f"{where}.layers")
+            except RecordError as bad:
+                raise _Bad(str(bad)) from None
+            if width * height > MAX_PIXELS:
+                raise _Bad(f"{where} is {width * height / 1e6:,.0f} megapixels; "
+                           f"the limit is {MAX_PIXELS // 1_000_000}")
+        else:                                        # format 1: one image
+            image, (width, height) = self.files.image(entry.get("image", _MISSING), f"{where}.image")
+            build = _single_image(image)
         mask = self.files.exact(entry.get("mask", _MISSING), (height, width), f"{where}.mask")
         canvas = _rect(entry.get("canvas", _MISSING), f"{where}.canvas")
         _check_canvas(canvas, (width, height), f"{where}.canvas")
         parameters = _text(entry.get("parameters", ""), f"{where}.parameters", MAX_PARAMETERS)
-        return _State(image, mask, canvas, parameters, (width, height))
+        return _State(build, mask, canvas, parameters, (width, height))
 
     def step(self, entry, where: str) -> _Step:
         if not isinstance(entry, dict):
@@ -269,7 +291,11 @@ def _change(step: _Step, arrays: dict[str, np.ndarray]) -> Change:
 
 
 def _document_state(state: _State, arrays: dict[str, np.ndarray]) -> DocumentState:
-    return DocumentState(arrays[state.image], arrays[state.mask], state.canvas, state.parameters)
+    return DocumentState(state.build(arrays), arrays[state.mask], state.canvas, state.parameters)
+
+
+def _single_image(name: str):
+    return lambda arrays: LayerStack.from_image(arrays[name])
 
 
 # -- the .npy files -------------------------------------------------------------------------------------------
@@ -298,6 +324,13 @@ class _ArrayFiles:
         if shape[0] * shape[1] > MAX_PIXELS:
             raise _Bad(f"{where} ({name}) is {shape[0] * shape[1] / 1e6:,.0f} megapixels; "
                        f"the limit is {MAX_PIXELS // 1_000_000}")
+        return name, (shape[1], shape[0])
+
+    def plane(self, value, where: str) -> tuple[str, tuple[int, int]]:
+        """The name and (width, height) of the H x W mask named `value`."""
+        name, shape = self._shape(value, where)
+        if len(shape) != 2 or shape[0] < 1 or shape[1] < 1 or shape[0] * shape[1] > MAX_PIXELS:
+            raise _Bad(f"{where} ({name}) is {_shape_text(shape)}, not an H x W mask")
         return name, (shape[1], shape[0])
 
     def exact(self, value, shape: tuple[int, ...], where: str) -> str:
@@ -467,17 +500,7 @@ def _path(value) -> Path | None:
 
 def _show(value) -> str:
     """A value of the manifest in a few characters, for a message."""
-    if value is _MISSING:
-        return "missing"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return repr(value[:40] + ("…" if len(value) > 40 else ""))
-    if _is_int(value) and abs(value) > 10**15:
-        return "a huge number"
-    return "null" if value is None else repr(value)
+    return "missing" if value is _MISSING else show(value)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

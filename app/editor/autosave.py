@@ -28,10 +28,11 @@ class Autosave(QObject):
     _save_done = Signal(str, str)  # (manifest, error) from the writer thread, delivered queued on the UI thread
 
     def __init__(self, state: EditorState, store: RecoveryStore, delay_ms: int = DELAY_MS,
-                 parent: QObject | None = None) -> None:
+                 parent: QObject | None = None, settings=None) -> None:
         super().__init__(parent)
         self.state = state
         self.store = store
+        self.settings = settings       # () -> the panel's settings as JSON values, saved with the document
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(delay_ms)
@@ -72,7 +73,12 @@ class Autosave(QObject):
             self._pending = True          # saved again when the running save ends
             return
         history = self.state.history
-        snapshot = take_snapshot(self.state.document, history.changes(), history.stack.index())
+        try:
+            settings = self.settings() if self.settings is not None else None
+        except Exception as exc:  # noqa: BLE001 - the document matters more than the panel's settings
+            log.warning("could not read the panel settings for the recovery copy", exc_info=exc)
+            settings = None
+        snapshot = take_snapshot(self.state.document, history.changes(), history.stack.index(), settings)
         self._has_data = True
         self._thread = threading.Thread(target=self._write, args=(snapshot,), name="autosave", daemon=True)
         self._thread.start()

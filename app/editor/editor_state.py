@@ -8,9 +8,11 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from app.core import imageops
 from app.core.changes import CanvasChange, Change, DocumentChange, MaskPatchChange
 from app.core.document import Document, DocumentState
 from app.core.geometry import Rect
+from app.core.layers import Generation, Layer, LayerStack, variant_from_result
 from app.editor.history import History
 
 TOOLS = ("brush", "eraser", "rect", "lasso", "canvas")
@@ -24,6 +26,7 @@ class EditorState(QObject):
     overlay_changed = Signal()            # preview or candidate changed
     tool_changed = Signal(str)
     brush_changed = Signal()
+    active_layer_changed = Signal(int)    # the layer id edits and new layers go to (0: none)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -36,6 +39,8 @@ class EditorState(QObject):
         self.preview: tuple[np.ndarray, Rect] | None = None
         # A finished variant shown in place, not yet accepted: (image, Rect of the output)
         self.candidate: tuple[np.ndarray, Rect] | None = None
+        self.active_layer = 0              # id of the selected layer in the Layers dock
+        self.keep_mask_after_accept = True
 
     # -- document ---------------------------------------------------------------------------------
     def set_document(self, document: Document | None) -> None:
@@ -45,8 +50,10 @@ class EditorState(QObject):
         self.history.clear()
         self.history.stack.setClean()
         self.tool = "brush"
+        self.active_layer = document.layers.layers[-1].id if document is not None and document.layers.layers else 0
         self.document_replaced.emit()
         self.tool_changed.emit(self.tool)
+        self.active_layer_changed.emit(self.active_layer)
 
     def commit(self, change: Change) -> None:
         """Apply a change and make it one undo step."""
@@ -84,18 +91,134 @@ class EditorState(QObject):
         if self.document is not None:
             self.set_mask(255 - self.document.mask, "Invert mask")
 
-    def accept(self, image: np.ndarray, parameters: str) -> None:
-        """Commit a generated result (the whole new image, canvas included) as one undo step."""
+    def accept(self, request, variants, index: int, keep_all: bool = False) -> bool:
+        """Add a generation's result as a generative layer on top, one undo step: the chosen variant shown,
+        and with keep_all every variant kept in the layer to switch to later. Expand grows every layer's
+        canvas first. False (nothing changed) when the document no longer has the size the job started on."""
         doc = self.document
-        if doc is None:
-            return
-        before = doc.snapshot()
-        after = DocumentState(np.ascontiguousarray(image), np.zeros(image.shape[:2], np.uint8),
-                              Rect(0, 0, image.shape[1], image.shape[0]), parameters)
+        if doc is None or not variants:
+            return False
+        if request.image.shape[:2] != (doc.height, doc.width):
+            return False
+        kind = request.kind.value
+        output = request.output_rect
+        stack = doc.layers
+        mask = doc.shared_mask() if self.keep_mask_after_accept else np.zeros_like(doc.mask)
+        canvas = doc.canvas
+        reference, known = request.image, None
+        if kind == "expand":
+            stack = stack.resized(output)
+            reference = imageops.pad_to_canvas(request.image, output)
+            known = imageops.known_region(request.image.shape, output)
+            mask = imageops.crop(mask, output) if self.keep_mask_after_accept else np.zeros(output.size[::-1], np.uint8)
+            canvas = stack.rect
+        if reference.shape[2] == 4:
+            known = reference[..., 3] if known is None else np.minimum(known, reference[..., 3])
+        chosen = list(variants) if keep_all else [variants[index]]
+        layer_variants = tuple(variant_from_result(v.image, reference, 0, 0, v.seed, v.parameters, known)
+                               for v in chosen)
+        painted, mask_at = None, (0, 0)
+        if request.mask is not None and kind == "fill":
+            box = imageops.mask_bounds(request.mask)
+            if box is not None:
+                painted, mask_at = request.mask[box.slices()], (box.x, box.y)
+        generation = Generation(kind, layer_variants, index if keep_all else 0, settings_of(request),
+                                painted, *mask_at)
+        name = f"{kind.capitalize()} {sum(1 for l in stack.layers if l.generation) + 1}"
+        if request.prompt.strip():
+            name += ": " + " ".join(request.prompt.split())[:40]
+        stack = stack.added(Layer.generative(0, name, generation))
+        variant = variants[index]
+        after = DocumentState(stack, mask, canvas, variant.parameters)
         self.candidate = None
         self.preview = None
-        self.commit(DocumentChange(before, after, "Accept generated result"))
+        self.commit(DocumentChange(doc.snapshot(), after, f"Accept {kind}"))
+        self.set_active_layer(stack.layers[-1].id)
         self.overlay_changed.emit()
+        return True
+
+    # -- layers ---------------------------------------------------------------------------------------
+    def change_layers(self, stack: LayerStack, label: str) -> None:
+        """Replace the layer stack (same canvas) as one undo step."""
+        doc = self.document
+        if doc is None or stack is doc.layers:
+            return
+        before = doc.snapshot()
+        self.commit(DocumentChange(before, DocumentState(stack, before.mask, before.canvas, before.parameters),
+                                   label))
+        if self.active_layer not in {layer.id for layer in stack.layers}:
+            self.set_active_layer(stack.layers[-1].id if stack.layers else 0)
+
+    def set_active_layer(self, layer_id: int) -> None:
+        if layer_id != self.active_layer:
+            self.active_layer = layer_id
+            self.active_layer_changed.emit(layer_id)
+
+    def _layer_edit(self, layer_id: int, label: str, edit) -> bool:
+        doc = self.document
+        if doc is None:
+            return False
+        try:
+            stack = edit(doc.layers)
+        except (KeyError, ValueError):
+            return False
+        self.change_layers(stack, label)
+        return True
+
+    def set_layer_visible(self, layer_id: int, visible: bool) -> bool:
+        return self._layer_edit(layer_id, "Show layer" if visible else "Hide layer",
+                                lambda s: s.changed(layer_id, visible=bool(visible)))
+
+    def set_layer_opacity(self, layer_id: int, opacity: float) -> bool:
+        opacity = min(max(float(opacity), 0.0), 1.0)
+        if self.document is not None and self.document.layers.get(layer_id).opacity == opacity:
+            return False
+        return self._layer_edit(layer_id, "Layer opacity", lambda s: s.changed(layer_id, opacity=opacity))
+
+    def rename_layer(self, layer_id: int, name: str) -> bool:
+        return self._layer_edit(layer_id, "Rename layer", lambda s: s.changed(layer_id, name=name))
+
+    def move_layer(self, layer_id: int, index: int) -> bool:
+        return self._layer_edit(layer_id, "Move layer", lambda s: s.moved(layer_id, index))
+
+    def remove_layer(self, layer_id: int) -> bool:
+        doc = self.document
+        if doc is None or len(doc.layers) <= 1:
+            return False
+        return self._layer_edit(layer_id, "Delete layer", lambda s: s.removed(layer_id))
+
+    def merge_down(self, layer_id: int) -> bool:
+        return self._layer_edit(layer_id, "Merge down", lambda s: s.merged_down(layer_id))
+
+    def flatten(self) -> bool:
+        doc = self.document
+        if doc is None or len(doc.layers) <= 1:
+            return False
+        return self._layer_edit(0, "Flatten image", lambda s: s.flattened())
+
+    def select_variant(self, layer_id: int, index: int) -> bool:
+        doc = self.document
+        if doc is None:
+            return False
+        try:
+            if doc.layers.get(layer_id).generation.selected == index:
+                return False
+        except (KeyError, AttributeError):
+            return False
+        return self._layer_edit(layer_id, f"Variant {index + 1}", lambda s: s.with_variant(layer_id, index))
+
+    def add_image_layer(self, pixels: np.ndarray, name: str, x: int | None = None, y: int | None = None) -> bool:
+        """A pasted or dropped image as a raster layer on top, centred unless placed."""
+        doc = self.document
+        if doc is None:
+            return False
+        h, w = pixels.shape[:2]
+        x = (doc.width - w) // 2 if x is None else x
+        y = (doc.height - h) // 2 if y is None else y
+        stack = doc.layers.added(Layer(0, name, pixels, x, y))
+        self.change_layers(stack, "Add layer")
+        self.set_active_layer(stack.layers[-1].id)
+        return True
 
     # -- overlays -----------------------------------------------------------------------------------
     def set_preview(self, image: np.ndarray | None, rect: Rect | None) -> None:
@@ -141,3 +264,13 @@ class EditorState(QObject):
             self.canvas_changed.emit()
         else:
             self.image_changed.emit()
+
+
+def settings_of(request) -> dict:
+    """What a generation's request asked for, as JSON values (kept in its layer and in projects)."""
+    sampling, style, mask = request.sampling, request.style, request.mask_options
+    return {"kind": request.kind.value, "prompt": request.prompt, "negative_prompt": request.negative_prompt,
+            "style": style.name, "style_strength": style.strength, "model": request.model,
+            "steps": sampling.steps, "guidance": sampling.guidance, "strength": sampling.strength,
+            "seed": sampling.seed, "variants": sampling.variants, "sampler": sampling.sampler,
+            "feather": mask.feather, "grow": mask.grow}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
+from app.core import imageops
+from app.core.geometry import Rect
 from app.core.styles import Style
 from app.editor.editor_state import EditorState
 from app.engine.events import EngineEvent, EventKind, Variant
@@ -41,14 +43,14 @@ class GenerationSession(QObject):
         if doc is None or not doc.has_mask():
             self.status.emit("Paint a mask over the area to fill first.", True)
             return False
-        return self._start(lambda: build_fill_request(doc.image, doc.shared_mask(), settings, self.styles))
+        return self._start(lambda: build_fill_request(doc.shared_image(), doc.shared_mask(), settings, self.styles))
 
     def expand(self, settings: JobSettings) -> bool:
         doc = self.state.document
         if doc is None or not doc.is_extended():
             self.status.emit("Drag a canvas edge outward (or use the Canvas menu) first.", True)
             return False
-        return self._start(lambda: build_expand_request(doc.image, doc.canvas, settings, self.styles))
+        return self._start(lambda: build_expand_request(doc.shared_image(), doc.canvas, settings, self.styles))
 
     def restyle(self, settings: JobSettings) -> bool:
         """Repaint the whole image (not the extended canvas) in the chosen style at the restyle strength."""
@@ -56,7 +58,7 @@ class GenerationSession(QObject):
         if doc is None:
             self.status.emit("Open an image to restyle first.", True)
             return False
-        return self._start(lambda: build_restyle_request(doc.image, settings, self.styles))
+        return self._start(lambda: build_restyle_request(doc.shared_image(), settings, self.styles))
 
     def _start(self, build) -> bool:
         self.discard()
@@ -72,6 +74,20 @@ class GenerationSession(QObject):
         self.status.emit(f"{request.kind.value.capitalize()} started…", False)
         return True
 
+    def focus(self) -> Rect | None:
+        """Where the shown variants differ from the image, in the variants' pixels: the painted mask with
+        its feather and some context around it (a Fill), the new area (an Expand), None for everything."""
+        request = self.request
+        if request is None:
+            return None
+        if request.mask is not None and request.kind.value == "fill":
+            box = imageops.mask_bounds(request.mask)
+            if box is None:
+                return None
+            margin = request.mask_options.feather + request.mask_options.grow + max(16, max(box.w, box.h) // 4)
+            return box.grown(margin).intersect(request.image_rect)
+        return None
+
     def cancel(self) -> None:
         if self._busy:
             self.controller.cancel()         # emits CANCELLED before it returns: the UI is idle at once
@@ -86,13 +102,19 @@ class GenerationSession(QObject):
         if self.request is not None and 0 <= index < len(self.variants):
             self.state.set_candidate(self.variants[index].image, self.request.output_rect)
 
-    def accept(self, index: int) -> bool:
+    def accept(self, index: int, keep_all: bool = False) -> bool:
+        """The chosen variant as a new generative layer; with keep_all the others stay in it to switch to."""
         if self.request is None or not 0 <= index < len(self.variants):
             return False
         variant = self.variants[index]
-        self.state.accept(variant.image, variant.parameters)
+        if not self.state.accept(self.request, self.variants, index, keep_all):
+            self.status.emit("The image changed size since this job started: its result no longer fits. "
+                             "Discard it, or undo back to that size.", True)
+            return False
+        count = len(self.variants)
         self._clear_results()
-        self.status.emit(f"Accepted variant {index + 1} (seed {variant.seed}).", False)
+        kept = f"; all {count} variants kept in the layer" if keep_all and count > 1 else ""
+        self.status.emit(f"Accepted variant {index + 1} (seed {variant.seed}) as a new layer{kept}.", False)
         return True
 
     def discard(self) -> None:

@@ -63,7 +63,22 @@ SCHEMA: dict[str, Setting] = {s.key: s for s in (
     Setting("window/geometry", bytes, b"", max_length=4096, label="window position"),
     Setting("last_dir", str, "", max_length=4096, label="last folder"),
     Setting("last_model_dir", str, "", max_length=4096, label="last model folder"),
+    Setting("export/quality", int, 95, 1, 100, label="export quality"),
+    Setting("editor/keep_mask", bool, True, label="keep the mask after Accept"),
 )}
+
+
+def checked_values(prefix: str, values: dict) -> dict[str, object]:
+    """The entries of `values` (keys without `prefix`) that are valid for their setting, typed; anything
+    unknown or invalid is left out. For settings that come from elsewhere, such as a recovery copy."""
+    kept = {}
+    for key, value in values.items():
+        setting = SCHEMA.get(prefix + str(key))
+        if setting is not None and setting.kind is not bytes:
+            checked, _ = _check(setting, value)
+            if checked is not None:
+                kept[key] = checked
+    return kept
 
 
 def value_range(key: str) -> tuple:

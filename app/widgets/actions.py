@@ -24,6 +24,7 @@ class Actions:
     by_name: dict[str, QAction] = field(default_factory=dict)
     tools: dict[str, QAction] = field(default_factory=dict)
     document_actions: list[QAction] = field(default_factory=list)   # enabled only with a document
+    menus: dict[str, QMenu] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> QAction:
         return self.by_name[name]
@@ -56,8 +57,9 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     menu_bar = window.menuBar()
     file_menu = menu_bar.addMenu("&File")
     file_menu.addAction(make("open", "&Open…", QKeySequence.StandardKey.Open, needs_document=False))
-    file_menu.addAction(make("save", "&Save", QKeySequence.StandardKey.Save))
-    file_menu.addAction(make("save_as", "Save &As…", QKeySequence.StandardKey.SaveAs))
+    file_menu.addAction(make("save", "&Save Project", QKeySequence.StandardKey.Save))
+    file_menu.addAction(make("save_as", "Save Project &As…", QKeySequence.StandardKey.SaveAs))
+    file_menu.addAction(make("export", "&Export Image…", "Ctrl+Shift+E"))
     file_menu.addSeparator()
     file_menu.addAction(make("quit", "&Quit", QKeySequence.StandardKey.Quit, needs_document=False))
 
@@ -66,8 +68,7 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     edit_menu.addAction(redo)
     edit_menu.addSeparator()
     edit_menu.addAction(make("copy", "&Copy Image", QKeySequence.StandardKey.Copy))
-    edit_menu.addAction(make("paste", "&Paste as New Image", QKeySequence.StandardKey.Paste,
-                             needs_document=False))
+    edit_menu.addAction(make("paste", "&Paste as Layer", QKeySequence.StandardKey.Paste, needs_document=False))
     edit_menu.addSeparator()
     edit_menu.addAction(make("restyle", "&Restyle Image", "Ctrl+Shift+R"))
 
@@ -88,6 +89,11 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     mask_menu.addAction(make("invert_mask", "&Invert Mask", "Ctrl+I"))
     mask_menu.addAction(make("select_all", "Mask &Everything", "Ctrl+A"))
 
+    layer_menu = menu_bar.addMenu("&Layer")
+    layer_menu.addAction(make("delete_layer", "&Delete Layer"))
+    layer_menu.addAction(make("merge_down", "&Merge Down", "Ctrl+E"))
+    layer_menu.addAction(make("flatten", "&Flatten Image"))
+
     canvas_menu = menu_bar.addMenu("&Canvas")
     for label, fraction, sides in EXPAND_PRESETS:
         action = make(f"expand_{sides}_{int(fraction * 100)}", label)
@@ -105,8 +111,13 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     generate_menu.addAction(make("fill", "Generative &Fill", "Ctrl+Return"))
     generate_menu.addAction(make("expand", "&Expand", "Ctrl+Shift+Return"))
     generate_menu.addAction(actions["restyle"])
+    generate_menu.addSeparator()
     generate_menu.addAction(make("cancel", "&Cancel", "Escape"))
+    generate_menu.addAction(make("finish", "&Stop && Keep", "Ctrl+."))
+    generate_menu.addSeparator()
     generate_menu.addAction(make("accept", "&Accept Variant", "Ctrl+Shift+A"))
+    generate_menu.addAction(make("keep_all", "Accept and &Keep All Variants", "Ctrl+Alt+A"))
+    generate_menu.addAction(make("discard", "&Discard Variants"))
 
     models_menu = menu_bar.addMenu("M&odels")
     models_menu.addAction(make("add_model", "&Add Model…", needs_document=False))
@@ -117,4 +128,6 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     view_menu.addAction(make("zoom_out", "Zoom &Out", QKeySequence.StandardKey.ZoomOut))
     view_menu.addAction(make("zoom_fit", "&Fit to Window", "Ctrl+0"))
     view_menu.addAction(make("zoom_100", "&Actual Pixels (100%)", "Ctrl+1"))
+    actions.menus.update(file=file_menu, edit=edit_menu, mask=mask_menu, layer=layer_menu, canvas=canvas_menu,
+                         generate=generate_menu, models=models_menu, view=view_menu)
     return actions

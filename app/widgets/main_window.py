@@ -7,17 +7,15 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QByteArray, QStandardPaths, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea,
-                               QSlider, QToolBar, QVBoxLayout, QWidget)
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import (QDockWidget, QLabel, QMainWindow, QMessageBox, QScrollArea, QSlider, QToolBar,
+                               QVBoxLayout, QWidget)
 
 from app.editor.autosave import Autosave
 from app.editor.background import BackgroundCall
-from app.core.document import Document
 from app.core.recovery import RecoveryError, RecoveryStore
 from app.core.recovery import load as recovery_load
 from app.core.geometry import expand_by_fraction, expand_to_aspect
-from app.core.imageio import ImageLoadError, ImageSaveError, LoadedImage, load_image, save_image
 from app.core.styles import read_styles
 from app.editor.editor_state import EditorState
 from app.engine import preload
@@ -25,18 +23,18 @@ from app.engine.events import EngineError
 from app.engine.registry import EngineRegistry
 from app.editor.generation_session import GenerationSession
 from app.editor.model_library import ModelEntry, ModelLibrary, describe_model
-from app.editor.stored_settings import SettingsStore, migrate_qt_settings
+from app.editor.stored_settings import SettingsStore, checked_values, migrate_qt_settings
 from app.widgets.actions import build_actions
 from app.widgets.add_model_dialog import AddModelDialog
 from app.widgets.canvas import CanvasView
+from app.widgets.file_commands import FileCommands
 from app.widgets.generate_panel import GeneratePanel
-from app.widgets.qt_image import from_qimage, to_qimage
+from app.widgets.qt_image import from_qimage
+from app.widgets.layers_panel import LayersPanel
 from app.widgets.variants_strip import VariantsStrip
 
 log = logging.getLogger(__name__)
 
-OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif);;All files (*)"
-SAVE_FILTER = "PNG (*.png);;JPEG (*.jpg *.jpeg);;WebP (*.webp)"
 
 
 def config_folder() -> Path:
@@ -91,23 +89,43 @@ class MainWindow(QMainWindow):
         styles = styles.styles
         self.session = GenerationSession(self.state, styles, self.registry, self)
         self.recovery = RecoveryStore(recovery_root if recovery_root is not None else default_recovery_root())
+        self.files = FileCommands(self)
         self.autosave = Autosave(self.state, self.recovery, parent=self)
         self.autosave.failed.connect(lambda text: self.statusBar().showMessage(text, 10000))
         self.canvas = CanvasView(self.state, self)
         self.setCentralWidget(self._centre())
         self.panel = GeneratePanel(styles, self.registry.entries(), self, self.library.entries())
+        self.autosave.settings = self.panel.saved_values      # Recover brings the panel's settings back too
         dock = QDockWidget("Generate", self)
         dock.setObjectName("generateDock")
-        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QDockWidget.DockWidgetFeature.DockWidgetClosable)
         scroll = QScrollArea()
+        scroll.setObjectName("generateScroll")
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.panel)
         dock.setWidget(scroll)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        self.generate_dock = dock
+        self.layers_panel = LayersPanel(self.state, self)
+        layers_dock = QDockWidget("Layers", self)
+        layers_dock.setObjectName("layersDock")
+        layers_dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
+                                | QDockWidget.DockWidgetFeature.DockWidgetClosable)
+        layers_dock.setWidget(self.layers_panel)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, layers_dock)
+        self.layers_dock = layers_dock
         self.action_set = build_actions(
             self, self._handlers(), self.state.history.stack.createUndoAction(self, "&Undo"),
             self.state.history.stack.createRedoAction(self, "&Redo"), self.state.set_tool,
             self._expand_preset, self._aspect_preset)
+        view_menu = self.action_set.menus["view"]
+        view_menu.addSeparator()
+        for dock_widget, name in ((self.generate_dock, "show_generate"), (self.layers_dock, "show_layers")):
+            toggle = dock_widget.toggleViewAction()
+            toggle.setObjectName(f"{name}Action")
+            view_menu.addAction(toggle)
+            self.action_set.by_name[name] = toggle
         self.addActions(list(self.action_set.by_name.values()))
         self._build_toolbar()
         self.zoom_label = QLabel("")
@@ -135,8 +153,12 @@ class MainWindow(QMainWindow):
 
     def _handlers(self) -> dict:
         c = self.canvas
-        return {"open": self.open_dialog, "save": self.save, "save_as": self.save_as_dialog,
-                "quit": self.close, "copy": self.copy_image, "paste": self.paste,
+        f, s = self.files, self.state
+        return {"open": f.open_dialog, "save": f.save, "save_as": f.save_as_dialog, "export": f.export_dialog,
+                "quit": self.close, "copy": f.copy, "paste": f.paste,
+                "delete_layer": self._delete_layer, "merge_down": self._merge_down, "flatten": s.flatten,
+                "keep_all": self._accept_keeping_all,
+                "discard": self.session.discard, "finish": self.session.finish_early,
                 "clear_mask": self.state.clear_mask,
                 "brush_smaller": self.state.shrink_brush, "brush_larger": self.state.grow_brush,
                 "invert_mask": self.state.invert_mask,
@@ -193,104 +215,28 @@ class MainWindow(QMainWindow):
         self.session.busy_changed.connect(self._refresh)
         self.session.progress.connect(p.set_progress)
         self.session.status.connect(self._show_status)
-        self.session.variants_ready.connect(self.strip.set_variants)
+        self.session.variants_ready.connect(self._show_variants)
         self.strip.variant_selected.connect(self.session.select)
         self.strip.accepted.connect(self.accept_current)
+        self.strip.accepted_all.connect(self._accept_keeping_all)
         self.strip.discarded.connect(self.session.discard)
         self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
         self.canvas.cursor_moved.connect(lambda x, y: self.cursor_label.setText(f"{x}, {y}"))
 
-    # -- documents ----------------------------------------------------------------------------------
+    # -- documents: app/widgets/file_commands.py ---------------------------------------------------------
     def open_image(self, path: str | Path) -> bool:
-        path = Path(path)
-        try:
-            loaded = load_image(path)
-        except ImageLoadError as exc:
-            self.show_error(str(exc))
-            return False
-        self._set_loaded(loaded, path)
-        return True
-
-    def _set_loaded(self, loaded: LoadedImage, path: Path | None) -> None:
-        self.session.cancel()          # a running job's result belongs to the image it was made from
-        self.session.discard()
-        self.state.set_document(Document.from_image(loaded.pixels, path, loaded.parameters))
-        name = path.name if path else "pasted image"
-        notes = "; ".join(loaded.notes)
-        doc = self.state.document
-        self._show_status(f"Opened {name} ({doc.width} x {doc.height})" + (f" — {notes}" if notes else ""),
-                          False)
-        self._update_title()
+        """Open an image (a new one-layer document) or an .ora project."""
+        return self.files.open(path)
 
     def save_image(self, path: str | Path) -> bool:
-        doc = self.state.document
-        if doc is None:
-            return False
-        path = Path(path)
-        try:
-            save_image(path, doc.image, doc.parameters)
-        except ImageSaveError as exc:
-            self.show_error(str(exc))
-            return False
-        doc.path = path
-        self.state.history.stack.setClean()
-        self._show_status(f"Saved {path}", False)
-        self._update_title()
-        return True
+        """Save: a .ora path writes the project, any other suffix exports the flattened image."""
+        return self.files.save_to(path)
 
-    def open_dialog(self) -> None:
-        if not self._confirm_discard_changes():
-            return
-        start = self.settings.get("last_dir") or str(Path.home())
-        path, _ = QFileDialog.getOpenFileName(self, "Open image", start, OPEN_FILTER)
-        if path:
-            self.settings.set("last_dir", str(Path(path).parent))
-            self.open_image(path)
-
-    def save(self) -> None:
-        doc = self.state.document
-        if doc is not None and doc.path is not None and doc.path.suffix.lower() in (".png", ".jpg",
-                                                                                     ".jpeg", ".webp"):
-            self.save_image(doc.path)
-        else:
-            self.save_as_dialog()
+    def save(self) -> bool:
+        return self.files.save()
 
     def save_as_dialog(self) -> bool:
-        doc = self.state.document
-        if doc is None:
-            return False
-        suggested = doc.path.with_suffix(".png") if doc.path else Path(
-            self.settings.get("last_dir") or Path.home()) / "untitled.png"
-        path, _ = QFileDialog.getSaveFileName(self, "Save image", str(suggested), SAVE_FILTER)
-        if not path:
-            return False
-        if not Path(path).suffix:
-            path += ".png"
-        return self.save_image(path)
-
-    def copy_image(self) -> None:
-        doc = self.state.document
-        if doc is not None:
-            QGuiApplication.clipboard().setImage(to_qimage(doc.image))
-            self._show_status("Image copied to the clipboard.", False)
-
-    def paste(self) -> None:
-        mime = QGuiApplication.clipboard().mimeData()
-        if mime is None:
-            return
-        if mime.hasImage():
-            if not self._confirm_discard_changes():
-                return
-            pixels = from_qimage(mime.imageData())
-            if pixels.size == 0:
-                self.show_error("The clipboard image is empty.")
-                return
-            self._set_loaded(LoadedImage(pixels, "clipboard", "", ()), None)
-        elif mime.hasUrls() and mime.urls()[0].isLocalFile():
-            if self._confirm_discard_changes():
-                self.open_image(mime.urls()[0].toLocalFile())
-        else:
-            self._show_status("The clipboard holds no image.", True)
+        return self.files.save_as_dialog()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         mime = event.mimeData()
@@ -298,15 +244,16 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
+        """Dropped images become layers of the open document (or open, with none); a project opens."""
         mime = event.mimeData()
         files = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
         event.acceptProposedAction()
-        if not self._confirm_discard_changes():
-            return
         if files:
-            self.open_image(files[0])
+            for path in files[:16]:
+                if not self.files.add_file(path):
+                    break
         elif mime.hasImage():
-            self._set_loaded(LoadedImage(from_qimage(mime.imageData()), "drop", "", ()), None)
+            self.files.add_image(from_qimage(mime.imageData()), "Dropped image", "drop")
 
     # -- generation -----------------------------------------------------------------------------------
     def fill(self) -> None:
@@ -318,8 +265,48 @@ class MainWindow(QMainWindow):
     def restyle(self) -> None:
         self.session.restyle(self.panel.job_settings())
 
-    def accept_current(self) -> None:
-        self.session.accept(self.strip.list.currentRow())
+    def accept_current(self, keep_all: bool = False) -> None:
+        self.session.accept(self.strip.list.currentRow(), keep_all)
+
+    def _show_variants(self, variants) -> None:
+        self.strip.set_variants(variants, self.session.focus() if variants else None)
+
+    # The staging keys, while variants wait: Left/Right show the others, Enter accepts, holding backslash
+    # shows the image before (Esc discards: the Cancel action). Text fields keep these keys for themselves.
+    def keyPressEvent(self, event) -> None:
+        if self.session.variants and not event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier:
+            key = event.key()
+            if key in (Qt.Key.Key_Left, Qt.Key.Key_Right):
+                self.strip.step(1 if key == Qt.Key.Key_Right else -1)
+                event.accept()
+                return
+            if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+                self.accept_current()
+                event.accept()
+                return
+            if key == Qt.Key.Key_Backslash:
+                if not event.isAutoRepeat():
+                    self.state.set_candidate(None, None)
+                    self._show_status("The image before (release \\ to see the variant again)", False)
+                event.accept()
+                return
+        super().keyPressEvent(event)
+
+    def keyReleaseEvent(self, event) -> None:
+        if event.key() == Qt.Key.Key_Backslash and not event.isAutoRepeat() and self.session.variants:
+            self.session.select(max(self.strip.list.currentRow(), 0))
+            event.accept()
+            return
+        super().keyReleaseEvent(event)
+
+    def _accept_keeping_all(self) -> None:
+        self.accept_current(keep_all=True)
+
+    def _delete_layer(self) -> None:
+        self.state.remove_layer(self.state.active_layer)
+
+    def _merge_down(self) -> None:
+        self.state.merge_down(self.state.active_layer)
 
     def _escape(self) -> None:
         if self.session.busy:
@@ -526,6 +513,8 @@ class MainWindow(QMainWindow):
             return False
         self.state.set_document(found.document)
         self.state.history.restore(found.changes, found.index)
+        if found.settings:
+            self.panel.restore_values(checked_values("panel/", found.settings))
         self.state.image_changed.emit()
         self.autosave.save_now()
         self.statusBar().showMessage(f"Recovered {found.describe()}.", 10000)
@@ -548,6 +537,7 @@ class MainWindow(QMainWindow):
         self.state.set_brush(size=brush.get("size"), softness=brush.get("softness"))
         self.size_slider.setValue(min(self.state.brush_size, self.size_slider.maximum()))
         self.softness_slider.setValue(round(self.state.brush_softness * 100))
+        self.state.keep_mask_after_accept = bool(s.get("editor/keep_mask"))
         geometry = s.get("window/geometry")
         if geometry:
             self.restoreGeometry(QByteArray(geometry))         # False (and no change) when it is not valid

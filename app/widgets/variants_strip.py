@@ -1,10 +1,15 @@
-"""The strip of finished variants under the canvas, with Accept and Discard."""
+"""The staging strip under the canvas: finished variants as thumbnails of the region they changed, with
+Accept, Keep all and Discard. Its space is kept while it is hidden, so the canvas never changes size (and
+the view never jumps) as variants come and go."""
 from __future__ import annotations
 
+import cv2
+import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import QHBoxLayout, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
+from app.core.geometry import Rect
 from app.engine.events import Variant
 from app.widgets.qt_image import to_qimage
 
@@ -14,6 +19,7 @@ THUMB = 96
 class VariantsStrip(QWidget):
     variant_selected = Signal(int)
     accepted = Signal()
+    accepted_all = Signal()
     discarded = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -32,15 +38,22 @@ class VariantsStrip(QWidget):
         self.accept_button = QPushButton("Accept")
         self.accept_button.setObjectName("acceptButton")
         self.accept_button.setAccessibleName("Accept")
-        self.accept_button.setToolTip("Keep the selected variant (Enter)")
+        self.accept_button.setToolTip("Add the selected variant as a new layer (Enter)")
+        self.keep_all_button = QPushButton("Keep all")
+        self.keep_all_button.setObjectName("keepAllButton")
+        self.keep_all_button.setToolTip("Add the selected variant as a new layer and keep the others in it, to "
+                                        "switch to later in the Layers panel (Ctrl+Alt+A)")
+        self.keep_all_button.clicked.connect(self.accepted_all)
         self.discard_button = QPushButton("Discard")
         self.discard_button.setObjectName("discardButton")
         self.discard_button.setAccessibleName("Discard")
-        self.discard_button.setToolTip("Leave the image as it was (Esc)")
+        self.discard_button.setToolTip("Leave the image as it was (Esc). Left/Right: the other variants; "
+                                       "hold \\ to see the image before")
         self.accept_button.clicked.connect(self.accepted)
         self.discard_button.clicked.connect(self.discarded)
         buttons = QVBoxLayout()
         buttons.addWidget(self.accept_button)
+        buttons.addWidget(self.keep_all_button)
         buttons.addWidget(self.discard_button)
         buttons.addStretch(1)
         layout = QHBoxLayout(self)
@@ -48,14 +61,18 @@ class VariantsStrip(QWidget):
         layout.addWidget(self.list, 1)
         layout.addLayout(buttons)
         self.variants: tuple[Variant, ...] = ()
+        policy = self.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.setSizePolicy(policy)
         self.set_variants(())
 
-    def set_variants(self, variants: tuple[Variant, ...]) -> None:
+    def set_variants(self, variants: tuple[Variant, ...], region: Rect | None = None) -> None:
+        """Show `variants`; `region` (in the variants' own pixels) is what their thumbnails show."""
         self.variants = tuple(variants)
         self.list.blockSignals(True)
         self.list.clear()
         for i, variant in enumerate(self.variants):
-            small = variant.image if variant.thumbnail is None else variant.thumbnail
+            small = region_thumbnail(variant, region)
             pixmap = QPixmap.fromImage(to_qimage(small)).scaled(
                 THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
             item = QListWidgetItem(QIcon(pixmap), f"{i + 1} · seed {variant.seed}")
@@ -64,6 +81,7 @@ class VariantsStrip(QWidget):
         self.list.blockSignals(False)
         has = bool(self.variants)
         self.accept_button.setEnabled(has)
+        self.keep_all_button.setEnabled(len(self.variants) > 1)
         self.discard_button.setEnabled(has)
         self.setVisible(has)
         if has:
@@ -74,6 +92,29 @@ class VariantsStrip(QWidget):
         row = self.list.currentRow()
         return self.variants[row] if 0 <= row < len(self.variants) else None
 
+    def step(self, delta: int) -> None:
+        """Show the next (delta 1) or previous (-1) variant, wrapping around."""
+        count = len(self.variants)
+        if count:
+            self.list.setCurrentRow((max(self.list.currentRow(), 0) + delta) % count)
+
     def _row_changed(self, row: int) -> None:
         if 0 <= row < len(self.variants):
             self.variant_selected.emit(row)
+
+
+def region_thumbnail(variant: Variant, region: Rect | None) -> np.ndarray:
+    """The part of the variant a small fill changed, so variants can be told apart; the whole image (its
+    ready-made thumbnail) when the region is most of it."""
+    image = variant.image
+    height, width = image.shape[:2]
+    whole = Rect(0, 0, width, height)
+    if region is not None:
+        region = region.intersect(whole)
+    if region is None or region.is_empty() or region.area * 2 > whole.area:
+        return image if variant.thumbnail is None else variant.thumbnail
+    crop = image[region.slices()]
+    scale = min(1.0, 2 * THUMB / max(region.w, region.h))
+    size = (max(1, round(region.w * scale)), max(1, round(region.h * scale)))
+    step = max(1, int(1 / scale) // 4)
+    return cv2.resize(np.ascontiguousarray(crop[::step, ::step]), size, interpolation=cv2.INTER_AREA)
