@@ -1,9 +1,10 @@
 """Benchmark 7: memory with a big document after many accepted fills (is the undo budget honoured?).
 
-A real MainWindow (offscreen) holds a 4096 x 4096 RGB document. Each of 50 rounds paints a 256 x 256 mask
-square the way a brush stroke is recorded (MaskPatchChange of the painted rectangle), fills it through
-window.session.fill with the classic engine (OpenCV, no model), waits for the variant and accepts it
-(session.accept: one DocumentChange on the undo stack). The history's byte count is what app/editor/history.py
+A real MainWindow (offscreen) holds a 4096 x 4096 RGB document. Each of 50 rounds clears the mask (it is
+kept after Accept), paints a 256 x 256 mask square the way a brush stroke is recorded (MaskPatchChange of
+the painted rectangle), fills it through window.session.fill with the classic engine (OpenCV, no model),
+waits for the variant and accepts it (session.accept: a new generative layer, one DocumentChange on the
+undo stack, whose states share every layer they have in common). The history's byte count is what app/editor/history.py
 trims to (its budget, DEFAULT_BUDGET_BYTES); the bytes it really holds count each shared array once.
 Peak RSS is resource.getrusage's ru_maxrss of this process.
 
@@ -27,8 +28,12 @@ def held_bytes(history) -> int:
     seen, total = set(), 0
     for change in history.changes():
         for value in vars(change).values():
-            arrays = [value] if hasattr(value, "nbytes") and hasattr(value, "dtype") else \
-                [getattr(value, name) for name in ("image", "mask") if hasattr(value, name)]
+            if hasattr(value, "nbytes") and hasattr(value, "dtype"):
+                arrays = [value]
+            elif hasattr(value, "layers"):                   # a DocumentState: its layers' arrays and its mask
+                arrays = [*value.layers.arrays().values(), *([] if value.mask is None else [value.mask])]
+            else:
+                continue
             for array in arrays:
                 base = array if array.base is None else array.base
                 if id(base) not in seen:
@@ -67,6 +72,7 @@ def run(args) -> dict:
     trace = []
     start = time.perf_counter()
     for index in range(args.fills):
+        state.clear_mask()
         doc = state.document
         x = 256 + (index * 397) % (side - 768)
         y = 256 + (index * 631) % (side - 768)

@@ -94,7 +94,7 @@ def test_trimming_the_undo_history_keeps_the_recovery_copy(qtbot, tmp_path, phot
     window = window_for(qtbot, tmp_path, delay_ms=5000)
     window.open_image(photo[0])
     history = window.state.history
-    history.budget_bytes, history.min_levels = 64 * 48 * 3, 1           # every stroke goes over the budget
+    history.budget_bytes, history.min_levels = 40, 1     # every stroke (two 5x5 patches) goes over the budget
     paint(window, Rect(0, 0, 5, 5))
     window.autosave.save_now()
     window.autosave.wait()
@@ -276,3 +276,40 @@ def test_a_recovered_result_keeps_its_parameters_and_save_writes_them(qtbot, tmp
     again.state.history.stack.undo()
     assert again.state.document.parameters == ""
     np.testing.assert_array_equal(again.state.document.image, photo[1])
+
+
+def test_recover_brings_back_the_panel_settings_of_the_crashed_session(qtbot, tmp_path, photo):
+    window = window_for(qtbot, tmp_path)
+    window.open_image(photo[0])
+    panel = window.panel
+    panel.prompt_edit.setPlainText("a lighthouse at dusk")
+    panel.steps_spin.setValue(37)
+    panel.style_combo.setCurrentIndex(2)
+    style = panel.style_combo.currentText()
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        paint(window, Rect(5, 5, 10, 10))
+    crash(window)                                   # no clean close: the settings file was never written
+    again = window_for(qtbot, tmp_path)
+    assert again.panel.prompt_edit.toPlainText() == "" and again.panel.steps_spin.value() == 25
+    assert again.offer_recovery(lambda text: "recover")
+    assert again.panel.prompt_edit.toPlainText() == "a lighthouse at dusk"
+    assert again.panel.steps_spin.value() == 37 and again.panel.style_combo.currentText() == style
+
+
+def test_recovered_layers_come_back_with_their_variants(qtbot, tmp_path, photo):
+    window = window_for(qtbot, tmp_path)
+    window.open_image(photo[0])
+    paint(window, Rect(5, 5, 10, 10))
+    assert accept_result(window.state, 255 - photo[1], "seed 1", seed=1)
+    window.state.set_layer_visible(window.state.document.layers.layers[-1].id, False)
+    with qtbot.waitSignal(window.autosave.saved, timeout=5000):
+        paint(window, Rect(20, 20, 4, 4))
+    crash(window)
+    again = window_for(qtbot, tmp_path)
+    assert again.offer_recovery(lambda text: "recover")
+    layers = again.state.document.layers.layers
+    assert [layer.kind for layer in layers] == ["raster", "generative"] and not layers[1].visible
+    np.testing.assert_array_equal(again.state.document.image, photo[1])
+    again.state.history.stack.undo()                # the last stroke
+    again.state.history.stack.undo()                # shown again
+    np.testing.assert_array_equal(again.state.document.image, 255 - photo[1])

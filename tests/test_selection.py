@@ -477,3 +477,11 @@ def test_inputs_are_unchanged_and_results_are_new(index):
 def test_wrong_array_kinds_are_refused(call):
     with pytest.raises(ValueError, match="expected"):
         call()
+
+
+def test_the_magic_wand_reads_a_read_only_image():
+    image = np.zeros((6, 8, 3), np.uint8)
+    image[:, 4:] = 90
+    image.setflags(write=False)                  # the document's composite is read-only
+    mask = selection.magic_wand(image, 6, 2, 0)
+    assert mask[:, 4:].min() == 255 and mask[:, :4].max() == 0

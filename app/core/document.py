@@ -131,13 +131,15 @@ class Document:
     def nbytes(self) -> int:
         return int(self.layers.nbytes() + self.mask.nbytes)
 
-    def snapshot(self) -> "DocumentState":
-        return DocumentState(self.layers, self.shared_mask(), self.canvas, self.parameters)
+    def snapshot(self, with_mask: bool = True) -> "DocumentState":
+        """The state now; without the mask for a change that leaves the mask alone (it costs nothing)."""
+        return DocumentState(self.layers, self.shared_mask() if with_mask else None, self.canvas, self.parameters)
 
     def restore(self, state: "DocumentState") -> None:
         self.layers = state.layers
-        self.mask = state.mask
-        self.mask.setflags(write=False)
+        if state.mask is not None:
+            self.mask = state.mask
+            self.mask.setflags(write=False)
         self.canvas = state.canvas
         self.parameters = state.parameters
 
@@ -161,19 +163,21 @@ class DocumentState:
     """Everything an undo step may replace. Layer stacks share their pixel arrays and the mask is shared
     read-only, so a state costs only what differs from its neighbours."""
     layers: LayerStack
-    mask: np.ndarray
+    mask: np.ndarray | None             # None: the change leaves the mask as it is
     canvas: Rect
     parameters: str
 
     @property
     def nbytes(self) -> int:
-        return int(self.layers.nbytes() + self.mask.nbytes)
+        return int(self.layers.nbytes() + (0 if self.mask is None else self.mask.nbytes))
 
     def cost_beside(self, other: "DocumentState") -> int:
         """The bytes this state holds that `other` does not."""
         theirs = other.layers.arrays()
         own = sum(int(a.nbytes) for key, a in self.layers.arrays().items() if key not in theirs)
-        return own + (0 if self.mask is other.mask else int(self.mask.nbytes))
+        if self.mask is None or self.mask is other.mask:
+            return own
+        return own + int(self.mask.nbytes)
 
 
 def read_only(image: np.ndarray) -> np.ndarray:

@@ -104,7 +104,8 @@ def _rect_entry(rect: Rect) -> list[int]:
 
 
 def _state_entry(state: DocumentState, ref) -> dict:
-    return {"layers": stack_entry(state.layers, ref), "mask": ref(state.mask), "canvas": _rect_entry(state.canvas),
+    mask = None if state.mask is None else ref(state.mask)
+    return {"layers": stack_entry(state.layers, ref), "mask": mask, "canvas": _rect_entry(state.canvas),
             "parameters": state.parameters}
 
 
@@ -211,7 +212,10 @@ class _Reader:
         else:                                        # format 1: one image
             image, (width, height) = self.files.image(entry.get("image", _MISSING), f"{where}.image")
             build = _single_image(image)
-        mask = self.files.exact(entry.get("mask", _MISSING), (height, width), f"{where}.mask")
+        if entry.get("mask", _MISSING) is None and where != "document":    # a step that keeps the mask
+            mask = None
+        else:
+            mask = self.files.exact(entry.get("mask", _MISSING), (height, width), f"{where}.mask")
         canvas = _rect(entry.get("canvas", _MISSING), f"{where}.canvas")
         _check_canvas(canvas, (width, height), f"{where}.canvas")
         parameters = _text(entry.get("parameters", ""), f"{where}.parameters", MAX_PARAMETERS)
@@ -291,7 +295,8 @@ def _change(step: _Step, arrays: dict[str, np.ndarray]) -> Change:
 
 
 def _document_state(state: _State, arrays: dict[str, np.ndarray]) -> DocumentState:
-    return DocumentState(state.build(arrays), arrays[state.mask], state.canvas, state.parameters)
+    mask = None if state.mask is None else arrays[state.mask]
+    return DocumentState(state.build(arrays), mask, state.canvas, state.parameters)
 
 
 def _single_image(name: str):

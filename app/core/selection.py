@@ -77,6 +77,8 @@ def _flood(image: np.ndarray, x: int, y: int, diff) -> np.ndarray:
     height, width = image.shape[:2]
     fill = np.zeros((height + 2, width + 2), np.uint8)
     flags = WAND_CONNECTIVITY | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (255 << 8)
+    if not image.flags.writeable:        # MASK_ONLY leaves it alone, but OpenCV's binding wants it writable
+        image = np.array(image, copy=True)
     cv2.floodFill(image, fill, (x, y), 0, diff, diff, flags)
     return np.ascontiguousarray(fill[1:-1, 1:-1])
 

@@ -5,6 +5,7 @@ painted live), so every document change is one undo step and every view hears ab
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
@@ -79,9 +80,13 @@ class EditorState(QObject):
         doc = self.document
         if doc is None:
             return
+        changed = imageops.mask_bounds(cv2.absdiff(np.ascontiguousarray(mask), doc.mask))
+        if changed is None:
+            return
         before = doc.begin_mask_edit()
-        doc.mask[...] = mask
-        self.push_applied(MaskPatchChange.capture(doc, doc.image_rect, before, label))
+        rows, cols = changed.slices()
+        doc.mask[rows, cols] = mask[rows, cols]
+        self.push_applied(MaskPatchChange.capture(doc, changed, before, label))      # only what changed
 
     def clear_mask(self) -> None:
         if self.document is not None and self.document.has_mask():
@@ -103,14 +108,15 @@ class EditorState(QObject):
         kind = request.kind.value
         output = request.output_rect
         stack = doc.layers
-        mask = doc.shared_mask() if self.keep_mask_after_accept else np.zeros_like(doc.mask)
+        keep = self.keep_mask_after_accept
+        mask = None if keep else np.zeros_like(doc.mask)       # None: the mask stays as it is
         canvas = doc.canvas
         reference, known = request.image, None
         if kind == "expand":
             stack = stack.resized(output)
             reference = imageops.pad_to_canvas(request.image, output)
             known = imageops.known_region(request.image.shape, output)
-            mask = imageops.crop(mask, output) if self.keep_mask_after_accept else np.zeros(output.size[::-1], np.uint8)
+            mask = imageops.crop(doc.mask, output) if keep else np.zeros(output.size[::-1], np.uint8)
             canvas = stack.rect
         if reference.shape[2] == 4:
             known = reference[..., 3] if known is None else np.minimum(known, reference[..., 3])
@@ -132,7 +138,7 @@ class EditorState(QObject):
         after = DocumentState(stack, mask, canvas, variant.parameters)
         self.candidate = None
         self.preview = None
-        self.commit(DocumentChange(doc.snapshot(), after, f"Accept {kind}"))
+        self.commit(DocumentChange(doc.snapshot(with_mask=mask is not None), after, f"Accept {kind}"))
         self.set_active_layer(stack.layers[-1].id)
         self.overlay_changed.emit()
         return True
@@ -143,9 +149,8 @@ class EditorState(QObject):
         doc = self.document
         if doc is None or stack is doc.layers:
             return
-        before = doc.snapshot()
-        self.commit(DocumentChange(before, DocumentState(stack, before.mask, before.canvas, before.parameters),
-                                   label))
+        before = doc.snapshot(with_mask=False)
+        self.commit(DocumentChange(before, DocumentState(stack, None, before.canvas, before.parameters), label))
         if self.active_layer not in {layer.id for layer in stack.layers}:
             self.set_active_layer(stack.layers[-1].id if stack.layers else 0)
 

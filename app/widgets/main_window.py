@@ -23,6 +23,7 @@ from app.engine.events import EngineError
 from app.engine.registry import EngineRegistry
 from app.editor.generation_session import GenerationSession
 from app.editor.model_library import ModelEntry, ModelLibrary, describe_model
+from app.editor.selection_commands import SelectionCommands
 from app.editor.stored_settings import SettingsStore, checked_values, migrate_qt_settings
 from app.widgets.actions import build_actions
 from app.widgets.add_model_dialog import AddModelDialog
@@ -31,6 +32,7 @@ from app.widgets.file_commands import FileCommands
 from app.widgets.generate_panel import GeneratePanel
 from app.widgets.qt_image import from_qimage
 from app.widgets.layers_panel import LayersPanel
+from app.widgets.selection_menu import build_selection_actions
 from app.widgets.variants_strip import VariantsStrip
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class MainWindow(QMainWindow):
         self.session = GenerationSession(self.state, styles, self.registry, self)
         self.recovery = RecoveryStore(recovery_root if recovery_root is not None else default_recovery_root())
         self.files = FileCommands(self)
+        self.selection = SelectionCommands(self.state, self)
         self.autosave = Autosave(self.state, self.recovery, parent=self)
         self.autosave.failed.connect(lambda text: self.statusBar().showMessage(text, 10000))
         self.canvas = CanvasView(self.state, self)
@@ -119,6 +122,8 @@ class MainWindow(QMainWindow):
             self, self._handlers(), self.state.history.stack.createUndoAction(self, "&Undo"),
             self.state.history.stack.createRedoAction(self, "&Redo"), self.state.set_tool,
             self._expand_preset, self._aspect_preset)
+        self.action_set.by_name.update(build_selection_actions(
+            self, self.action_set.menus["mask"], self.selection, self.settings, self.state))
         view_menu = self.action_set.menus["view"]
         view_menu.addSeparator()
         for dock_widget, name in ((self.generate_dock, "show_generate"), (self.layers_dock, "show_layers")):
@@ -215,6 +220,7 @@ class MainWindow(QMainWindow):
         self.session.busy_changed.connect(self._refresh)
         self.session.progress.connect(p.set_progress)
         self.session.status.connect(self._show_status)
+        self.selection.status.connect(self._show_status)
         self.session.variants_ready.connect(self._show_variants)
         self.strip.variant_selected.connect(self.session.select)
         self.strip.accepted.connect(self.accept_current)
@@ -538,6 +544,7 @@ class MainWindow(QMainWindow):
         self.size_slider.setValue(min(self.state.brush_size, self.size_slider.maximum()))
         self.softness_slider.setValue(round(self.state.brush_softness * 100))
         self.state.keep_mask_after_accept = bool(s.get("editor/keep_mask"))
+        self.action_set["keep_mask"].setChecked(self.state.keep_mask_after_accept)
         geometry = s.get("window/geometry")
         if geometry:
             self.restoreGeometry(QByteArray(geometry))         # False (and no change) when it is not valid
