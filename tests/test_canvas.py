@@ -51,17 +51,23 @@ def release(qtbot, view, x, y, modifier=Qt.NoModifier, button=Qt.LeftButton):
 
 
 def move(view, x, y, buttons=Qt.LeftButton, modifier=Qt.NoModifier):
-    local = QPointF(wpos(view, x, y))
+    widget_move(view, QPointF(wpos(view, x, y)), buttons, modifier)
+
+
+def widget_move(view, local: QPointF, buttons=Qt.LeftButton, modifier=Qt.NoModifier):
     event = QMouseEvent(QEvent.MouseMove, local, QPointF(view.mapToGlobal(local)), Qt.NoButton,
                         buttons, modifier)
     QApplication.sendEvent(view, event)
 
 
 def drag(qtbot, view, points, modifier=Qt.NoModifier, button=Qt.LeftButton):
-    press(qtbot, view, *points[0], modifier, button)
-    for x, y in points[1:]:
-        move(view, x, y, button, modifier)
-    release(qtbot, view, *points[-1], modifier, button)
+    """Press, move and release where `points` (image coordinates) lie when the drag begins: the view may
+    zoom or scroll during the drag, the mouse path stays the one the user made."""
+    path = [wpos(view, x, y) for x, y in points]
+    qtbot.mousePress(view, button, modifier, path[0])
+    for point in path[1:]:
+        widget_move(view, QPointF(point), button, modifier)
+    qtbot.mouseRelease(view, button, modifier, path[-1])
 
 
 def bbox(mask):
@@ -204,12 +210,13 @@ def test_drag_right_edge_outward_extends_canvas_snapped(qtbot, view, state):
     assert view.edges_at(QPointF(wpos(view, W, 60))) == "r"
     sizes = []
     state.canvas_changed.connect(lambda: sizes.append(state.document.canvas))
-    press(qtbot, view, W, 60)
-    move(view, W + 50, 62)
+    path = [wpos(view, x, y) for x, y in ((W, 60), (W + 50, 62), (W + 101, 62))]
+    qtbot.mousePress(view, Qt.LeftButton, Qt.NoModifier, path[0])
+    widget_move(view, QPointF(path[1]))
     assert view.canvas_preview is not None and view.canvas_preview.right == W + 48
     assert state.document.canvas == Rect(0, 0, W, H)    # nothing committed while dragging
-    move(view, W + 101, 62)
-    release(qtbot, view, W + 101, 62)
+    widget_move(view, QPointF(path[2]))
+    qtbot.mouseRelease(view, Qt.LeftButton, Qt.NoModifier, path[2])
     canvas = state.document.canvas
     assert canvas.right == W + 104 and (canvas.right - W) % 8 == 0
     assert (canvas.left, canvas.top, canvas.bottom) == (0, 0, H)
@@ -227,12 +234,14 @@ def test_corner_drag_moves_two_edges(qtbot, view, state):
     assert state.history.stack.count() == 1
 
 
-def test_edge_drag_inward_is_clamped_and_click_makes_no_step(qtbot, view, state):
+def test_edge_drag_inward_with_the_canvas_tool_crops_clamped_and_click_makes_no_step(qtbot, view, state):
+    state.set_tool("canvas")
     drag(qtbot, view, [(W, 60), (100, 60), (-80, 60)])
     canvas = state.document.canvas
     assert canvas.left == 0 and 8 <= canvas.right <= 15 and (canvas.right - W) % 8 == 0
     assert state.history.stack.count() == 1
     state.history.stack.undo()
+    state.set_tool("brush")
     press(qtbot, view, 60, 0)
     release(qtbot, view, 60, 0)
     assert state.document.canvas == Rect(0, 0, W, H) and state.history.stack.index() == 0
@@ -326,7 +335,7 @@ def test_renders_image_mask_candidate_and_preview(qtbot, view, state):
     assert pixel(view, 150, 90).red() > 80       # outside the preview the document shows
     yellow = np.full((H, W, 3), (255, 255, 0), np.uint8)
     state.set_candidate(yellow, Rect(0, 0, W, H))
-    assert pixel(view, 150, 90).getRgb()[:3] == (255, 255, 0)   # no mask tint over a candidate
+    assert pixel(view, 150, 90).getRgb()[:3] == (255, 158, 18)  # the mask tint shows over a candidate
     state.set_candidate(None, None)
     state.set_preview(None, None)
     assert pixel(view, 50, 40).red() > 80
@@ -372,3 +381,131 @@ def test_drag_canvas_edges_constraints():
     assert r.left == 192 and image.right - r.left >= 8
     r = tools.drag_canvas_edges(image, image, "br", 13, 21)
     assert (r.right - 201, r.bottom - 100) == (16, 24)
+
+
+# -- edges next to the image while painting ---------------------------------------------------------------
+
+PAINTING_TOOLS = ["brush", "eraser", "rect", "lasso"]
+
+
+@pytest.mark.parametrize("tool", PAINTING_TOOLS)
+def test_painting_tools_never_grab_an_edge_over_the_image(view, state, tool):
+    state.set_tool(tool)
+    for x, y in ((W - 0.5, 60), (0.5, 60), (100, 0.5), (100, H - 0.5), (0.5, 0.5), (W - 0.5, H - 0.5)):
+        assert view.edges_at(QPointF(wpos(view, x, y))) == "", (x, y)
+        move(view, x, y, buttons=Qt.NoButton)
+        assert view.cursor().shape() == Qt.CrossCursor
+    assert view.edges_at(QPointF(wpos(view, W, 60)) + QPointF(2, 0)) == "r"     # just outside: the handle
+    assert view.edges_at(QPointF(wpos(view, 0, 0)) - QPointF(2, 2)) == "tl"
+    state.set_tool("canvas")
+    assert view.edges_at(QPointF(wpos(view, W - 0.5, 60))) == "r"
+
+
+def test_a_stroke_pressed_just_inside_the_image_edge_paints_and_keeps_the_canvas(qtbot, view, state):
+    state.set_brush(size=8, softness=0.0)
+    assert (W - (W - 1)) * view.zoom < view.EDGE_GRAB          # the press is within a handle's reach
+    drag(qtbot, view, [(W - 1, 60), (W - 20, 60), (W - 40, 60)])
+    assert state.document.canvas == Rect(0, 0, W, H)
+    assert (state.document.mask[60, W - 40:W] == 255).all()
+    assert state.history.stack.count() == 1 and state.history.stack.undoText() == "Brush stroke"
+
+
+@pytest.mark.parametrize("tool", PAINTING_TOOLS)
+def test_an_edge_dragged_inward_with_a_painting_tool_stops_at_the_image(qtbot, view, state, tool):
+    state.set_tool(tool)
+    drag(qtbot, view, [(W, 60), (150, 60), (20, 60)])
+    assert state.document.canvas == Rect(0, 0, W, H) and state.history.stack.count() == 0
+    state.set_canvas(Rect.from_edges(-40, 0, W + 48, H))
+    view.fit()
+    drag(qtbot, view, [(W + 48, 60), (W + 10, 60), (120, 60)])
+    assert state.document.canvas == Rect.from_edges(-40, 0, W, H)
+    assert not state.document.mask.any()
+
+
+# -- the mask over a shown variant, soft strokes --------------------------------------------------------------
+
+def test_the_mask_overlay_shows_over_a_candidate_and_so_do_new_strokes(qtbot, view, state):
+    yellow = np.full((H, W, 3), (255, 255, 0), np.uint8)
+    state.set_candidate(yellow, Rect(0, 0, W, H))
+    mask = np.zeros((H, W), np.uint8)
+    mask[:, :50] = 255
+    state.set_mask(mask, "Paint")
+    masked, clear = pixel(view, 25, 60), pixel(view, 150, 60)
+    assert clear.getRgb()[:3] == (255, 255, 0)
+    assert masked.red() > 200 and masked.green() < 200          # the red tint over the yellow variant
+    state.set_brush(size=12, softness=0.0)
+    drag(qtbot, view, [(100, 30), (140, 30)])
+    assert state.document.mask[30, 120] == 255
+    assert pixel(view, 120, 30).green() < 200 and pixel(view, 120, 90).getRgb()[:3] == (255, 255, 0)
+
+
+def test_a_fully_soft_stroke_is_clearly_tinted_wherever_it_touches_the_mask(qtbot, view, state):
+    state.set_brush(size=40, softness=1.0)
+    press(qtbot, view, 100, 60)
+    release(qtbot, view, 100, 60)
+    mask = state.document.mask
+    image = view.grab().toImage()
+    rows, cols = np.nonzero(mask)
+    assert len(rows) > 500 and (mask[rows, cols] < 64).sum() > 100      # a wide faint rim
+    reds = {}
+    for y, x in zip(rows, cols):
+        point = view.image_to_widget(x + 0.5, y + 0.5).toPoint()
+        reds[int(mask[y, x])] = min(reds.get(int(mask[y, x]), 255), image.pixelColor(point).red())
+    assert min(reds.values()) >= 40                  # the image's red is 0: every painted pixel shows
+    assert reds[max(reds)] > reds[min(reds)]         # and stronger paint shows stronger
+    assert image.pixelColor(view.image_to_widget(100.5, 10.5).toPoint()).red() == 0
+
+
+# -- keeping the view steady and the dragged edge in sight ---------------------------------------------------
+
+def test_an_edge_dragged_past_the_view_at_fit_zoom_stays_visible_and_the_view_refits(qtbot, view, state):
+    fit_zoom = view.zoom
+    press(qtbot, view, W, 60)
+    start = QPointF(wpos(view, W, 60))
+    widget_move(view, QPointF(VIEW_W + 150, start.y()))
+    frame = view.image_rect_to_widget(view.canvas_preview)
+    assert view.canvas_preview.right >= W + 150 / fit_zoom - 8
+    assert view.zoom < fit_zoom
+    assert 0 <= frame.left() and frame.right() <= VIEW_W - view.HANDLE / 2
+    dragged = view.canvas_preview
+    qtbot.mouseRelease(view, Qt.LeftButton, Qt.NoModifier, QPoint(VIEW_W + 150, int(start.y())))
+    canvas = state.document.canvas
+    assert canvas == dragged
+    shown = view.image_rect_to_widget(canvas)
+    assert shown.left() >= 0 and shown.right() <= VIEW_W and shown.top() >= 0 and shown.bottom() <= VIEW_H
+    assert shown.width() >= VIEW_W - 2 * view.FIT_MARGIN - 1             # fitted, not just shrunk
+    state.history.stack.undo()
+    assert view.zoom == pytest.approx(fit_zoom)                       # the view follows the undo too
+
+
+def test_an_edge_dragged_past_the_view_at_the_users_zoom_scrolls_and_keeps_the_zoom(qtbot, view, state):
+    view.zoom_out()
+    zoom = view.zoom
+    press(qtbot, view, 100, H + 0.3)
+    start = QPointF(wpos(view, 100, H + 0.3))
+    widget_move(view, QPointF(start.x(), VIEW_H + 120))
+    assert view.zoom == zoom
+    frame = view.image_rect_to_widget(view.canvas_preview)
+    assert view.canvas_preview.bottom >= H + (VIEW_H + 120 - start.y()) / zoom - 8
+    assert frame.bottom() <= VIEW_H - view.HANDLE / 2
+    qtbot.mouseRelease(view, Qt.LeftButton, Qt.NoModifier, QPoint(int(start.x()), VIEW_H + 120))
+    assert view.zoom == zoom and state.document.canvas.bottom > H + 80
+    assert view.image_rect_to_widget(state.document.canvas).bottom() <= VIEW_H
+
+
+def test_a_canvas_preset_at_fit_zoom_refits_the_view(view, state):
+    state.set_canvas(Rect(-200, -100, W + 400, H + 200))
+    shown = view.image_rect_to_widget(state.document.canvas)
+    assert shown.left() >= 0 and shown.right() <= VIEW_W and shown.top() >= 0 and shown.bottom() <= VIEW_H
+
+
+def test_a_corner_dragged_out_of_sight_zooms_out_about_the_opposite_corner():
+    canvas = Rect.from_edges(-300, -200, 200, 120)        # the top-left corner dragged far out
+    zoom, (ox, oy) = tools.view_following_edges(canvas, "tl", 2.0, (100.0, 50.0), (640, 480), 8, True, 1 / 64)
+    assert zoom < 2.0
+    assert (200 * zoom + ox, 120 * zoom + oy) == pytest.approx((500.0, 290.0))     # where it was
+    assert min(-300 * zoom + ox, -200 * zoom + oy) == pytest.approx(8.0)
+    assert -300 * zoom + ox >= 8 - 1e-9 and -200 * zoom + oy >= 8 - 1e-9
+    same = tools.view_following_edges(Rect.from_edges(-10, -10, 200, 120), "tl", 2.0, (100.0, 50.0), (640, 480),
+                                      8, True, 1 / 64)
+    assert same == (2.0, (100.0, 50.0))                    # in sight: the view does not move

@@ -291,3 +291,54 @@ def test_registry_explains_unknown_models(tmp_path):
     assert registry.create("runwayml/stable-diffusion-inpainting").id == "runwayml/stable-diffusion-inpainting"
     with pytest.raises(EngineError, match="^model not found: ./models/sd.ckpt"):
         registry.create("./models/sd.ckpt")
+
+
+# -- what the classic engine records and reports ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fill", "expand"])
+def test_parameters_name_only_what_the_classic_engine_used(kind):
+    image = textured(120, 160)
+    sampling = SamplingOptions(steps=25, guidance=7.0, strength=0.6, seed=40, variants=2, sampler="euler_a")
+    if kind == "fill":
+        request = GenerationRequest(JobKind.FILL, image, rect_mask(image.shape, Rect(50, 40, 40, 30)),
+                                    prompt="a red barn", style="Cinematic", sampling=sampling,
+                                    mask_options=MaskOptions(feather=6, grow=3))
+    else:
+        request = GenerationRequest(JobKind.EXPAND, image, outpaint=OutpaintOptions(Rect(-16, 0, 192, 120)),
+                                    prompt="a red barn", style="Cinematic", sampling=sampling)
+    variants, _ = generate(request)
+    first, second = (v.parameters.splitlines() for v in variants)
+    assert first[0] == "a red barn"
+    for ignored in ("Steps:", "CFG scale:", "Sampler:", "Denoising strength:", "Style:", "euler_a"):
+        assert ignored not in variants[0].parameters and ignored not in variants[1].parameters
+    size = "160x120" if kind == "fill" else "192x120"
+    assert first[-1].startswith(f"Seed: 40, Size: {size}, Engine: classic, Method: OpenCV Telea, ")
+    assert second[-1].startswith(f"Seed: 41, Size: {size}, Engine: classic, Method: OpenCV Navier-Stokes, ")
+    assert first[-1].endswith("Feather: 6, Grow: 3, Mode: fill" if kind == "fill" else "Method: OpenCV Telea, "
+                                                                                      "Mode: expand")
+
+
+@pytest.mark.parametrize("kind", ["fill", "expand"])
+def test_progress_counts_the_classic_stages_whatever_the_steps_setting(kind):
+    image = textured(100, 140)
+    totals = set()
+    for steps in (1, 25, 150):
+        sampling = SamplingOptions(steps=steps, seed=1, variants=2)
+        if kind == "fill":
+            request = GenerationRequest(JobKind.FILL, image, rect_mask(image.shape, Rect(40, 30, 40, 30)),
+                                        sampling=sampling)
+        else:
+            request = GenerationRequest(JobKind.EXPAND, image, outpaint=OutpaintOptions(Rect(-20, 0, 160, 100)),
+                                        sampling=sampling)
+        _, events = generate(request)
+        assert [e.step for e in events] == list(range(1, events[0].total + 1))
+        totals.add(events[0].total)
+    assert totals == {7}                   # one preparation stage, then three per variant
+
+
+def test_classic_engine_ids_are_the_registry_ids():
+    from app.engine.classic import ENGINE_IDS
+
+    registry = EngineRegistry()
+    assert {engine_id for engine_id, _ in registry.entries()} == set(ENGINE_IDS)
+    assert {ClassicEngine(method).id for method in ("telea", "ns")} == set(ENGINE_IDS)

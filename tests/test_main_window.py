@@ -526,3 +526,41 @@ def test_closing_the_window_while_a_model_is_checked_is_harmless(qtbot, settings
     gc.collect()
     qtbot.waitUntil(lambda: not any(t.name == "background-call" for t in threading.enumerate()), timeout=10000)
     qtbot.wait(50)                                  # the finished signal, if it came, had nobody to reach
+
+
+def test_the_brush_controls_show_their_values(qtbot, settings):
+    window = make_window(qtbot, settings, ScriptedEngine())
+    window.state.set_brush(size=64, softness=0.3)
+    assert window.size_slider.value_label.text() == "64 px"
+    assert window.softness_slider.value_label.text() == "30 %"
+    assert window.size_slider.value_label.parent() is window.size_slider.parent()     # beside it, in the toolbar
+    window.state.set_brush(size=900)                  # beyond the slider, as "]" can make it
+    assert window.size_slider.value_label.text() == "900 px" and window.state.brush_size == 900
+    window.softness_slider.setValue(100)
+    assert window.softness_slider.value_label.text() == "100 %" and window.state.brush_softness == 1.0
+    window.close()
+    again = make_window(qtbot, settings, ScriptedEngine())
+    assert again.state.brush_size == 900 and again.size_slider.value_label.text() == "900 px"
+
+
+def test_restyle_is_off_while_the_classic_engine_is_chosen(qtbot, settings, photo):
+    window = make_window(qtbot, settings, ScriptedEngine())
+    window.open_image(photo[0])
+    restyle = window.action_set["restyle"]
+    assert restyle.isEnabled() and window.panel.restyle_button.isEnabled()
+    combo = window.panel.model_combo
+    combo.setCurrentIndex(combo.findData("classic"))
+    assert not restyle.isEnabled() and not window.panel.restyle_button.isEnabled()
+    combo.setCurrentIndex(combo.findData("scripted"))
+    assert restyle.isEnabled() and window.panel.restyle_button.isEnabled()
+
+
+def test_staging_actions_are_enabled_only_while_variants_wait(qtbot, settings, photo):
+    window = make_window(qtbot, settings, ScriptedEngine())
+    window.open_image(photo[0])
+    assert not window.action_set["accept"].isEnabled() and not window.action_set["discard"].isEnabled()
+    window.state.set_mask(np.full((48, 64), 255, np.uint8), "Paint")
+    run_fill(qtbot, window)
+    assert window.action_set["keep_all"].isEnabled() and window.action_set["discard"].isEnabled()
+    window.action_set["discard"].trigger()
+    assert not window.session.variants and not window.action_set["accept"].isEnabled()

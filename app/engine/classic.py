@@ -10,6 +10,8 @@ Expand stretches the edges into the new area, smooth-fills it, re-inpaints a thi
 adds texture; the original pixels inside the canvas are never touched.
 
 The engine is deterministic; variants differ by recipe (method, scale, radii, texture source) and seed.
+It reads no prompt or style and takes no steps, guidance, sampler or strength: its progress counts its
+stages, and a result's `parameters` text names only what it used.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ METHODS = {
     "ns": (cv2.INPAINT_NS, "OpenCV Navier-Stokes"),
 }
 _OTHER = {"telea": "ns", "ns": "telea"}
+ENGINE_IDS = ("classic", "classic-ns")       # the registry ids of the Telea and Navier-Stokes engines
 
 GRAIN_STRENGTH = 0.8          # share of the surrounding high-frequency contrast added as grain
 SEAM_BAND = 6                 # px of new area next to the original re-inpainted in Expand
@@ -58,7 +61,7 @@ class ClassicEngine(Engine):
         if method not in METHODS:
             raise ValueError(f"unknown inpainting method {method!r}; use 'telea' or 'ns'")
         self.method = method
-        self.id = "classic" if method == "telea" else "classic-ns"
+        self.id = ENGINE_IDS[0] if method == "telea" else ENGINE_IDS[1]
         self.label = f"Classic fill ({METHODS[method][1]})"
 
     def generate(self, request: GenerationRequest, job_id: int, emit: Emit,
@@ -68,6 +71,17 @@ class ClassicEngine(Engine):
         if request.kind == JobKind.FILL:
             return self._fill(request, job_id, emit, cancel)
         return self._expand(request, job_id, emit, cancel)
+
+    def _parameters(self, request: GenerationRequest, seed: int, method: str) -> str:
+        """The prompt lines as every engine writes them, then a settings line of only what this engine used."""
+        lines = format_parameters(request, seed, self.label).splitlines()[:-1]
+        width, height = request.output_rect.size
+        fields = [f"Seed: {seed}", f"Size: {width}x{height}", f"Engine: {self.id}",
+                  f"Method: {METHODS[method][1]}"]
+        if request.kind == JobKind.FILL:
+            fields += [f"Feather: {request.mask_options.feather}", f"Grow: {request.mask_options.grow}"]
+        fields.append(f"Mode: {request.kind.value}")
+        return "\n".join([*lines, ", ".join(fields)])
 
     # -- recipes ----------------------------------------------------------------------------------
 
@@ -120,8 +134,7 @@ class ClassicEngine(Engine):
             result[work.slices()] = blended
             step += 1
             self.report(emit, cancel, job_id, step, total, blended, work, f"blending, {note}")
-            variants.append(Variant(result, seed, format_parameters(
-                request, seed, self.label, sampler=METHODS[recipe.method][1])))
+            variants.append(Variant(result, seed, self._parameters(request, seed, recipe.method)))
         return tuple(variants)
 
     # -- expand -----------------------------------------------------------------------------------
@@ -164,8 +177,7 @@ class ClassicEngine(Engine):
             np.copyto(result, stretched, where=(known > 0)[..., None])
             step += 1
             self.report(emit, cancel, job_id, step, total, result, canvas, f"finishing, {note}")
-            variants.append(Variant(result, seed, format_parameters(
-                request, seed, self.label, sampler=METHODS[recipe.method][1])))
+            variants.append(Variant(result, seed, self._parameters(request, seed, recipe.method)))
         return tuple(variants)
 
 

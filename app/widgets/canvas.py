@@ -9,14 +9,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import (QBrush, QColor, QCursor, QFont, QImage, QPainter, QPainterPath, QPen,
-                           QPixmap, QPolygonF)
+from PySide6.QtCore import QPointF, QRect, QRectF, QSize, QSizeF, Qt, Signal
+from PySide6.QtGui import QColor, QCursor, QImage, QPainter, QPainterPath, QPen, QPolygonF
 from PySide6.QtWidgets import QWidget
 
 from app.core.changes import MaskPatchChange
 from app.core.geometry import Rect
 from app.editor.editor_state import EditorState
+from app.widgets import canvas_drawing as drawing
 from app.widgets import canvas_tools as tools
 from app.widgets.mip_cache import MipCache
 from app.widgets.qt_image import qimage_from_array
@@ -44,6 +44,8 @@ class _Gesture:
     edges: str = ""
     start_canvas: Rect | None = None
     canvas: Rect | None = None
+    start_zoom: float = 1.0
+    fit: bool = False              # the view was fitted when the edge drag began
 
 
 class CanvasView(QWidget):
@@ -54,7 +56,7 @@ class CanvasView(QWidget):
     MAX_ZOOM = 32.0
     ZOOM_STEP = 1.25
     EDGE_GRAB = 6
-    HANDLE = 8
+    HANDLE = drawing.HANDLE
     FIT_MARGIN = 24
 
     def __init__(self, state: EditorState, parent: QWidget | None = None) -> None:
@@ -83,12 +85,12 @@ class CanvasView(QWidget):
         self._hover_edges = ""
         self._space = False
         self._gesture: _Gesture | None = None
-        self._checker = self._make_checker()
+        self._checker = drawing.checker_brush()
 
         state.document_replaced.connect(self._on_document_replaced)
         state.image_changed.connect(self._on_image_changed)
         state.mask_changed.connect(self._on_mask_changed)
-        state.canvas_changed.connect(self.update)
+        state.canvas_changed.connect(self._on_canvas_changed)
         state.overlay_changed.connect(self._on_overlay_changed)
         state.tool_changed.connect(self._on_tool_changed)
         state.brush_changed.connect(self.update)
@@ -131,13 +133,8 @@ class CanvasView(QWidget):
         if anchor is None:
             anchor = QPointF(self.width() / 2, self.height() / 2)
         ix, iy = self.widget_to_image(anchor)
-        changed = zoom != self._zoom
-        self._zoom = zoom
-        self._offset = QPointF(anchor.x() - ix * zoom, anchor.y() - iy * zoom)
         self._auto_fit = False
-        self.update()
-        if changed:
-            self.zoom_changed.emit(zoom)
+        self._set_view(zoom, QPointF(anchor.x() - ix * zoom, anchor.y() - iy * zoom))
 
     def zoom_in(self) -> None:
         self.set_zoom(self._zoom * self.ZOOM_STEP)
@@ -159,10 +156,13 @@ class CanvasView(QWidget):
         avail_w = max(self.width() - 2 * self.FIT_MARGIN, 16)
         avail_h = max(self.height() - 2 * self.FIT_MARGIN, 16)
         zoom = min(max(min(avail_w / area.w, avail_h / area.h), self.MIN_ZOOM), self.MAX_ZOOM)
+        self._set_view(zoom, QPointF(self.width() / 2 - (area.x + area.w / 2) * zoom,
+                                     self.height() / 2 - (area.y + area.h / 2) * zoom))
+
+    def _set_view(self, zoom: float, offset: QPointF) -> None:
         changed = zoom != self._zoom
         self._zoom = zoom
-        self._offset = QPointF(self.width() / 2 - (area.x + area.w / 2) * zoom,
-                               self.height() / 2 - (area.y + area.h / 2) * zoom)
+        self._offset = QPointF(offset)
         self.update()
         if changed:
             self.zoom_changed.emit(zoom)
@@ -222,6 +222,11 @@ class CanvasView(QWidget):
             self.fit()
         self.update()
 
+    def _on_canvas_changed(self) -> None:
+        if self._auto_fit:
+            self.fit()
+        self.update()
+
     def _on_mask_changed(self, rect) -> None:
         self._refresh_overlay(rect if isinstance(rect, Rect) else None)
 
@@ -241,20 +246,11 @@ class CanvasView(QWidget):
             self.update()
 
     def _on_tool_changed(self, _tool: str) -> None:
+        self._hover_edges = self.edges_at(self._mouse) if self._mouse is not None and not self._space else ""
         self._update_cursor()
         self.update()
 
     # -- painting ---------------------------------------------------------------------------------
-    @staticmethod
-    def _make_checker() -> QBrush:
-        tile = QPixmap(16, 16)
-        tile.fill(QColor(78, 78, 82))
-        p = QPainter(tile)
-        p.fillRect(0, 0, 8, 8, QColor(100, 100, 104))
-        p.fillRect(8, 8, 8, 8, QColor(100, 100, 104))
-        p.end()
-        return QBrush(tile)
-
     def paintEvent(self, event) -> None:
         p = QPainter(self)
         p.fillRect(event.rect(), BACKGROUND)
@@ -278,38 +274,20 @@ class CanvasView(QWidget):
         p.setRenderHint(QPainter.SmoothPixmapTransform, exact and self._zoom < 2.0)
         p.drawImage(target, image)
         p.setRenderHint(QPainter.SmoothPixmapTransform, self._zoom < 2.0)
-        if not candidate:
-            if not canvas.contains_rect(doc.image_rect):
-                outside = QPainterPath()
-                outside.addRect(image_w)
-                inside = QPainterPath()
-                inside.addRect(canvas_w)
-                p.fillPath(outside.subtracted(inside), QColor(0, 0, 0, 130))
-            if self._overlay is not None:
-                p.drawImage(image_w, self._overlay[1])
-            if self._preview is not None and self.state.preview is not None:
-                p.drawImage(self.image_rect_to_widget(self._preview[2]), self._preview[1])
-        self._paint_canvas_frame(p, canvas_w)
+        if not candidate and not canvas.contains_rect(doc.image_rect):
+            outside = QPainterPath()
+            outside.addRect(image_w)
+            inside = QPainterPath()
+            inside.addRect(canvas_w)
+            p.fillPath(outside.subtracted(inside), QColor(0, 0, 0, 130))
+        if self._overlay is not None:
+            p.drawImage(image_w, self._overlay[1])
+        if not candidate and self._preview is not None and self.state.preview is not None:
+            p.drawImage(self.image_rect_to_widget(self._preview[2]), self._preview[1])
+        drawing.paint_canvas_frame(p, canvas_w)
         self._paint_gesture(p, canvas)
         self._paint_brush_cursor(p)
         p.end()
-
-    def _paint_canvas_frame(self, p: QPainter, rect: QRectF) -> None:
-        p.setRenderHint(QPainter.Antialiasing, False)
-        p.setBrush(Qt.NoBrush)
-        p.setPen(QPen(QColor(0, 0, 0), 1))
-        p.drawRect(rect)
-        dashed = QPen(QColor(255, 255, 255), 1, Qt.DashLine)
-        dashed.setDashPattern([4, 4])
-        p.setPen(dashed)
-        p.drawRect(rect)
-        p.setPen(QPen(QColor(0, 0, 0), 1))
-        p.setBrush(QColor(255, 255, 255))
-        s = self.HANDLE
-        for x in (rect.left(), rect.center().x(), rect.right()):
-            for y in (rect.top(), rect.center().y(), rect.bottom()):
-                if x != rect.center().x() or y != rect.center().y():
-                    p.drawRect(QRectF(x - s / 2, y - s / 2, s, s))
 
     def _paint_gesture(self, p: QPainter, canvas: Rect) -> None:
         g = self._gesture
@@ -325,21 +303,8 @@ class CanvasView(QWidget):
             p.setPen(pen)
             p.drawPolyline(QPolygonF([self.image_to_widget(pt) for pt in g.points + [g.points[0]]]))
         elif g.kind == "edge":
-            text = f"{canvas.w} x {canvas.h}"
-            font = QFont(self.font())
-            font.setPointSizeF(max(font.pointSizeF(), 9.0))
-            p.setFont(font)
-            metrics = p.fontMetrics()
-            box = QRectF(0, 0, metrics.horizontalAdvance(text) + 12, metrics.height() + 6)
-            frame = self.image_rect_to_widget(canvas)
-            box.moveCenter(QPointF(frame.center().x(), frame.bottom() + 10 + box.height() / 2))
-            box.moveLeft(min(max(box.left(), 4.0), self.width() - box.width() - 4))
-            box.moveTop(min(max(box.top(), 4.0), self.height() - box.height() - 4))
-            p.setPen(Qt.NoPen)
-            p.setBrush(QColor(0, 0, 0, 190))
-            p.drawRoundedRect(box, 4, 4)
-            p.setPen(QColor(255, 255, 255))
-            p.drawText(box, Qt.AlignCenter, text)
+            drawing.paint_size_label(p, f"{canvas.w} x {canvas.h}", self.image_rect_to_widget(canvas),
+                                     self.font(), QSizeF(self.size()))
 
     def _brush_cursor_visible(self) -> bool:
         g = self._gesture
@@ -352,15 +317,8 @@ class CanvasView(QWidget):
         return QRectF(self._mouse.x() - r, self._mouse.y() - r, 2 * r, 2 * r).toAlignedRect()
 
     def _paint_brush_cursor(self, p: QPainter) -> None:
-        if not self._brush_cursor_visible():
-            return
-        r = self.state.brush_size * self._zoom / 2
-        p.setRenderHint(QPainter.Antialiasing, True)
-        p.setBrush(Qt.NoBrush)
-        p.setPen(QPen(QColor(0, 0, 0, 200), 1))
-        p.drawEllipse(self._mouse, r + 1, r + 1)
-        p.setPen(QPen(QColor(255, 255, 255, 230), 1))
-        p.drawEllipse(self._mouse, r, r)
+        if self._brush_cursor_visible():
+            drawing.paint_brush_cursor(p, self._mouse, self.state.brush_size * self._zoom / 2)
 
     # -- hit testing and cursor ---------------------------------------------------------------------
     def edges_at(self, pos: QPointF) -> str:
@@ -369,7 +327,11 @@ class CanvasView(QWidget):
         if doc is None:
             return ""
         c = self.image_rect_to_widget(doc.canvas)
-        tol = self.EDGE_GRAB * 2 if self.state.tool == "canvas" else self.EDGE_GRAB
+        painting = self.state.tool != "canvas"
+        ix, iy = self.widget_to_image(pos)
+        if painting and 0 <= ix < doc.width and 0 <= iy < doc.height:
+            return ""                         # over the image a painting tool paints, even on a handle
+        tol = self.EDGE_GRAB if painting else self.EDGE_GRAB * 2
         x, y = pos.x(), pos.y()
         if not (c.left() - tol <= x <= c.right() + tol and c.top() - tol <= y <= c.bottom() + tol):
             return ""
@@ -412,7 +374,9 @@ class CanvasView(QWidget):
             return
         elif edges:
             self._gesture = _Gesture("edge", button, pos, img, img, edges=edges,
-                                     start_canvas=doc.canvas, canvas=doc.canvas)
+                                     start_canvas=doc.canvas, canvas=doc.canvas,
+                                     start_offset=QPointF(self._offset), start_zoom=self._zoom,
+                                     fit=self._auto_fit)
         elif tool in ("brush", "eraser"):
             self._gesture = _Gesture("stroke", button, pos, img, img, before=doc.begin_mask_edit(),
                                      erase=tool == "eraser")
@@ -444,10 +408,7 @@ class CanvasView(QWidget):
         elif g.kind == "stroke":
             self._stroke_to(img)
         elif g.kind == "edge":
-            dx, dy = img[0] - g.start_image[0], img[1] - g.start_image[1]
-            g.canvas = tools.drag_canvas_edges(self.state.document.image_rect, g.start_canvas,
-                                               g.edges, dx, dy)
-            self.update()
+            self._drag_edges(g, pos)
         elif g.kind in ("rect", "lasso"):
             last = self.image_to_widget(g.points[-1])
             if g.kind == "rect" or abs(pos.x() - last.x()) + abs(pos.y() - last.y()) >= 2:
@@ -476,13 +437,27 @@ class CanvasView(QWidget):
                 label = "Erase" if g.erase else "Brush stroke"
                 self.state.push_applied(MaskPatchChange.capture(doc, g.dirty, g.before, label))
             elif g.kind == "edge":
-                if g.canvas != doc.canvas:
-                    self.state.set_canvas(g.canvas)
+                self.state.set_canvas(g.canvas)
+                if g.fit:
+                    self.fit()
             elif g.kind in ("rect", "lasso"):
                 self._apply_selection(g, img)
         self._update_cursor()
         self.update()
         event.accept()
+
+    def _drag_edges(self, g: _Gesture, pos: QPointF) -> None:
+        """Move the dragged edges as far as the mouse went, measured in the view the drag began with, so
+        the zoom-out or scroll that keeps them in sight does not move them further on its own."""
+        x = (pos.x() - g.start_offset.x()) / g.start_zoom
+        y = (pos.y() - g.start_offset.y()) / g.start_zoom
+        g.canvas = tools.drag_canvas_edges(self.state.document.image_rect, g.start_canvas, g.edges,
+                                           x - g.start_image[0], y - g.start_image[1],
+                                           crop=self.state.tool == "canvas")
+        zoom, offset = tools.view_following_edges(
+            g.canvas, g.edges, g.start_zoom, (g.start_offset.x(), g.start_offset.y()),
+            (self.width(), self.height()), self.HANDLE, g.fit, self.MIN_ZOOM)
+        self._set_view(zoom, QPointF(*offset))
 
     def _stroke_to(self, img: tuple[float, float], g: _Gesture | None = None) -> None:
         g = g or self._gesture
@@ -516,6 +491,8 @@ class CanvasView(QWidget):
             rows, cols = g.dirty.slices()
             doc.editable_mask()[rows, cols] = g.before[rows, cols]
             self._refresh_overlay(g.dirty)
+        elif g is not None and g.kind == "edge":
+            self._set_view(g.start_zoom, g.start_offset)
         self._update_cursor()
         self.update()
 

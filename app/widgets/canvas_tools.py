@@ -110,10 +110,17 @@ def fill_polygon(mask: np.ndarray, points: list[tuple[float, float]], value: int
     return bounds
 
 
-def overlay_lut(rgb: tuple[int, int, int] = (255, 40, 40), opacity: float = 0.45) -> np.ndarray:
+def overlay_lut(rgb: tuple[int, int, int] = (255, 40, 40), opacity: float = 0.45,
+                floor: float = 0.2) -> np.ndarray:
     """256 x 4 table from mask value to a premultiplied pixel in QImage.Format_ARGB32_Premultiplied
-    byte order on little-endian machines (B, G, R, A)."""
-    alpha = np.rint(np.arange(256, dtype=np.float32) * opacity)
+    byte order on little-endian machines (B, G, R, A).
+
+    Mask value 0 is transparent; 1..255 rise from `floor` to `opacity`, so the faint rim of a soft stroke
+    (which Fill does use, blending it in partly) stays clearly visible instead of fading to nothing.
+    """
+    values = np.arange(256, dtype=np.float32)
+    alpha = np.where(values > 0, 255.0 * (floor + (opacity - floor) * values / 255.0), 0.0)
+    alpha = np.rint(alpha)
     lut = np.empty((256, 4), np.uint8)
     for i, channel in enumerate((rgb[2], rgb[1], rgb[0])):
         lut[:, i] = np.rint(alpha * channel / 255.0).astype(np.uint8)
@@ -129,12 +136,13 @@ def _ceil_snap(value: int) -> int:
     return -((-value) // SNAP) * SNAP
 
 
-def drag_canvas_edges(image: Rect, start: Rect, edges: str, dx: float, dy: float) -> Rect:
+def drag_canvas_edges(image: Rect, start: Rect, edges: str, dx: float, dy: float, crop: bool = True) -> Rect:
     """The canvas after moving `edges` ("l", "t", "r", "b" or a corner such as "tl") of `start` by
     (dx, dy) image pixels.
 
     Each moved edge's offset from the matching image edge snaps to a multiple of 8; the canvas keeps at
-    least 8 x 8 px and overlaps the image by at least 8 px in each direction.
+    least 8 x 8 px and overlaps the image by at least 8 px in each direction. With `crop` False no edge
+    moves inside the image, nor further in than it started.
     """
     left, top, right, bottom = start.left, start.top, start.right, start.bottom
     if "l" in edges:
@@ -149,4 +157,43 @@ def drag_canvas_edges(image: Rect, start: Rect, edges: str, dx: float, dy: float
     if "b" in edges:
         offset = snap(bottom + dy - image.bottom)
         bottom = image.bottom + max(offset, _ceil_snap(max(image.top, top) + SNAP - image.bottom))
+    if not crop:
+        left, top = min(left, max(image.left, start.left)), min(top, max(image.top, start.top))
+        right, bottom = max(right, min(image.right, start.right)), max(bottom, min(image.bottom, start.bottom))
     return Rect.from_edges(left, top, right, bottom)
+
+
+def view_following_edges(canvas: Rect, edges: str, zoom: float, offset: tuple[float, float],
+                         view: tuple[float, float], margin: float, zoom_out: bool,
+                         min_zoom: float) -> tuple[float, tuple[float, float]]:
+    """The (zoom, offset) that keeps the dragged `edges` of `canvas` at least `margin` px inside a view of
+    size `view`, starting from the view (zoom, offset) the drag began with.
+
+    Edges in sight change nothing. Otherwise the view zooms out about the opposite side (`zoom_out`), so that
+    side stays where it is on screen, or scrolls at the same zoom.
+    """
+    axes = ((canvas.left, canvas.right, "l" in edges, "r" in edges, view[0], offset[0]),
+            (canvas.top, canvas.bottom, "t" in edges, "b" in edges, view[1], offset[1]))
+    if not zoom_out:
+        shifted = []
+        for low, high, moves_low, moves_high, size, start in axes:
+            shift = 0.0
+            if moves_high:
+                shift = min(0.0, size - margin - (high * zoom + start))
+            if moves_low:
+                shift = max(shift, margin - (low * zoom + start))
+            shifted.append(start + shift)
+        return zoom, (shifted[0], shifted[1])
+    new_zoom = zoom
+    for low, high, moves_low, moves_high, size, start in axes:
+        span = max(high - low, 1)
+        if moves_high and high * zoom + start > size - margin:
+            new_zoom = min(new_zoom, (size - margin - (low * zoom + start)) / span)
+        if moves_low and low * zoom + start < margin:
+            new_zoom = min(new_zoom, (high * zoom + start - margin) / span)
+    new_zoom = max(new_zoom, min_zoom)
+    offsets = []
+    for low, high, moves_low, moves_high, size, start in axes:
+        anchor = low if moves_high else high if moves_low else (low + high) / 2
+        offsets.append(anchor * zoom + start - anchor * new_zoom)
+    return new_zoom, (offsets[0], offsets[1])

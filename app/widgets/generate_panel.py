@@ -1,26 +1,91 @@
-"""The generation panel: prompt, style, model, sampling settings, Fill/Expand/Restyle/Cancel and progress."""
+"""The generation panel: prompt, style, model, sampling settings, Fill/Expand/Restyle/Cancel and progress.
+
+It stays narrow whatever the model names (the pickers elide them, the tooltips hold them in full), keeps the
+rarely changed settings in a collapsed "Advanced" group, and greys out what the chosen engine does not use.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSlider, QSpinBox, QVBoxLayout,
-                               QWidget)
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtWidgets import (QAbstractSlider, QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame,
+                               QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
+                               QSlider, QSpinBox, QStyle, QStyleOptionComboBox, QStylePainter, QToolButton,
+                               QVBoxLayout, QWidget)
 
 from app.core.styles import Style
 from app.editor.job_builder import RESTYLE_STRENGTH, JobSettings
 from app.editor.model_library import ModelEntry
-from app.editor.stored_settings import value_range
+from app.editor.stored_settings import SCHEMA, value_range
+from app.engine.classic import ENGINE_IDS as CLASSIC_ENGINES
+from app.engine.classic import RESTYLE_NEEDS_DIFFUSION
 
 ADD_MODEL = "::add-model"        # item data of the model picker's "Add model…" entry
+PANEL_CHARS = 40                 # the panel's preferred width, in average characters
+PICKER_CHARS = 16                # what a picker needs at least, in characters; longer names are elided
+MODEL_TIP = "The engine or model that paints; add your own with \"Add model…\""
+CLASSIC_IGNORES = ("Not used by the classic engine: it continues the surroundings with OpenCV. Pick a "
+                   "diffusion model in Model to use it.")
+CLASSIC_PROMPT = ("The classic engine reads no prompt: it continues the surroundings. Pick a diffusion model "
+                  "in Model to describe what to paint.")
+PROMPT_HINT = "Describe what to paint. Empty: continue the surroundings."
 
 
 def _named(widget: QWidget, name: str, accessible: str) -> QWidget:
     widget.setObjectName(name)
     widget.setAccessibleName(accessible)
     return widget
+
+
+class ValueSlider(QSlider):
+    """A horizontal slider with a label (`value_label`, placed by its owner) that shows its value as text,
+    e.g. "{} px": kept current however the value is set, signals blocked or not."""
+
+    def __init__(self, text: str, low: int, high: int, parent: QWidget | None = None) -> None:
+        super().__init__(Qt.Orientation.Horizontal, parent)
+        self._text = text
+        self.value_label = QLabel()
+        self.value_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.setRange(low, high)
+        metrics = self.value_label.fontMetrics()
+        self.value_label.setMinimumWidth(max(metrics.horizontalAdvance(text.format(v)) for v in (low, high)) + 4)
+        self.value_label.setText(text.format(self.value()))
+
+    def show_value(self, value: int) -> None:
+        """Show `value`, which may lie beyond the range (the slider then sits at its end), without emitting
+        valueChanged."""
+        blocked = self.blockSignals(True)
+        self.setValue(value)
+        self.blockSignals(blocked)
+        self.value_label.setText(self._text.format(value))
+
+    def sliderChange(self, change: QAbstractSlider.SliderChange) -> None:
+        super().sliderChange(change)
+        if change == QAbstractSlider.SliderChange.SliderValueChange:
+            self.value_label.setText(self._text.format(self.value()))
+
+
+class _ElidingCombo(QComboBox):
+    """A picker as narrow as PICKER_CHARS that shows a longer current name elided in the middle (the list
+    elides its entries the same way; each entry's tooltip has it in full)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(PICKER_CHARS)
+        self.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+
+    def paintEvent(self, event) -> None:
+        painter = QStylePainter(self)
+        option = QStyleOptionComboBox()
+        self.initStyleOption(option)
+        painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, option)
+        field = self.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, option,
+                                            QStyle.SubControl.SC_ComboBoxEditField, self)
+        option.currentText = self.fontMetrics().elidedText(option.currentText, Qt.TextElideMode.ElideMiddle,
+                                                           field.width() - 4)
+        painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, option)
 
 
 class GeneratePanel(QWidget):
@@ -30,20 +95,21 @@ class GeneratePanel(QWidget):
     cancel_requested = Signal()
     finish_requested = Signal()         # Stop & keep: end the job now, keeping the current preview
     add_model_requested = Signal()
+    capabilities_changed = Signal()     # the chosen engine changed what it uses (see engine_can_restyle)
 
     def __init__(self, styles: list[Style], engines: list[tuple[str, str]], parent: QWidget | None = None,
                  models: Sequence[ModelEntry] = ()):
         super().__init__(parent)
         self.setObjectName("generatePanel")
         self.prompt_edit = _named(QPlainTextEdit(), "promptEdit", "Prompt")
-        self.prompt_edit.setPlaceholderText("Describe what to paint. Empty: continue the surroundings.")
+        self.prompt_edit.setPlaceholderText(PROMPT_HINT)
         self.prompt_edit.setTabChangesFocus(True)
         self.prompt_edit.setFixedHeight(80)
         self.negative_edit = _named(QPlainTextEdit(), "negativePromptEdit", "Negative prompt")
         self.negative_edit.setPlaceholderText("What to avoid (optional)")
         self.negative_edit.setTabChangesFocus(True)
         self.negative_edit.setFixedHeight(50)
-        self.style_combo = _named(QComboBox(), "styleCombo", "Style")
+        self.style_combo = _named(_ElidingCombo(), "styleCombo", "Style")
         self._styles = {style.name: style for style in styles}
         for style in styles:
             self.style_combo.addItem(style.name)
@@ -51,24 +117,19 @@ class GeneratePanel(QWidget):
                 self.style_combo.setItemData(self.style_combo.count() - 1,
                                              f"Uses the LoRA {Path(style.lora).name} at {style.lora_weight:g}",
                                              Qt.ItemDataRole.ToolTipRole)
-        self.style_strength_slider = _named(QSlider(Qt.Orientation.Horizontal), "styleStrengthSlider",
-                                            "Style strength")
-        self.style_strength_slider.setRange(*value_range("panel/style_strength"))
+        self.style_strength_slider = _named(ValueSlider("{} %", *value_range("panel/style_strength")),
+                                            "styleStrengthSlider", "Style strength")
         self.style_strength_slider.setSingleStep(5)
         self.style_strength_slider.setPageStep(25)
         self.style_strength_slider.setValue(100)
         self.style_strength_slider.setToolTip("How much of the style to use: 100 % is the full style, 0 % is "
                                               "no style (its prompt, LoRA and settings are blended in by this)")
-        self.style_strength_label = QLabel("100 %")
-        self.style_strength_label.setMinimumWidth(40)
-        self.style_strength_slider.valueChanged.connect(lambda v: self.style_strength_label.setText(f"{v} %"))
+        self.style_strength_label = self.style_strength_slider.value_label
         self.style_combo.currentTextChanged.connect(self._style_chosen)
-        self.model_combo = _named(QComboBox(), "modelCombo", "Model")
-        self.model_combo.setToolTip("The engine or model that paints; add your own with \"Add model…\"")
+        self.model_combo = _named(_ElidingCombo(), "modelCombo", "Model")
+        self.model_combo.setToolTip(MODEL_TIP)
         self._configs: dict[str, str] = {}         # library location -> its config folder
         self._model_index = 0                       # the last real choice, restored after "Add model…"
-        self.set_models(engines, models)
-        self.model_combo.currentIndexChanged.connect(self._model_chosen)
         self.steps_spin = _named(QSpinBox(), "stepsSpin", "Steps")
         self.steps_spin.setRange(*value_range("panel/steps"))
         self.steps_spin.setValue(25)
@@ -100,6 +161,15 @@ class GeneratePanel(QWidget):
         self.feather_spin.setRange(*value_range("panel/feather"))
         self.feather_spin.setValue(8)
         self.feather_spin.setSuffix(" px")
+        self.advanced_toggle = _named(QToolButton(), "advancedToggle", "Advanced settings")
+        self.advanced_toggle.setText("Advanced")
+        self.advanced_toggle.setCheckable(True)
+        self.advanced_toggle.setAutoRaise(True)
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_toggle.setToolTip("Steps, guidance, fill strength, seed and feather")
+        self.advanced_frame = QFrame()
+        self.advanced_frame.setObjectName("advancedFrame")
+        self.advanced_toggle.toggled.connect(self._show_advanced)
 
         self.fill_button = _named(QPushButton("Generative Fill"), "fillButton", "Generative Fill")
         self.fill_button.setToolTip("Fill the masked area (Ctrl+Enter)")
@@ -122,10 +192,23 @@ class GeneratePanel(QWidget):
         self.restyle_button.clicked.connect(self.restyle_requested)
         self.cancel_button.clicked.connect(self.cancel_requested)
         self.finish_button.clicked.connect(self.finish_requested)
+        self._unused_by_classic = (self.style_combo, self.style_strength_slider, self.steps_spin,
+                                   self.guidance_spin, self.strength_spin, self.restyle_strength_spin)
+        self._tooltips = {widget: widget.toolTip() for widget in
+                          (*self._unused_by_classic, self.restyle_button, self.prompt_edit)}
+        self._classic: bool | None = None           # whether the chosen engine is the classic one
+        self._job_classic = False                   # ... and whether the running job's was
+        self._can_restyle = False
+        self._busy = False
+        self._build_layout()
+        self.set_models(engines, models)
+        self.model_combo.currentIndexChanged.connect(self._model_chosen)
+        self.set_state(can_fill=False, can_expand=False, busy=False)
+        self._style_chosen(self.style_combo.currentText())
+        self._show_advanced(False)
+        self._update_progress_format()
 
-        seed_row = QHBoxLayout()
-        seed_row.addWidget(self.seed_spin, 1)
-        seed_row.addWidget(self.random_seed_check)
+    def _build_layout(self) -> None:
         style_strength_row = QHBoxLayout()
         style_strength_row.addWidget(self.style_strength_slider, 1)
         style_strength_row.addWidget(self.style_strength_label)
@@ -133,42 +216,62 @@ class GeneratePanel(QWidget):
         form.addRow("Style", self.style_combo)
         form.addRow("Style strength", style_strength_row)
         form.addRow("Model", self.model_combo)
-        form.addRow("Steps", self.steps_spin)
-        form.addRow("Guidance", self.guidance_spin)
-        form.addRow("Fill strength", self.strength_spin)
-        form.addRow("Restyle strength", self.restyle_strength_spin)
-        form.addRow("Seed", seed_row)
         form.addRow("Variants", self.variants_spin)
-        form.addRow("Feather", self.feather_spin)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.fill_button)
-        buttons.addWidget(self.expand_button)
-        buttons.addWidget(self.restyle_button)
+        form.addRow("Restyle strength", self.restyle_strength_spin)
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed_spin, 1)
+        seed_row.addWidget(self.random_seed_check)
+        advanced = QFormLayout(self.advanced_frame)
+        advanced.setContentsMargins(0, 0, 0, 0)
+        advanced.addRow("Steps", self.steps_spin)
+        advanced.addRow("Guidance", self.guidance_spin)
+        advanced.addRow("Fill strength", self.strength_spin)
+        advanced.addRow("Seed", seed_row)
+        advanced.addRow("Feather", self.feather_spin)
+        buttons = QGridLayout()
+        buttons.addWidget(self.fill_button, 0, 0, 1, 2)
+        buttons.addWidget(self.expand_button, 1, 0)
+        buttons.addWidget(self.restyle_button, 1, 1)
+        stop_row = QHBoxLayout()
+        stop_row.addWidget(self.cancel_button)
+        stop_row.addWidget(self.finish_button)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Prompt"))
         layout.addWidget(self.prompt_edit)
         layout.addWidget(QLabel("Negative prompt"))
         layout.addWidget(self.negative_edit)
         layout.addLayout(form)
+        layout.addWidget(self.advanced_toggle)
+        layout.addWidget(self.advanced_frame)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
-        stop_row = QHBoxLayout()
-        stop_row.addWidget(self.cancel_button)
-        stop_row.addWidget(self.finish_button)
         layout.addLayout(stop_row)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
-        self.set_state(can_fill=False, can_expand=False, busy=False)
-        self._style_chosen(self.style_combo.currentText())
+
+    def sizeHint(self) -> QSize:
+        """PANEL_CHARS wide, or what the contents need at least (with room for a vertical scroll bar)."""
+        hint = super().sizeHint()
+        scroll_bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        width = max(self.fontMetrics().averageCharWidth() * PANEL_CHARS,
+                    self.minimumSizeHint().width() + scroll_bar)
+        return QSize(width, hint.height())
+
+    def _show_advanced(self, shown: bool) -> None:
+        self.advanced_frame.setVisible(shown)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
 
     def set_state(self, can_fill: bool, can_expand: bool, busy: bool, can_restyle: bool = False) -> None:
+        self._can_restyle = can_restyle
         self.fill_button.setEnabled(can_fill and not busy)
         self.expand_button.setEnabled(can_expand and not busy)
-        self.restyle_button.setEnabled(can_restyle and not busy)
+        self.restyle_button.setEnabled(can_restyle and not busy and self.engine_can_restyle())
         self.cancel_button.setEnabled(busy)
         self.finish_button.setEnabled(busy)
-        if busy != getattr(self, "_busy", None):
+        if busy != self._busy:
             self._busy = busy
+            if busy:
+                self._job_classic = bool(self._classic)
             self._update_progress_format()
 
     def _style_chosen(self, name: str) -> None:
@@ -177,7 +280,31 @@ class GeneratePanel(QWidget):
         plain = style is None or (style.prompt.strip() == "{prompt}" and not style.negative_prompt.strip()
                                   and not style.lora and style.sampler is None and style.steps is None
                                   and style.guidance is None)
-        self.style_strength_slider.setEnabled(not plain)
+        self.style_strength_slider.setEnabled(not plain and not self._classic)
+
+    # -- what the chosen engine uses ----------------------------------------------------------------
+    def engine_can_restyle(self) -> bool:
+        """False for the classic engine, which cannot restyle (Restyle needs a diffusion model)."""
+        return not self._classic
+
+    def _apply_capabilities(self) -> None:
+        """Grey out, saying why, what the classic engine ignores: it reads neither prompt nor style and takes
+        no steps, guidance or strength; it does use the seed, the variants and the feather."""
+        classic = (self.selected_model() or "classic") in CLASSIC_ENGINES
+        label = self.model_combo.itemText(self._model_index) if self.model_combo.count() else ""
+        self.model_combo.setToolTip(f"{label}\n\n{MODEL_TIP}" if label else MODEL_TIP)
+        if classic == self._classic:
+            return
+        self._classic = classic
+        for widget in self._unused_by_classic:
+            widget.setEnabled(not classic)
+            widget.setToolTip(CLASSIC_IGNORES if classic else self._tooltips[widget])
+        self._style_chosen(self.style_combo.currentText())
+        self.restyle_button.setEnabled(self._can_restyle and not self._busy and not classic)
+        self.restyle_button.setToolTip(RESTYLE_NEEDS_DIFFUSION if classic else self._tooltips[self.restyle_button])
+        self.prompt_edit.setPlaceholderText(CLASSIC_PROMPT if classic else PROMPT_HINT)
+        self.prompt_edit.setToolTip(CLASSIC_PROMPT if classic else self._tooltips[self.prompt_edit])
+        self.capabilities_changed.emit()
 
     # -- the model picker ----------------------------------------------------------------------------
     def set_models(self, engines: Sequence[tuple[str, str]], models: Sequence[ModelEntry],
@@ -190,10 +317,11 @@ class GeneratePanel(QWidget):
         combo.clear()
         for engine_id, label in engines:
             combo.addItem(label, engine_id)
+            combo.setItemData(combo.count() - 1, label, Qt.ItemDataRole.ToolTipRole)
         self._configs = {}
         for entry in models:
             combo.addItem(entry.label, entry.location)
-            combo.setItemData(combo.count() - 1, entry.location, Qt.ItemDataRole.ToolTipRole)
+            combo.setItemData(combo.count() - 1, f"{entry.label}\n{entry.location}", Qt.ItemDataRole.ToolTipRole)
             self._configs[entry.location] = entry.config
         combo.insertSeparator(combo.count())
         combo.addItem("Add model…", ADD_MODEL)
@@ -201,6 +329,7 @@ class GeneratePanel(QWidget):
         self._model_index = index if index >= 0 else 0
         combo.setCurrentIndex(self._model_index)
         combo.blockSignals(False)
+        self._apply_capabilities()
 
     def selected_model(self) -> str:
         """The id or location of the chosen engine or model ("" when the picker is empty)."""
@@ -220,6 +349,7 @@ class GeneratePanel(QWidget):
             self.add_model_requested.emit()
         elif index >= 0:
             self._model_index = index
+            self._apply_capabilities()
 
     def set_progress(self, step: int, total: int) -> None:
         self.progress_bar.setMaximum(max(total, 1))
@@ -227,12 +357,18 @@ class GeneratePanel(QWidget):
         self._update_progress_format()
 
     def _update_progress_format(self) -> None:
-        if getattr(self, "_busy", False):
-            self.progress_bar.setFormat("step %v/%m")
-        elif 0 < self.progress_bar.value() < self.progress_bar.maximum():
-            self.progress_bar.setFormat("stopped at step %v/%m")
-        elif self.progress_bar.value() > 0:
-            self.progress_bar.setFormat("done: %m steps")
+        """Diffusion counts denoising steps; the classic engine's stages are no steps, so it shows a share."""
+        value, maximum = self.progress_bar.value(), self.progress_bar.maximum()
+        if self._job_classic:
+            formats = ("%p %", "stopped at %p %", "done")
+        else:
+            formats = ("step %v/%m", "stopped at step %v/%m", "done: %m steps")
+        if self._busy:
+            self.progress_bar.setFormat(formats[0])
+        elif 0 < value < maximum:
+            self.progress_bar.setFormat(formats[1])
+        elif value > 0:
+            self.progress_bar.setFormat(formats[2])
         else:
             self.progress_bar.setFormat("Ready")
 
@@ -259,14 +395,16 @@ class GeneratePanel(QWidget):
 
     # -- persistence: app/editor/stored_settings.py reads the values back typed and within these widgets' ranges ---
     def saved_values(self) -> dict[str, object]:
-        return {"prompt": self.prompt_edit.toPlainText(), "negative": self.negative_edit.toPlainText(),
+        """The values to remember, those the settings schema knows."""
+        values = {"prompt": self.prompt_edit.toPlainText(), "negative": self.negative_edit.toPlainText(),
                 "style": self.style_combo.currentText(), "model": self.selected_model(),
                 "style_strength": self.style_strength_slider.value(),
                 "steps": self.steps_spin.value(), "guidance": self.guidance_spin.value(),
                 "strength": self.strength_spin.value(), "restyle_strength": self.restyle_strength_spin.value(),
                 "seed": self.seed_spin.value(),
                 "random_seed": self.random_seed_check.isChecked(), "variants": self.variants_spin.value(),
-                "feather": self.feather_spin.value()}
+                "feather": self.feather_spin.value(), "advanced": self.advanced_toggle.isChecked()}
+        return {key: value for key, value in values.items() if f"panel/{key}" in SCHEMA}
 
     def restore_values(self, values: dict[str, object]) -> None:
         """Put back values saved by saved_values (already checked: each of its type and range)."""
@@ -289,3 +427,5 @@ class GeneratePanel(QWidget):
                 widget.setValue(values[key])
         if "random_seed" in values:
             self.random_seed_check.setChecked(values["random_seed"])
+        if "advanced" in values:
+            self.advanced_toggle.setChecked(values["advanced"])

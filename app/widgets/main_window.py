@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QByteArray, QStandardPaths, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import (QDockWidget, QLabel, QMainWindow, QMessageBox, QScrollArea, QSlider, QToolBar,
+from PySide6.QtWidgets import (QDockWidget, QLabel, QMainWindow, QMessageBox, QScrollArea, QToolBar,
                                QVBoxLayout, QWidget)
 
 from app.editor.autosave import Autosave
@@ -29,7 +29,7 @@ from app.widgets.actions import build_actions
 from app.widgets.add_model_dialog import AddModelDialog
 from app.widgets.canvas import CanvasView
 from app.widgets.file_commands import FileCommands
-from app.widgets.generate_panel import GeneratePanel
+from app.widgets.generate_panel import GeneratePanel, ValueSlider
 from app.widgets.qt_image import from_qimage
 from app.widgets.layers_panel import LayersPanel
 from app.widgets.selection_menu import build_selection_actions
@@ -180,23 +180,23 @@ class MainWindow(QMainWindow):
             bar.addAction(action)
         bar.addSeparator()
         bar.addWidget(QLabel(" Size "))
-        self.size_slider = QSlider(Qt.Orientation.Horizontal)
+        self.size_slider = ValueSlider("{} px", 1, 512)
         self.size_slider.setObjectName("brushSizeSlider")
         self.size_slider.setAccessibleName("Brush size")
-        self.size_slider.setRange(1, 512)
         self.size_slider.setFixedWidth(140)
-        self.size_slider.setValue(self.state.brush_size)
+        self.size_slider.show_value(self.state.brush_size)
         self.size_slider.valueChanged.connect(lambda v: self.state.set_brush(size=v))
         bar.addWidget(self.size_slider)
+        bar.addWidget(self.size_slider.value_label)
         bar.addWidget(QLabel(" Softness "))
-        self.softness_slider = QSlider(Qt.Orientation.Horizontal)
+        self.softness_slider = ValueSlider("{} %", 0, 100)
         self.softness_slider.setObjectName("brushSoftnessSlider")
         self.softness_slider.setAccessibleName("Brush softness")
-        self.softness_slider.setRange(0, 100)
         self.softness_slider.setFixedWidth(100)
-        self.softness_slider.setValue(round(self.state.brush_softness * 100))
+        self.softness_slider.show_value(round(self.state.brush_softness * 100))
         self.softness_slider.valueChanged.connect(lambda v: self.state.set_brush(softness=v / 100))
         bar.addWidget(self.softness_slider)
+        bar.addWidget(self.softness_slider.value_label)
         bar.addSeparator()
         for name in ("clear_mask", "invert_mask", "undo", "redo", "zoom_fit"):
             bar.addAction(self.action_set[name])
@@ -216,12 +216,14 @@ class MainWindow(QMainWindow):
         p.cancel_requested.connect(self.session.cancel)
         p.finish_requested.connect(self.session.finish_early)
         p.add_model_requested.connect(self.add_model_dialog)
+        p.capabilities_changed.connect(self._refresh)
         p.model_combo.currentIndexChanged.connect(self._update_model_actions)
         self.session.busy_changed.connect(self._refresh)
         self.session.progress.connect(p.set_progress)
         self.session.status.connect(self._show_status)
         self.selection.status.connect(self._show_status)
         self.session.variants_ready.connect(self._show_variants)
+        self.session.variants_ready.connect(self._refresh)
         self.strip.variant_selected.connect(self.session.select)
         self.strip.accepted.connect(self.accept_current)
         self.strip.accepted_all.connect(self._accept_keeping_all)
@@ -421,8 +423,16 @@ class MainWindow(QMainWindow):
         self.panel.set_state(can_fill, can_expand, busy, can_restyle=has_doc)
         self.action_set["fill"].setEnabled(can_fill and not busy)
         self.action_set["expand"].setEnabled(can_expand and not busy)
-        self.action_set["restyle"].setEnabled(has_doc and not busy)
+        self.action_set["restyle"].setEnabled(has_doc and not busy and self.panel.engine_can_restyle())
         self.action_set["cancel"].setEnabled(has_doc)
+        pending = bool(self.session.variants)
+        for name in ("accept", "keep_all", "discard"):
+            self.action_set[name].setEnabled(pending)
+        self.action_set["finish"].setEnabled(busy)
+        layers = len(doc.layers) if has_doc else 0
+        self.action_set["delete_layer"].setEnabled(layers > 1)
+        self.action_set["flatten"].setEnabled(layers > 1)
+        self.action_set["merge_down"].setEnabled(layers > 1)
         self._update_model_actions()
         self._update_title()
 
@@ -431,9 +441,8 @@ class MainWindow(QMainWindow):
             self.action_set.tools[tool].setChecked(True)
 
     def _brush_changed(self) -> None:
-        self.size_slider.blockSignals(True)
-        self.size_slider.setValue(min(self.state.brush_size, self.size_slider.maximum()))
-        self.size_slider.blockSignals(False)
+        self.size_slider.show_value(self.state.brush_size)
+        self.softness_slider.show_value(round(self.state.brush_softness * 100))
 
     def _update_title(self, *_args) -> None:
         doc = self.state.document
@@ -541,8 +550,6 @@ class MainWindow(QMainWindow):
         self.panel.restore_values(s.stored("panel/"))
         brush = s.stored("brush/")
         self.state.set_brush(size=brush.get("size"), softness=brush.get("softness"))
-        self.size_slider.setValue(min(self.state.brush_size, self.size_slider.maximum()))
-        self.softness_slider.setValue(round(self.state.brush_softness * 100))
         self.state.keep_mask_after_accept = bool(s.get("editor/keep_mask"))
         self.action_set["keep_mask"].setChecked(self.state.keep_mask_after_accept)
         geometry = s.get("window/geometry")
