@@ -447,8 +447,17 @@ def test_a_fully_soft_stroke_is_clearly_tinted_wherever_it_touches_the_mask(qtbo
     image = view.grab().toImage()
     rows, cols = np.nonzero(mask)
     assert len(rows) > 500 and (mask[rows, cols] < 64).sum() > 100      # a wide faint rim
+    strong = mask >= 128
+    inner = strong.copy()
+    inner[1:, :] &= strong[:-1, :]
+    inner[:-1, :] &= strong[1:, :]
+    inner[:, 1:] &= strong[:, :-1]
+    inner[:, :-1] &= strong[:, 1:]
+    ants = strong & ~inner                                  # the marching ants run along these pixels
     reds = {}
     for y, x in zip(rows, cols):
+        if ants[max(0, y - 1):y + 2, max(0, x - 1):x + 2].any():
+            continue
         point = view.image_to_widget(x + 0.5, y + 0.5).toPoint()
         reds[int(mask[y, x])] = min(reds.get(int(mask[y, x]), 255), image.pixelColor(point).red())
     assert min(reds.values()) >= 40                  # the image's red is 0: every painted pixel shows
@@ -509,3 +518,15 @@ def test_a_corner_dragged_out_of_sight_zooms_out_about_the_opposite_corner():
     same = tools.view_following_edges(Rect.from_edges(-10, -10, 200, 120), "tl", 2.0, (100.0, 50.0), (640, 480),
                                       8, True, 1 / 64)
     assert same == (2.0, (100.0, 50.0))                    # in sight: the view does not move
+
+
+def test_the_mask_has_marching_ants_along_its_edge(qtbot, view, state):
+    mask = np.zeros((state.document.height, state.document.width), np.uint8)
+    mask[20:40, 30:70] = 255
+    state.set_mask(mask, "Paint")
+    image = view.grab().toImage()
+    edge = view.image_to_widget(50.5, 20.5).toPoint()
+    inside = view.image_to_widget(50.5, 30.5).toPoint()
+    row = [image.pixelColor(edge.x() + dx, edge.y()).lightness() for dx in range(-12, 12)]
+    assert min(row) < 40 and max(row) > 215                 # black and white dashes along the top edge
+    assert image.pixelColor(inside).lightness() not in (0, 255)

@@ -86,3 +86,32 @@ def test_select_object_runs_in_the_background_and_is_dropped_if_the_mask_changed
         assert commands.select_object(Rect(40, 20, 80, 80))
         state.clear_mask()                                                       # the user goes on meanwhile
     assert not state.document.mask.any() and "was not applied" in lines[-1][0]
+
+
+def test_the_wand_and_object_tools_work_from_the_canvas(qtbot, tmp_path):
+    from PySide6.QtCore import QPoint
+
+    from app import MainWindow
+    from app.editor.model_library import ModelLibrary
+
+    window = MainWindow(settings=tmp_path / "s.json", library=ModelLibrary(tmp_path / "m.json"),
+                        recovery_root=tmp_path / "r")
+    qtbot.addWidget(window)
+    window.resize(900, 700)
+    window.state.set_document(Document.from_image(_two_colours(80, 60)))
+    window.canvas.fit()
+    window.state.set_tool("wand")
+    target = window.canvas.image_to_widget((60.5, 30.5))
+    qtbot.mouseClick(window.canvas, Qt.MouseButton.LeftButton, pos=QPoint(round(target.x()), round(target.y())))
+    mask = window.state.document.mask
+    assert mask[:, 40:].min() == 255 and mask[:, :40].max() == 0
+    assert window.state.history.stack.undoText() == "Magic wand"
+    window.state.set_tool("object")
+    boxes = []
+    window.canvas.object_boxed.connect(lambda box, mods: boxes.append(box))
+    a, b = window.canvas.image_to_widget((10, 10)), window.canvas.image_to_widget((30, 40))
+    qtbot.mousePress(window.canvas, Qt.MouseButton.LeftButton, pos=QPoint(round(a.x()), round(a.y())))
+    qtbot.mouseMove(window.canvas, QPoint(round(b.x()), round(b.y())))
+    qtbot.mouseRelease(window.canvas, Qt.MouseButton.LeftButton, pos=QPoint(round(b.x()), round(b.y())))
+    assert len(boxes) == 1 and abs(boxes[0].w - 20) <= 1 and abs(boxes[0].h - 30) <= 1
+    qtbot.waitUntil(lambda: not window.selection.busy, timeout=20000)

@@ -16,7 +16,7 @@ from app.core.geometry import Rect
 from app.core.layers import Generation, Layer, LayerStack, variant_from_result
 from app.editor.history import History
 
-TOOLS = ("brush", "eraser", "rect", "lasso", "canvas")
+TOOLS = ("brush", "eraser", "rect", "lasso", "wand", "object", "canvas")
 
 
 class EditorState(QObject):

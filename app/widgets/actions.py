@@ -16,7 +16,9 @@ EXPAND_PRESETS = (  # label, fraction, sides
 )
 ASPECT_PRESETS = ((1, 1), (4, 3), (3, 2), (16, 9), (21, 9), (3, 4), (2, 3), (9, 16))
 TOOL_ACTIONS = (("brush", "Mask &Brush", "B"), ("eraser", "&Eraser", "E"),
-                ("rect", "&Rectangle Select", "M"), ("lasso", "&Lasso Select", "L"))
+                ("rect", "&Rectangle Select", "M"), ("lasso", "&Lasso Select", "L"),
+                ("wand", "Magic &Wand (Shift adds, Alt subtracts)", "W"),
+                ("object", "Select &Object (drag a box round it)", "O"))
 
 
 @dataclass

@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRect, QRectF, QSize, QSizeF, Qt, Signal
-from PySide6.QtGui import QColor, QCursor, QImage, QPainter, QPainterPath, QPen, QPolygonF
+from PySide6.QtCore import QPointF, QRect, QRectF, QSize, QSizeF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QCursor, QImage, QPainter, QPainterPath, QPen, QPolygonF, QTransform
 from PySide6.QtWidgets import QWidget
 
 from app.core.changes import MaskPatchChange
@@ -30,7 +30,7 @@ EDGE_CURSORS = {"l": Qt.SizeHorCursor, "r": Qt.SizeHorCursor, "t": Qt.SizeVerCur
 
 @dataclass
 class _Gesture:
-    kind: str                      # "pan", "stroke", "rect", "lasso" or "edge"
+    kind: str                      # "pan", "stroke", "rect", "lasso", "object" or "edge"
     button: Qt.MouseButton
     start_widget: QPointF
     start_image: tuple[float, float]
@@ -46,11 +46,14 @@ class _Gesture:
     canvas: Rect | None = None
     start_zoom: float = 1.0
     fit: bool = False              # the view was fitted when the edge drag began
+    modifiers: object = None       # the keys held when it began (Select object: how the result combines)
 
 
 class CanvasView(QWidget):
     zoom_changed = Signal(float)
     cursor_moved = Signal(int, int)
+    wand_clicked = Signal(int, int, object)          # image x, y, keyboard modifiers (magic wand tool)
+    object_boxed = Signal(object, object)            # Rect in image pixels, modifiers (Select object tool)
 
     MIN_ZOOM = 1 / 64
     MAX_ZOOM = 32.0
@@ -90,6 +93,10 @@ class CanvasView(QWidget):
         state.document_replaced.connect(self._on_document_replaced)
         state.image_changed.connect(self._on_image_changed)
         state.mask_changed.connect(self._on_mask_changed)
+        self._ants = drawing.MaskOutline()
+        self._ants_timer = QTimer(self)
+        self._ants_timer.setInterval(160)
+        self._ants_timer.timeout.connect(self._march)
         state.canvas_changed.connect(self._on_canvas_changed)
         state.overlay_changed.connect(self._on_overlay_changed)
         state.tool_changed.connect(self._on_tool_changed)
@@ -229,6 +236,15 @@ class CanvasView(QWidget):
 
     def _on_mask_changed(self, rect) -> None:
         self._refresh_overlay(rect if isinstance(rect, Rect) else None)
+        self._ants.invalidate()
+
+    def _march(self) -> None:
+        doc = self.state.document
+        if doc is None or not self.isVisible():
+            self._ants_timer.stop()
+            return
+        self._ants.phase = (self._ants.phase + 1) % 8
+        self.update()
 
     def _on_overlay_changed(self) -> None:
         preview, candidate = self.state.preview, self.state.candidate
@@ -282,6 +298,7 @@ class CanvasView(QWidget):
             p.fillPath(outside.subtracted(inside), QColor(0, 0, 0, 130))
         if self._overlay is not None:
             p.drawImage(image_w, self._overlay[1])
+        self._paint_ants(p, doc)
         if not candidate and self._preview is not None and self.state.preview is not None:
             p.drawImage(self.image_rect_to_widget(self._preview[2]), self._preview[1])
         drawing.paint_canvas_frame(p, canvas_w)
@@ -289,13 +306,24 @@ class CanvasView(QWidget):
         self._paint_brush_cursor(p)
         p.end()
 
+    def _paint_ants(self, p: QPainter, doc) -> None:
+        stroking = self._gesture is not None and self._gesture.kind == "stroke"
+        path = self._ants.path(doc.mask, tracing_allowed=not stroking)
+        if path is None or path.isEmpty():
+            self._ants_timer.stop()
+            return
+        transform = QTransform(self._zoom, 0, 0, self._zoom, self._offset.x(), self._offset.y())
+        self._ants.paint(p, path, transform)
+        if not self._ants_timer.isActive():
+            self._ants_timer.start()
+
     def _paint_gesture(self, p: QPainter, canvas: Rect) -> None:
         g = self._gesture
         if g is None:
             return
         p.setBrush(Qt.NoBrush)
         pen = QPen(QColor(80, 160, 255) if g.subtract else QColor(255, 255, 255), 1, Qt.DashLine)
-        if g.kind == "rect":
+        if g.kind in ("rect", "object"):
             r = tools.rect_from_points(g.start_image, g.last_image)
             p.setPen(pen)
             p.drawRect(self.image_rect_to_widget(r))
@@ -384,6 +412,12 @@ class CanvasView(QWidget):
         elif tool in ("rect", "lasso"):
             subtract = bool(event.modifiers() & (Qt.ShiftModifier | Qt.AltModifier))
             self._gesture = _Gesture(tool, button, pos, img, img, subtract=subtract, points=[img])
+        elif tool == "object":
+            self._gesture = _Gesture("object", button, pos, img, img, points=[img], modifiers=event.modifiers())
+        elif tool == "wand":
+            x, y = math.floor(img[0]), math.floor(img[1])
+            if doc.image_rect.contains_rect(Rect(x, y, 1, 1)):
+                self.wand_clicked.emit(x, y, event.modifiers())
         self._update_cursor()
         self.update()
         event.accept()
@@ -409,7 +443,7 @@ class CanvasView(QWidget):
             self._stroke_to(img)
         elif g.kind == "edge":
             self._drag_edges(g, pos)
-        elif g.kind in ("rect", "lasso"):
+        elif g.kind in ("rect", "lasso", "object"):
             last = self.image_to_widget(g.points[-1])
             if g.kind == "rect" or abs(pos.x() - last.x()) + abs(pos.y() - last.y()) >= 2:
                 g.points.append(img)
@@ -442,6 +476,10 @@ class CanvasView(QWidget):
                     self.fit()
             elif g.kind in ("rect", "lasso"):
                 self._apply_selection(g, img)
+            elif g.kind == "object":
+                box = tools.rect_from_points(g.start_image, img).intersect(doc.image_rect)
+                if box.w >= 4 and box.h >= 4:
+                    self.object_boxed.emit(box, g.modifiers)
         self._update_cursor()
         self.update()
         event.accept()
@@ -522,7 +560,8 @@ class CanvasView(QWidget):
     def keyPressEvent(self, event) -> None:
         key = event.key()
         plain = not (event.modifiers() & (Qt.ControlModifier | Qt.AltModifier | Qt.MetaModifier))
-        tools_by_key = {Qt.Key_B: "brush", Qt.Key_E: "eraser", Qt.Key_M: "rect", Qt.Key_L: "lasso"}
+        tools_by_key = {Qt.Key_B: "brush", Qt.Key_E: "eraser", Qt.Key_M: "rect", Qt.Key_L: "lasso",
+                        Qt.Key_W: "wand", Qt.Key_O: "object"}
         if key == Qt.Key_Space:
             if not event.isAutoRepeat():
                 self._space = True

@@ -61,3 +61,47 @@ def paint_brush_cursor(p: QPainter, centre: QPointF, radius: float) -> None:
     p.drawEllipse(centre, radius + 1, radius + 1)
     p.setPen(QPen(QColor(255, 255, 255, 230), 1))
     p.drawEllipse(centre, radius, radius)
+
+
+class MaskOutline:
+    """The mask's marching ants: its outline at half strength, traced once per mask change (not while a
+    stroke is being painted) and drawn as two dashed lines whose dashes move with `phase`."""
+
+    def __init__(self) -> None:
+        self._path = None
+        self._dirty = True
+        self.phase = 0
+
+    def invalidate(self) -> None:
+        self._dirty = True
+
+    def path(self, mask, tracing_allowed: bool):
+        from PySide6.QtGui import QPainterPath
+
+        from app.core.selection import outline
+
+        if self._dirty and tracing_allowed and mask is not None:
+            path = QPainterPath()
+            for line in outline(mask):
+                if len(line) < 2:
+                    continue
+                path.moveTo(float(line[0][0]) + 0.5, float(line[0][1]) + 0.5)
+                for x, y in line[1:]:
+                    path.lineTo(float(x) + 0.5, float(y) + 0.5)
+                path.closeSubpath()
+            self._path, self._dirty = path, False
+        return self._path
+
+    def paint(self, p: QPainter, path, transform) -> None:
+        if path is None or path.isEmpty():
+            return
+        p.save()
+        p.setTransform(transform)
+        p.setBrush(Qt.NoBrush)
+        for colour, offset in ((QColor(0, 0, 0), 0), (QColor(255, 255, 255), 4)):
+            pen = QPen(colour, 0)               # cosmetic: one device pixel at any zoom
+            pen.setDashPattern([4, 4])
+            pen.setDashOffset(self.phase + offset)
+            p.setPen(pen)
+            p.drawPath(path)
+        p.restore()

@@ -23,7 +23,7 @@ from app.engine.events import EngineError
 from app.engine.registry import EngineRegistry
 from app.editor.generation_session import GenerationSession
 from app.editor.model_library import ModelEntry, ModelLibrary, describe_model
-from app.editor.selection_commands import SelectionCommands
+from app.editor.selection_commands import SelectionCommands, mode_for
 from app.editor.stored_settings import SettingsStore, checked_values, migrate_qt_settings
 from app.widgets.actions import build_actions
 from app.widgets.add_model_dialog import AddModelDialog
@@ -222,6 +222,8 @@ class MainWindow(QMainWindow):
         self.session.progress.connect(p.set_progress)
         self.session.status.connect(self._show_status)
         self.selection.status.connect(self._show_status)
+        self.canvas.wand_clicked.connect(self._magic_wand)
+        self.canvas.object_boxed.connect(self._select_object)
         self.session.variants_ready.connect(self._show_variants)
         self.session.variants_ready.connect(self._refresh)
         self.strip.variant_selected.connect(self.session.select)
@@ -306,6 +308,12 @@ class MainWindow(QMainWindow):
             event.accept()
             return
         super().keyReleaseEvent(event)
+
+    def _magic_wand(self, x: int, y: int, modifiers) -> None:
+        self.selection.magic_wand(x, y, mode_for(modifiers))
+
+    def _select_object(self, box, modifiers) -> None:
+        self.selection.select_object(box, mode_for(modifiers))
 
     def _accept_keeping_all(self) -> None:
         self.accept_current(keep_all=True)
