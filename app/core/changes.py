@@ -105,8 +105,13 @@ class DocumentChange(Change):
 
     @property
     def nbytes(self) -> int:
-        # Neighbouring states share their unchanged layers and mask: count only what differs.
-        return self.before.cost_beside(self.after) + self.after.cost_beside(self.before)
+        # Neighbouring states share their unchanged layers and mask: count only what differs. The states never
+        # change, and the history sums every step's cost at each push: counted once.
+        cost = self.__dict__.get("_nbytes")
+        if cost is None:
+            cost = self.before.cost_beside(self.after) + self.after.cost_beside(self.before)
+            self.__dict__["_nbytes"] = cost
+        return cost
 
     def apply(self, doc: Document) -> None:
         doc.restore(self.after)

@@ -73,6 +73,9 @@ def known_region(image_shape: Sequence[int], canvas: Rect) -> np.ndarray:
 
 def mask_bounds(mask: np.ndarray) -> Rect | None:
     """Bounding box of the non-zero pixels, or None for an empty mask."""
+    if mask.dtype == np.uint8 and mask.ndim == 2 and mask.size:
+        x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask))      # a point set or, as here, a mask
+        return Rect(int(x), int(y), int(w), int(h)) if w and h else None
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None

@@ -381,35 +381,46 @@ def _blend_over(dst: np.ndarray, src: np.ndarray, opacity: float) -> None:
 # -- results as layers ----------------------------------------------------------------------------------------
 
 def variant_from_result(result: np.ndarray, reference: np.ndarray, x: int = 0, y: int = 0, seed: int = 0,
-                        parameters: str = "", reference_alpha: np.ndarray | None = None) -> LayerVariant:
+                        parameters: str = "", reference_alpha: np.ndarray | None = None,
+                        within: Rect | None = None) -> LayerVariant:
     """A generated result as a variant patch: opaque where it differs from `reference` (the image the job
     read, aligned with the result) and transparent elsewhere, cut to the bounding box of what changed.
 
     `reference_alpha` (H x W uint8, default opaque) marks where the reference held pixels at all: a pixel the
     reference did not hold (the new area of an Expand) counts as changed. The result's own alpha, when it has
-    one, is kept inside the patch.
+    one, is kept inside the patch. `within` (in the result's pixels) limits the comparison to where the
+    engine may have changed anything (a Fill's mask with its feather): outside it the result is the reference.
     """
     if result.shape[:2] != reference.shape[:2]:
         raise ValueError(f"a result of {result.shape[1]}x{result.shape[0]} does not match the "
                          f"{reference.shape[1]}x{reference.shape[0]} image it was made from")
+    whole = Rect(0, 0, int(result.shape[1]), int(result.shape[0]))
+    area = whole if within is None else within.intersect(whole)
+    if area.is_empty():
+        area = Rect(0, 0, 1, 1)
+    rows, cols = area.slices()
     channels = min(result.shape[2], reference.shape[2])
-    diff = cv2.absdiff(np.ascontiguousarray(result[..., :channels]), np.ascontiguousarray(reference[..., :channels]))
-    changed = diff.max(axis=2) > 0 if channels > 1 else diff[..., 0] > 0
+    diff = cv2.absdiff(np.ascontiguousarray(result[rows, cols, :channels]),
+                       np.ascontiguousarray(reference[rows, cols, :channels]))
+    changed = diff[..., 0]
+    for c in range(1, channels):                      # any channel: an OR of the planes (a numpy max is 20x slower)
+        changed = cv2.bitwise_or(changed, np.ascontiguousarray(diff[..., c]))
     if reference_alpha is not None:
-        changed |= reference_alpha < 255
+        changed = cv2.bitwise_or(changed, np.where(reference_alpha[rows, cols] < 255, np.uint8(1), np.uint8(0)))
     if result.shape[2] == 4:
-        changed &= result[..., 3] > 0
-    points = cv2.findNonZero(changed.astype(np.uint8))
+        changed = np.where(result[rows, cols, 3] > 0, changed, np.uint8(0))
+    points = cv2.findNonZero(changed)
     if points is None:
         box = Rect(0, 0, 1, 1)
         patch = np.zeros((1, 1, 4), np.uint8)
     else:
         bx, by, bw, bh = cv2.boundingRect(points)
-        box = Rect(int(bx), int(by), int(bw), int(bh))
+        inside_box = Rect(int(bx), int(by), int(bw), int(bh))
+        changed = changed[inside_box.slices()] > 0
+        box = inside_box.translated(area.x, area.y)
         rows, cols = box.slices()
         patch = np.zeros((bh, bw, 4), np.uint8)
         patch[..., :3] = result[rows, cols, :3]
-        inside = changed[rows, cols]
         alpha = result[rows, cols, 3] if result.shape[2] == 4 else np.uint8(255)
-        patch[..., 3] = np.where(inside, alpha, np.uint8(0))
+        patch[..., 3] = np.where(changed, alpha, np.uint8(0))
     return LayerVariant(patch, x + box.x, y + box.y, seed, parameters)

@@ -120,8 +120,13 @@ class EditorState(QObject):
             canvas = stack.rect
         if reference.shape[2] == 4:
             known = reference[..., 3] if known is None else np.minimum(known, reference[..., 3])
+        within = None
+        if kind == "fill" and request.mask is not None:
+            box = imageops.mask_bounds(request.mask)
+            reach = request.mask_options.feather + request.mask_options.grow + 2
+            within = None if box is None else box.grown(reach)
         chosen = list(variants) if keep_all else [variants[index]]
-        layer_variants = tuple(variant_from_result(v.image, reference, 0, 0, v.seed, v.parameters, known)
+        layer_variants = tuple(variant_from_result(v.image, reference, 0, 0, v.seed, v.parameters, known, within)
                                for v in chosen)
         painted, mask_at = None, (0, 0)
         if request.mask is not None and kind == "fill":

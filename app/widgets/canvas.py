@@ -192,6 +192,7 @@ class CanvasView(QWidget):
         buf = self._lut[doc.mask]
         self._overlay = (buf, QImage(buf.data, doc.width, doc.height, buf.strides[0],
                                      QImage.Format_ARGB32_Premultiplied))
+        self._overlay_of = doc.mask
 
     def _refresh_overlay(self, rect: Rect | None) -> None:
         doc = self.state.document
@@ -206,6 +207,7 @@ class CanvasView(QWidget):
             return
         rows, cols = rect.slices()
         self._overlay[0][rows, cols] = self._lut[doc.mask[rows, cols]]
+        self._overlay_of = doc.mask
         self.update(self._widget_update_rect(rect))
 
     def _widget_update_rect(self, rect: Rect) -> QRect:
@@ -224,7 +226,11 @@ class CanvasView(QWidget):
         old_size = self._image_size
         self._gesture = None
         self._rebuild_image()
-        self._rebuild_overlay()
+        # A layer edit leaves the mask alone, and the overlay of a 4096² mask takes a third of a second to
+        # redo: only a mask that is another array now (undo of an Accept that cleared it, an Expand) needs it.
+        if doc is None or getattr(self, "_overlay_of", None) is not doc.mask or self._overlay is None:
+            self._rebuild_overlay()
+            self._ants.invalidate()
         if doc is not None and old_size != (doc.width, doc.height):
             self.fit()
         self.update()
