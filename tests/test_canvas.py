@@ -335,7 +335,7 @@ def test_renders_image_mask_candidate_and_preview(qtbot, view, state):
     assert pixel(view, 150, 90).red() > 80       # outside the preview the document shows
     yellow = np.full((H, W, 3), (255, 255, 0), np.uint8)
     state.set_candidate(yellow, Rect(0, 0, W, H))
-    assert pixel(view, 150, 90).getRgb()[:3] == (255, 158, 18)  # the mask tint shows over a candidate
+    assert pixel(view, 150, 90).getRgb()[:3] == (255, 221, 6)   # the mask tint shows, faintly, over a candidate
     state.set_candidate(None, None)
     state.set_preview(None, None)
     assert pixel(view, 50, 40).red() > 80
@@ -432,11 +432,11 @@ def test_the_mask_overlay_shows_over_a_candidate_and_so_do_new_strokes(qtbot, vi
     state.set_mask(mask, "Paint")
     masked, clear = pixel(view, 25, 60), pixel(view, 150, 60)
     assert clear.getRgb()[:3] == (255, 255, 0)
-    assert masked.red() > 200 and masked.green() < 200          # the red tint over the yellow variant
+    assert masked.red() > 200 and 200 < masked.green() < 240    # a faint red tint: the variant still shows
     state.set_brush(size=12, softness=0.0)
     drag(qtbot, view, [(100, 30), (140, 30)])
     assert state.document.mask[30, 120] == 255
-    assert pixel(view, 120, 30).green() < 200 and pixel(view, 120, 90).getRgb()[:3] == (255, 255, 0)
+    assert pixel(view, 120, 30).green() < 240 and pixel(view, 120, 90).getRgb()[:3] == (255, 255, 0)
 
 
 def test_a_fully_soft_stroke_is_clearly_tinted_wherever_it_touches_the_mask(qtbot, view, state):

@@ -139,7 +139,7 @@ def test_discard_leaves_document_as_it_was(qtbot, settings, photo):
     run_fill(qtbot, window)
     count = window.state.history.stack.count()
     qtbot.mouseClick(window.strip.discard_button, Qt.MouseButton.LeftButton)
-    assert window.state.candidate is None and not window.strip.isVisibleTo(window)
+    assert window.state.candidate is None and not window.strip.list.isVisibleTo(window) and window.strip.hint.isVisibleTo(window)
     assert np.array_equal(window.state.document.image, photo[1])
     assert window.state.history.stack.count() == count
 

@@ -91,11 +91,11 @@ def test_the_view_keeps_its_zoom_while_the_variants_strip_comes_and_goes(qtbot, 
     canvas.zoom_changed.connect(zooms.append)
     run_fill(qtbot, window)
     qtbot.wait(20)
-    assert window.strip.isVisible()
+    assert window.strip.list.isVisible()
     assert canvas.zoom == zoom and canvas.image_to_widget(0, 0) == corner
     window.session.discard()
     qtbot.wait(20)
-    assert not window.strip.isVisible()
+    assert not window.strip.list.isVisible() and window.strip.hint.isVisible()
     assert canvas.zoom == zoom and canvas.image_to_widget(0, 0) == corner
     assert zooms == []
 

@@ -22,6 +22,7 @@ from app.widgets.mip_cache import MipCache
 from app.widgets.qt_image import qimage_from_array
 
 HINT = "Open an image (Ctrl+O), drop one here, or paste (Ctrl+V)"
+CANDIDATE_TINT = 0.35        # how strongly the mask's tint shows over a variant waiting to be accepted
 BACKGROUND = QColor(38, 38, 40)
 EDGE_CURSORS = {"l": Qt.SizeHorCursor, "r": Qt.SizeHorCursor, "t": Qt.SizeVerCursor,
                 "b": Qt.SizeVerCursor, "tl": Qt.SizeFDiagCursor, "br": Qt.SizeFDiagCursor,
@@ -303,7 +304,10 @@ class CanvasView(QWidget):
             inside.addRect(canvas_w)
             p.fillPath(outside.subtracted(inside), QColor(0, 0, 0, 130))
         if self._overlay is not None:
+            # Over a variant the tint is faint, so the variant can be judged: the ants still show the mask.
+            p.setOpacity(CANDIDATE_TINT if candidate else 1.0)
             p.drawImage(image_w, self._overlay[1])
+            p.setOpacity(1.0)
         self._paint_ants(p, doc)
         if not candidate and self._preview is not None and self.state.preview is not None:
             p.drawImage(self.image_rect_to_widget(self._preview[2]), self._preview[1])

@@ -33,6 +33,7 @@ class LayersPanel(QWidget):
         self.list.setObjectName("layersList")
         self.list.setAccessibleName("Layers")
         self.list.setIconSize(QSize(THUMB, THUMB))
+        self.list.setMinimumHeight(4 * (THUMB + 6))
         self.list.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
         self.list.setDefaultDropAction(Qt.DropAction.MoveAction)
         self.list.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
@@ -61,10 +62,11 @@ class LayersPanel(QWidget):
         self.variants.setAccessibleName("Variants of this layer")
         self.variants.setViewMode(QListWidget.ViewMode.IconMode)
         self.variants.setFlow(QListWidget.Flow.LeftToRight)
-        self.variants.setWrapping(True)
+        self.variants.setWrapping(False)
         self.variants.setMovement(QListWidget.Movement.Static)
         self.variants.setIconSize(QSize(VARIANT_THUMB, VARIANT_THUMB))
-        self.variants.setMaximumHeight(2 * (VARIANT_THUMB + 30))
+        self.variants.setGridSize(QSize(VARIANT_THUMB + 10, VARIANT_THUMB + 22))
+        self.variants.setFixedHeight(VARIANT_THUMB + 44)           # one row, scrolled sideways
         self.variants.setToolTip("Click a variant to show it in this layer")
         self.variants.currentRowChanged.connect(self._variant_chosen)
         self.variants_label = QLabel("Variants")
@@ -146,8 +148,8 @@ class LayersPanel(QWidget):
                 area = area.union(v.rect)
             for i, variant in enumerate(generation.variants):
                 icon = self._variant_icon(stack, layer, i, area)
-                item = QListWidgetItem(icon, f"{i + 1} · seed {variant.seed}")
-                item.setToolTip(variant.parameters)
+                item = QListWidgetItem(icon, str(i + 1))
+                item.setToolTip(f"Variant {i + 1}, seed {variant.seed}\n{variant.parameters}".strip())
                 self.variants.addItem(item)
             self.variants.setCurrentRow(generation.selected)
         self.variants.blockSignals(False)

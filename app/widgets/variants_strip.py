@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
-from PySide6.QtWidgets import QHBoxLayout, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
 from app.core.geometry import Rect
 from app.engine.events import Variant
@@ -56,9 +56,17 @@ class VariantsStrip(QWidget):
         buttons.addWidget(self.keep_all_button)
         buttons.addWidget(self.discard_button)
         buttons.addStretch(1)
+        self.hint = QLabel("Variants appear here after Generative Fill, Expand or Restyle: Left/Right to compare, "
+                           "hold \\ to see the image before, Enter to accept.")
+        self.hint.setObjectName("variantsHint")
+        self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.hint.setWordWrap(True)
+        self.hint.setFixedHeight(THUMB + 40)
+        self.hint.setEnabled(False)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.list, 1)
+        layout.addWidget(self.hint, 1)
         layout.addLayout(buttons)
         self.variants: tuple[Variant, ...] = ()
         policy = self.sizePolicy()
@@ -83,7 +91,8 @@ class VariantsStrip(QWidget):
         self.accept_button.setEnabled(has)
         self.keep_all_button.setEnabled(len(self.variants) > 1)
         self.discard_button.setEnabled(has)
-        self.setVisible(has)
+        self.list.setVisible(has)            # the strip keeps its place: the canvas never changes size
+        self.hint.setVisible(not has)
         if has:
             self.list.setCurrentRow(0)
             self.variant_selected.emit(0)
