@@ -189,3 +189,19 @@ def test_pasted_and_dropped_images_become_layers(qtbot, settings, photo, tmp_pat
     assert window.state.history.stack.undoText() == "Add layer"
     assert window.files.add_file(photo[0])
     assert len(window.state.document.layers) == 3 and window.state.document.layers.layers[-1].name == "photo"
+
+
+def test_a_result_for_an_image_of_another_size_is_refused_in_one_line(qtbot, settings, photo):
+    from tests.results import accept_result
+
+    window = make_window(qtbot, settings, MaskedEngine())
+    window.open_image(photo[0])
+    _fill(qtbot, window, Rect(2, 2, 10, 10), accept=None)
+    lines = []
+    window.session.status.connect(lambda text, error: lines.append((text, error)))
+    window.state.set_canvas(Rect(-16, 0, 80, 48))                  # meanwhile the image grew by an Expand
+    assert accept_result(window.state, np.zeros((48, 80, 3), np.uint8))
+    before = window.state.document.image.copy()
+    assert not window.session.accept(0)
+    assert lines[-1][1] and "changed size since this job started" in lines[-1][0] and "\n" not in lines[-1][0]
+    assert np.array_equal(window.state.document.image, before) and len(window.state.document.layers) == 2
