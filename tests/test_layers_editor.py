@@ -205,3 +205,23 @@ def test_a_result_for_an_image_of_another_size_is_refused_in_one_line(qtbot, set
     assert not window.session.accept(0)
     assert lines[-1][1] and "changed size since this job started" in lines[-1][0] and "\n" not in lines[-1][0]
     assert np.array_equal(window.state.document.image, before) and len(window.state.document.layers) == 2
+
+
+def test_dragging_a_row_in_the_layers_dock_reorders_the_stack(qtbot, settings, photo):
+    from PySide6.QtCore import QModelIndex
+
+    window = make_window(qtbot, settings, MaskedEngine())
+    window.open_image(photo[0])
+    _fill(qtbot, window, Rect(2, 2, 10, 10))
+    _fill(qtbot, window, Rect(4, 4, 10, 10), accept=1)
+    panel = window.layers_panel
+    panel.refresh()
+    assert [panel.list.item(r).text()[:6] for r in range(3)] == ["Fill 2", "Fill 1", "Backgr"]
+    assert window.state.document.image[6, 6].tolist() == [20, 20, 30]        # Fill 2 on top
+    model = panel.list.model()
+    assert model.moveRow(QModelIndex(), 0, QModelIndex(), 2)                 # Fill 2 dropped below Fill 1
+    names = [layer.name[:6] for layer in window.state.document.layers.layers]
+    assert names == ["Backgr", "Fill 2", "Fill 1"] and window.state.history.stack.undoText() == "Move layer"
+    assert window.state.document.image[6, 6].tolist() == [10, 20, 30]        # Fill 1 shows now
+    window.state.history.stack.undo()
+    assert window.state.document.image[6, 6].tolist() == [20, 20, 30]

@@ -235,6 +235,13 @@ class LayerStack:
         layers.insert(max(0, min(index, len(layers))), layer)
         return self._with_layers(layers)
 
+    def reordered(self, ids: list[int]) -> "LayerStack":
+        """The same layers in the order `ids` gives (bottom first); every layer must be named once."""
+        if sorted(ids) != sorted(layer.id for layer in self.layers):
+            raise ValueError("a new order must name every layer once")
+        by_id = {layer.id: layer for layer in self.layers}
+        return self._with_layers(by_id[i] for i in ids)
+
     def with_variant(self, layer_id: int, index: int) -> "LayerStack":
         return self.replaced(self.get(layer_id).with_variant(index))
 

@@ -191,6 +191,10 @@ class EditorState(QObject):
     def move_layer(self, layer_id: int, index: int) -> bool:
         return self._layer_edit(layer_id, "Move layer", lambda s: s.moved(layer_id, index))
 
+    def reorder_layers(self, ids: list[int]) -> bool:
+        """The stack in the order `ids` gives, bottom first (a drag in the Layers dock)."""
+        return self._layer_edit(0, "Move layer", lambda s: s.reordered(list(ids)))
+
     def remove_layer(self, layer_id: int) -> bool:
         doc = self.document
         if doc is None or len(doc.layers) <= 1:

@@ -244,10 +244,7 @@ class LayersPanel(QWidget):
         if self._updating:
             return
         ids = [int(self.list.item(row).data(Qt.ItemDataRole.UserRole)) for row in range(self.list.count())]
-        moved = self.state.active_layer
-        if moved in ids:
-            bottom_first = ids[::-1]
-            self.state.move_layer(moved, bottom_first.index(moved))
+        self.state.reorder_layers(ids[::-1])             # the list is top first, the stack bottom first
         self._refresh_timer.start()
 
     def _opacity_changed(self, value: int) -> None:
