@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from app.core import openraster
-from app.core.document import Document
+from app.core.document import Document, NamedMask
 from app.core.geometry import Rect
 from app.core.layers import Generation, Layer, LayerStack, LayerVariant
 from app.core.openraster import (
@@ -383,6 +383,25 @@ def _variant_path(entry):
     entry["layers"]["layers"][2]["generation"]["variants"][0]["pixels"] = "../../etc/passwd"
 
 
+def _saved_with_a_named_mask() -> bytes:
+    document = rich_document()
+    document.named_masks = (NamedMask.of("sky", document.mask),)
+    buffer = io.BytesIO()
+    openraster._write(buffer, document)
+    return buffer.getvalue()
+
+
+def _edited_named_mask(edit) -> bytes:
+    data = _saved_with_a_named_mask()
+    entry = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("latent-canvas/document.json"))
+    edit(entry)
+    return rewrite(data, {"latent-canvas/document.json": json.dumps(entry).encode()})
+
+
+def _many_named_masks(entry):
+    entry["named_masks"] = [dict(entry["named_masks"][0], name=f"mask {i}") for i in range(65)]
+
+
 DAMAGE = {
     "not a zip": (lambda: b"just some text, not an archive " * 40, "is not an OpenRaster file: it is not a zip archive"),
     "empty file": (lambda: b"", "is not an OpenRaster file: it is not a zip archive"),
@@ -430,6 +449,19 @@ DAMAGE = {
     "json no written": (lambda: _edited_json(lambda entry: entry.pop("written")), "written is null, not the CRC-32s of the members it was saved with"),
     "folder without json": (lambda: rewrite(_saved(), {"latent-canvas/document.json": None}),
                             "it has a latent-canvas/ folder without latent-canvas/document.json"),
+    "json named mask name a number": (lambda: _edited_named_mask(_set(("named_masks", 0, "name"), 5)),
+                                      "latent-canvas/document.json: named_masks[0].name is 5, not text"),
+    "json named mask an image": (lambda: rewrite(_saved_with_a_named_mask(), {
+        "latent-canvas/named-mask-1.png": png_bytes(np.zeros((4, 4, 3), np.uint8))}),
+        "named_masks[0].pixels: latent-canvas/named-mask-1.png is an image, not a mask"),
+    "json named mask outside": (lambda: _edited_named_mask(_set(("named_masks", 0, "x"), 60)),
+                                "named_masks[0]: its 19 x 15 patch at (60, 9) lies outside the 64 x 48 image"),
+    "json 65 named masks": (lambda: _edited_named_mask(_many_named_masks),
+                            "named_masks holds 65 masks; at most 64 are kept"),
+    "json named mask escapes": (lambda: _edited_named_mask(_set(("named_masks", 0, "pixels"), "../../etc/passwd")),
+                                "named_masks[0].pixels is '../../etc/passwd', not the name of a PNG entry"),
+    "json named masks a dict": (lambda: _edited_named_mask(_set(("named_masks",), {})),
+                                "named_masks is an object, not a list"),
 }
 
 

@@ -183,6 +183,21 @@ def _top(**values):
     return lambda f: edit_manifest(f, lambda m: m.update(values))
 
 
+def _named_masks(count: int = 1, patch: tuple = (4, 4), where: tuple = ("document",), **values):
+    """`count` named masks in the manifest entry at `where`, each a patch of shape `patch`, with `values`."""
+    def damage(folder: Path) -> None:
+        pixels = _new_array(folder, np.full(patch, 255, np.uint8))
+        masks = [{"name": f"mask {i}", "x": 0, "y": 0, "pixels": pixels, **values} for i in range(count)]
+
+        def put(manifest):
+            entry = manifest
+            for key in where:
+                entry = entry[key]
+            entry["named_masks"] = masks
+        edit_manifest(folder, put)
+    return damage
+
+
 # (damage done to a saved session, what the one line must say)
 DAMAGE = {
     "not json": (lambda f: (f / "session.json").write_text("{not json"), "not JSON"),
@@ -245,6 +260,16 @@ DAMAGE = {
                           "document.layers.layers is an object, not a list"),
     "settings a list": (_top(settings=[1]), "settings is a list, not an object"),
     "settings nested": (_top(settings={"prompt": {"a": 1}}), "settings.prompt is an object, not text"),
+    "named mask name a number": (_named_masks(name=5), "document.named_masks[0].name is 5, not text"),
+    "named mask name untrimmed": (_named_masks(name=" sky"), "document.named_masks[0].name is ' sky', not a mask name"),
+    "named mask names twice": (_named_masks(2, name="sky"), "document.named_masks: two masks are named 'sky'"),
+    "named mask patch 3-D": (_named_masks(patch=(4, 4, 3)), "is 4 x 4 x 3, not an H x W mask"),
+    "named mask outside": (_named_masks(x=58), "document.named_masks[0]: its 4 x 4 patch at (58, 0) lies outside"),
+    "named mask at -1": (_named_masks(y=-1), "document.named_masks[0].y is -1, outside 0..39"),
+    "65 named masks": (_named_masks(65), "document.named_masks holds 65 masks; at most 64 are kept"),
+    "named masks an object": (_document(named_masks={"sky": 1}), "document.named_masks is an object, not a list"),
+    "named mask in a step": (_named_masks(where=("changes", 1, "before"), name=[1]),
+                             "changes[1].before.named_masks[0].name is a list, not text"),
 }
 
 
@@ -376,6 +401,23 @@ def test_a_history_longer_than_the_reader_keeps_is_saved_without_its_oldest_step
     store.save(take_snapshot(doc, strokes, 4))        # the last stroke undone
     back = load(store.folder)
     assert [c.label for c in back.changes] == ["Stroke 2", "Stroke 3", "Stroke 4"] and back.index == 2
+
+
+def test_a_folder_without_named_masks_reads_with_none_and_named_masks_come_back(tmp_path):
+    from app.core.document import NamedMask
+    from app.core.recovery import Snapshot
+
+    folder = saved_session(tmp_path, 999_019)
+    assert "named_masks" not in json.loads((folder / "session.json").read_text())["document"]
+    assert load(folder).document.named_masks == ()
+    doc, changes, index = _session()
+    doc.named_masks = (NamedMask.of("sky", doc.mask), NamedMask.of("corner", np.pad(np.full((2, 3), 9, np.uint8),
+                                                                                    ((38, 0), (57, 0)))))
+    store = RecoveryStore(tmp_path, pid=999_020)
+    store.save(Snapshot(doc, tuple(changes), index, 1_700_000_000.0))
+    back = load(store.folder).document
+    assert [(m.name, m.rect) for m in back.named_masks] == [("sky", Rect(0, 30, 5, 5)), ("corner", Rect(57, 38, 3, 2))]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(back.named_masks, doc.named_masks))
 
 
 def test_a_killed_editor_process_leaves_a_recoverable_session(tmp_path):

@@ -27,7 +27,7 @@ class Change:
         raise NotImplementedError
 
     # What a view must repaint/refresh after apply or revert.
-    region: str = "all"   # "mask", "canvas" or "all"
+    region: str = "all"   # "mask", "canvas", "named_masks" or "all"
 
 
 @dataclass
@@ -97,7 +97,8 @@ class CanvasChange(Change):
 
 @dataclass
 class DocumentChange(Change):
-    """Layers, mask and canvas replaced together: an accepted result, or any layer edit."""
+    """Layers, mask and canvas replaced together: an accepted result, or any layer edit; with region
+    "named_masks", a named mask saved or deleted."""
     before: DocumentState
     after: DocumentState
     label: str = "Accept result"

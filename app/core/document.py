@@ -2,7 +2,8 @@
 
 Coordinates are image pixels: the image (the layers' canvas) occupies Rect(0, 0, width, height); `canvas`
 may reach beyond it (the area Expand outpaints) or inside it. The mask is image-sized, uint8, 255 = fill,
-values between are a soft edge.
+values between are a soft edge. Named masks (Mask > Save Mask As) are part of the document: each keeps its
+mask's pixels inside their bounding box, at their place in the image.
 """
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import cv2
 import numpy as np
 
 from app.core.geometry import Rect
+from app.core.imageops import mask_bounds
 from app.core.layers import LayerStack, composite_rgba
+from app.core.safe_files import writable_text
+
+MAX_NAMED_MASKS = 64
+MAX_MASK_NAME = 100            # characters
 
 
 class Document:
@@ -22,7 +28,8 @@ class Document:
     they differ, and read-only, so a generation request can hold it while the user goes on editing."""
 
     def __init__(self, layers: LayerStack, mask: np.ndarray | None = None, canvas: Rect | None = None,
-                 path: Path | None = None, parameters: str = "") -> None:
+                 path: Path | None = None, parameters: str = "",
+                 named_masks: tuple[NamedMask, ...] = ()) -> None:
         if mask is None:
             mask = np.zeros((layers.height, layers.width), np.uint8)
         if mask.shape != (layers.height, layers.width) or mask.dtype != np.uint8:
@@ -33,6 +40,7 @@ class Document:
         self.canvas = canvas if canvas is not None else layers.rect
         self.path = path
         self.parameters = parameters          # generation settings of the last accepted result
+        self.named_masks = check_named_masks(tuple(named_masks), self.width, self.height)
         self._composite: np.ndarray | None = None
         self._composited: LayerStack | None = None     # the stack _composite shows
         self._shared = False                  # _composite was handed out: the next update makes a new array
@@ -129,11 +137,15 @@ class Document:
         return not self.image_rect.contains_rect(self.canvas)
 
     def nbytes(self) -> int:
-        return int(self.layers.nbytes() + self.mask.nbytes)
+        return int(self.layers.nbytes() + self.mask.nbytes + sum(m.pixels.nbytes for m in self.named_masks))
 
-    def snapshot(self, with_mask: bool = True) -> "DocumentState":
-        """The state now; without the mask for a change that leaves the mask alone (it costs nothing)."""
-        return DocumentState(self.layers, self.shared_mask() if with_mask else None, self.canvas, self.parameters)
+    def named_mask(self, name: str) -> NamedMask | None:
+        return next((m for m in self.named_masks if m.name == name), None)
+
+    def snapshot(self, with_mask: bool = True, with_named_masks: bool = False) -> "DocumentState":
+        """The state now; without the mask (or the named masks) for a change that leaves it alone."""
+        return DocumentState(self.layers, self.shared_mask() if with_mask else None, self.canvas, self.parameters,
+                             self.named_masks if with_named_masks else None)
 
     def restore(self, state: "DocumentState") -> None:
         self.layers = state.layers
@@ -142,6 +154,8 @@ class Document:
             self.mask.setflags(write=False)
         self.canvas = state.canvas
         self.parameters = state.parameters
+        if state.named_masks is not None:
+            self.named_masks = state.named_masks
 
 
 def _channels(stack: LayerStack, patch: np.ndarray, old: np.ndarray, area: Rect) -> int:
@@ -166,18 +180,99 @@ class DocumentState:
     mask: np.ndarray | None             # None: the change leaves the mask as it is
     canvas: Rect
     parameters: str
+    named_masks: tuple[NamedMask, ...] | None = None    # None: the change leaves the named masks as they are
 
     @property
     def nbytes(self) -> int:
-        return int(self.layers.nbytes() + (0 if self.mask is None else self.mask.nbytes))
+        named = sum(int(m.pixels.nbytes) for m in self.named_masks or ())
+        return int(self.layers.nbytes() + (0 if self.mask is None else self.mask.nbytes) + named)
 
     def cost_beside(self, other: "DocumentState") -> int:
         """The bytes this state holds that `other` does not."""
         theirs = other.layers.arrays()
         own = sum(int(a.nbytes) for key, a in self.layers.arrays().items() if key not in theirs)
+        if self.named_masks:
+            shared = {id(m.pixels) for m in other.named_masks or ()}
+            own += sum(int(m.pixels.nbytes) for m in self.named_masks if id(m.pixels) not in shared)
         if self.mask is None or self.mask is other.mask:
             return own
         return own + int(self.mask.nbytes)
+
+
+@dataclass(frozen=True, eq=False)
+class NamedMask:
+    """A mask kept under a name: its pixels inside their bounding box (read-only), at (x, y) in the image."""
+    name: str
+    pixels: np.ndarray
+    x: int
+    y: int
+
+    def __post_init__(self) -> None:
+        pixels = self.pixels
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or not pixels.size:
+            raise ValueError(f"the named mask {self.name!r} needs an H x W uint8 patch")
+        object.__setattr__(self, "pixels", read_only(pixels))
+        object.__setattr__(self, "x", int(self.x))
+        object.__setattr__(self, "y", int(self.y))
+
+    @staticmethod
+    def of(name: str, mask: np.ndarray) -> NamedMask | None:
+        """The image-sized `mask` kept under `name`; None when nothing is painted in it."""
+        box = mask_bounds(mask)
+        return None if box is None else NamedMask(name, mask[box.slices()].copy(), box.x, box.y)
+
+    @property
+    def rect(self) -> Rect:
+        return Rect(self.x, self.y, int(self.pixels.shape[1]), int(self.pixels.shape[0]))
+
+    def full(self, width: int, height: int) -> np.ndarray:
+        """The mask on a width x height image, zero around the patch."""
+        mask = np.zeros((height, width), np.uint8)
+        inside = self.rect.intersect(Rect(0, 0, width, height))
+        if not inside.is_empty():
+            mask[inside.slices()] = self.pixels[inside.translated(-self.x, -self.y).slices()]
+        return mask
+
+    def moved(self, dx: int, dy: int, width: int, height: int) -> NamedMask | None:
+        """Moved by (dx, dy) and cut to a width x height image; None when nothing painted is left in it."""
+        rect = self.rect.translated(dx, dy)
+        inside = rect.intersect(Rect(0, 0, width, height))
+        if inside == rect:
+            return NamedMask(self.name, self.pixels, rect.x, rect.y)
+        if inside.is_empty():
+            return None
+        patch = self.pixels[inside.translated(-rect.x, -rect.y).slices()]
+        box = mask_bounds(patch)
+        if box is None:
+            return None
+        return NamedMask(self.name, patch[box.slices()].copy(), inside.x + box.x, inside.y + box.y)
+
+
+def mask_name(text: str) -> str:
+    """`text` as a mask's name: one line, its runs of spaces made one, trimmed; ValueError (one line) when
+    nothing is left, it is over MAX_MASK_NAME characters or holds characters that are not text."""
+    name = " ".join(str(text).split())
+    if not name:
+        raise ValueError("A saved mask needs a name.")
+    if len(name) > MAX_MASK_NAME:
+        raise ValueError(f"A mask's name is at most {MAX_MASK_NAME} characters; this one has {len(name)}.")
+    if not name.isprintable() or not writable_text(name):
+        raise ValueError("A mask's name cannot hold control characters.")
+    return name
+
+
+def check_named_masks(masks: tuple[NamedMask, ...], width: int, height: int) -> tuple[NamedMask, ...]:
+    """`masks`, once each is a NamedMask with a distinct usable name whose patch lies inside the image."""
+    if len(masks) > MAX_NAMED_MASKS:
+        raise ValueError(f"a document keeps at most {MAX_NAMED_MASKS} named masks, not {len(masks)}")
+    names = set()
+    for m in masks:
+        if not isinstance(m, NamedMask) or mask_name(m.name) != m.name or m.name in names:
+            raise ValueError(f"{getattr(m, 'name', m)!r} is not a named mask with a name of its own")
+        if not Rect(0, 0, width, height).contains_rect(m.rect):
+            raise ValueError(f"the named mask {m.name!r} lies outside the {width}x{height} image")
+        names.add(m.name)
+    return masks
 
 
 def read_only(image: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ Layout (see app/core/openraster_read.py, which reads it): `mimetype` (first, sto
 per layer under data/ (the layer's patch as it is, RGB or RGBA, at its own x/y: OpenRaster does not bound
 offsets, and Krita and GIMP keep what lies outside the canvas, so negative offsets need no cropped copy),
 `Thumbnails/thumbnail.png`, `mergedimage.png` (Document.image), and `latent-canvas/`: `document.json` and
-the PNGs only Latent Canvas reads (variants that are not selected, generation masks, the document mask).
+the PNGs only Latent Canvas reads (variants that are not selected, generation masks, the document mask,
+and each named mask: 8-bit grey, its patch over its bounding box, its name and offset in document.json).
 
 A file from another program (no latent-canvas/ folder) opens as raster layers from stack.xml. A file whose
 latent-canvas/ data is damaged raises ProjectError naming what is wrong: the generative data is never
@@ -45,7 +46,7 @@ from app.core.openraster_read import (
     read_project,
 )
 from app.core.safe_files import write_atomically
-from app.core.stack_records import stack_entry
+from app.core.stack_records import named_masks_entry, stack_entry
 
 __all__ = ["ProjectError", "load_project", "load_project_with_notes", "save_project"]
 
@@ -116,6 +117,8 @@ def _member_names(document: Document) -> dict[int, tuple[str, np.ndarray]]:
         if g.mask is not None:
             names.setdefault(id(g.mask), (f"{OWN_FOLDER}layer-{layer.id}-mask.png", g.mask))
     names.setdefault(id(document.mask), (f"{OWN_FOLDER}mask.png", document.mask))
+    for number, named in enumerate(document.named_masks, 1):
+        names.setdefault(id(named.pixels), (f"{OWN_FOLDER}named-mask-{number}.png", named.pixels))
     return names
 
 
@@ -127,6 +130,8 @@ def _write(handle, document: Document) -> None:
              "mask": names[id(document.mask)][0],
              "canvas": [document.canvas.x, document.canvas.y, document.canvas.w, document.canvas.h],
              "parameters": document.parameters}
+    if document.named_masks:                       # optional: projects saved before named masks have none
+        entry["named_masks"] = named_masks_entry(document.named_masks, lambda array: names[id(array)][0])
     stack_xml = _stack_xml(document, names)
     written = {STACK_XML: zlib.crc32(stack_xml)}
     stamp = time.localtime()[:6]

@@ -6,7 +6,8 @@ An .ora is a zip: `mimetype` first, stored, holding "image/openraster"; `stack.x
 composite; `Thumbnails/thumbnail.png`. Latent Canvas adds a folder of its own, which other programs ignore:
 `latent-canvas/document.json` (the layer stack as app/core/stack_records writes it, every array named by a
 PNG member, with the mask, the canvas, the parameters and the CRC-32 of stack.xml and each data/ member) and
-the PNGs only it uses: variants that are not selected, generation masks and the document mask (8-bit grey).
+the PNGs only it uses: variants that are not selected, generation masks, the document mask and the named
+masks (8-bit grey; a named mask's patch covers its bounding box, its name and offset are in document.json).
 A layer's pixels, the selected variant's for a generative layer, are its data/ PNG, named by both.
 
 Nothing in the file is trusted. The zip's central directory is sized from its end record before zipfile
@@ -47,6 +48,7 @@ from app.core.stack_records import (
     MAX_OFFSET,
     MAX_PARAMETERS,
     RecordError,
+    parse_named_masks,
     parse_stack,
     show,
 )
@@ -171,6 +173,7 @@ class _Reader:
             if not isinstance(parameters, str) or len(parameters) > MAX_PARAMETERS or not writable_text(parameters):
                 raise RecordError(f"parameters is {show(parameters)}, not text of up to {MAX_PARAMETERS:,} "
                                   "characters")
+            named = parse_named_masks(top.get("named_masks", []), files, "named_masks", (width, height))
         except RecordError as bad:
             raise _Bad(f"{DOCUMENT_JSON}: {bad}") from None
         arrays = files.read_all()
@@ -178,7 +181,7 @@ class _Reader:
             stack = build(arrays)
         except ValueError as exc:
             raise _Bad(f"{DOCUMENT_JSON}: {exc}") from None
-        return Document(stack, arrays[mask].copy(), canvas, self.path, parameters)
+        return Document(stack, arrays[mask].copy(), canvas, self.path, parameters, named(arrays))
 
     def _unchanged(self, written) -> bool:
         """Whether stack.xml and the data/ members are still those Latent Canvas wrote beside its folder."""

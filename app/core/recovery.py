@@ -57,7 +57,8 @@ class Snapshot:
 
 
 def take_snapshot(document: Document, changes: list[Change], index: int, settings: dict | None = None) -> Snapshot:
-    live = Document(document.layers, document.shared_mask(), document.canvas, document.path, document.parameters)
+    live = Document(document.layers, document.shared_mask(), document.canvas, document.path, document.parameters,
+                    document.named_masks)
     return Snapshot(live, tuple(changes), index, time.time(), settings)
 
 

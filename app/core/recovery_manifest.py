@@ -2,9 +2,9 @@
 one validating reader. Qt-free; app/core/recovery.py writes and finds the folders.
 
 `read(folder)` returns a Recovered whose every field is what the editor relies on (uint8 images of 3 or 4
-channels within the pixel limit, masks of their image's size, integer rectangles that fit the image at their
-point in the undo history, text that is text), or raises RecoveryError with one line. It never raises anything
-else, whatever the folder holds, and it never writes to it.
+channels within the pixel limit, masks of their image's size, named masks inside their image, integer
+rectangles that fit the image at their point in the undo history, text that is text), or raises RecoveryError
+with one line. It never raises anything else, whatever the folder holds, and it never writes to it.
 
 Nothing is read into memory for an array before its .npy header has been read and checked: uint8, the shape
 the manifest implies, and a file of exactly that many bytes. The pixels are then read as raw bytes into an
@@ -29,7 +29,15 @@ from app.core.geometry import Rect
 from app.core.imageio import MAX_PIXELS
 from app.core.layers import LayerStack
 from app.core.safe_files import NotAFile, open_regular
-from app.core.stack_records import RecordError, parse_settings, parse_stack, show, stack_entry
+from app.core.stack_records import (
+    RecordError,
+    named_masks_entry,
+    parse_named_masks,
+    parse_settings,
+    parse_stack,
+    show,
+    stack_entry,
+)
 
 MANIFEST = "session.json"
 FORMAT = 2                         # 2: layer stacks; 1 (one image per state) is still read
@@ -87,6 +95,8 @@ def manifest_for(document: Document, changes, index: int, saved_at: float, pid: 
         "changes": [_change_entry(change, ref) for change in changes],
         "index": index,
     }
+    if document.named_masks:
+        manifest["document"]["named_masks"] = named_masks_entry(document.named_masks, ref)
     if settings:
         manifest["settings"] = settings
     return manifest
@@ -105,8 +115,11 @@ def _rect_entry(rect: Rect) -> list[int]:
 
 def _state_entry(state: DocumentState, ref) -> dict:
     mask = None if state.mask is None else ref(state.mask)
-    return {"layers": stack_entry(state.layers, ref), "mask": mask, "canvas": _rect_entry(state.canvas),
-            "parameters": state.parameters}
+    entry = {"layers": stack_entry(state.layers, ref), "mask": mask, "canvas": _rect_entry(state.canvas),
+             "parameters": state.parameters}
+    if state.named_masks is not None:            # absent: the step leaves the named masks as they are
+        entry["named_masks"] = named_masks_entry(state.named_masks, ref)
+    return entry
 
 
 def _change_entry(change: Change, ref) -> dict:
@@ -135,6 +148,7 @@ class _State:
     canvas: Rect
     parameters: str
     size: tuple[int, int]               # the image's width and height
+    named: object = None                # arrays by name -> the named masks; None: a step that keeps them
 
 
 @dataclass(frozen=True)
@@ -196,7 +210,8 @@ class _Reader:
                 raise _Bad(str(bad)) from None
         arrays = self.files.read_all()
         mask = arrays[document.mask].copy()          # the live mask is painted in place
-        doc = Document(document.build(arrays), mask, document.canvas, path, document.parameters)
+        doc = Document(document.build(arrays), mask, document.canvas, path, document.parameters,
+                       document.named(arrays))
         changes = [_change(step, arrays) for step in steps]
         return Recovered(doc, changes, index, saved_at, self.folder, arrays, settings)
 
@@ -219,7 +234,15 @@ class _Reader:
         canvas = _rect(entry.get("canvas", _MISSING), f"{where}.canvas")
         _check_canvas(canvas, (width, height), f"{where}.canvas")
         parameters = _text(entry.get("parameters", ""), f"{where}.parameters", MAX_PARAMETERS)
-        return _State(build, mask, canvas, parameters, (width, height))
+        named = entry.get("named_masks")                 # absent from older folders
+        if named is None and where == "document":
+            named = []
+        if named is not None:
+            try:
+                named = parse_named_masks(named, self.files, f"{where}.named_masks", (width, height))
+            except RecordError as bad:
+                raise _Bad(str(bad)) from None
+        return _State(build, mask, canvas, parameters, (width, height), named)
 
     def step(self, entry, where: str) -> _Step:
         if not isinstance(entry, dict):
@@ -296,7 +319,8 @@ def _change(step: _Step, arrays: dict[str, np.ndarray]) -> Change:
 
 def _document_state(state: _State, arrays: dict[str, np.ndarray]) -> DocumentState:
     mask = None if state.mask is None else arrays[state.mask]
-    return DocumentState(state.build(arrays), mask, state.canvas, state.parameters)
+    named = None if state.named is None else state.named(arrays)
+    return DocumentState(state.build(arrays), mask, state.canvas, state.parameters, named)
 
 
 def _single_image(name: str):

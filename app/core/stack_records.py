@@ -4,7 +4,8 @@ Crash recovery (app/core/recovery_manifest.py) and projects (app/core/openraster
 way; each brings its own array store. Writing: `stack_entry(stack, ref)`, where `ref(array)` stores an array
 and gives its name. Reading: `parse_stack(entry, files, where)` checks every field and every array's shape
 (through `files`, before any pixels are read) and returns the stack's size and a builder that makes the
-LayerStack once the arrays are read: `builder(arrays)`, arrays by name.
+LayerStack once the arrays are read: `builder(arrays)`, arrays by name. A document's named masks are stored
+the same way: `named_masks_entry(masks, ref)` and `parse_named_masks(entry, files, where, size)`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from app.core.document import MAX_MASK_NAME, MAX_NAMED_MASKS, NamedMask, mask_name
 from app.core.layers import KINDS, MAX_NAME, Generation, Layer, LayerStack, LayerVariant
 
 GENERATION_KINDS = ("fill", "expand", "restyle")
@@ -39,6 +41,7 @@ class ArrayFiles(Protocol):
 
 
 Builder = Callable[[dict[str, np.ndarray]], LayerStack]
+NamedBuilder = Callable[[dict[str, np.ndarray]], tuple[NamedMask, ...]]
 
 
 # -- writing ---------------------------------------------------------------------------------------------------
@@ -61,6 +64,10 @@ def _layer_entry(layer: Layer, ref) -> dict:
         "variants": [{"pixels": ref(v.pixels), "x": v.x, "y": v.y, "seed": v.seed, "parameters": v.parameters}
                      for v in g.variants]}
     return entry
+
+
+def named_masks_entry(masks: tuple[NamedMask, ...], ref: Callable[[np.ndarray], str]) -> list[dict]:
+    return [{"name": m.name, "x": m.x, "y": m.y, "pixels": ref(m.pixels)} for m in masks]
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
@@ -144,6 +151,36 @@ def _parse_generation(entry, files: ArrayFiles, where: str):
                           selected, settings, None if mask is None else arrays[mask], mask_x, mask_y)
 
     return make
+
+
+def parse_named_masks(entry, files: ArrayFiles, where: str, size: tuple[int, int]) -> NamedBuilder:
+    """The builder of the named masks of a (width, height) image; RecordError (naming the field) for anything
+    wrong: a name that is no mask name or is used twice, a patch that is no mask or leaves the image."""
+    if not isinstance(entry, list):
+        raise RecordError(f"{where} is {show(entry)}, not a list")
+    if len(entry) > MAX_NAMED_MASKS:
+        raise RecordError(f"{where} holds {len(entry):,} masks; at most {MAX_NAMED_MASKS} are kept")
+    width, height = size
+    found: list[tuple[str, str, int, int]] = []
+    for i, item in enumerate(entry):
+        at = f"{where}[{i}]"
+        item = _object(item, at)
+        name = _text(item.get("name"), f"{at}.name", MAX_MASK_NAME)
+        try:
+            usable = mask_name(name) == name
+        except ValueError:
+            usable = False
+        if not usable:
+            raise RecordError(f"{at}.name is {show(name)}, not a mask name (one line of text, trimmed)")
+        if any(name == other for other, *_ in found):
+            raise RecordError(f"{where}: two masks are named {show(name)}")
+        x = _int(item, "x", at, 0, width - 1)
+        y = _int(item, "y", at, 0, height - 1)
+        pixels, (w, h) = files.plane(item.get("pixels"), f"{at}.pixels")
+        if x + w > width or y + h > height:
+            raise RecordError(f"{at}: its {w} x {h} patch at ({x}, {y}) lies outside the {width} x {height} image")
+        found.append((name, pixels, x, y))
+    return lambda arrays: tuple(NamedMask(name, arrays[pixels], x, y) for name, pixels, x, y in found)
 
 
 def parse_settings(value, where: str) -> dict:

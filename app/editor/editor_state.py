@@ -11,7 +11,13 @@ from PySide6.QtCore import QObject, Signal
 
 from app.core import imageops
 from app.core.changes import CanvasChange, Change, DocumentChange, MaskPatchChange
-from app.core.document import Document, DocumentState
+from app.core.document import (
+    MAX_NAMED_MASKS,
+    Document,
+    DocumentState,
+    NamedMask,
+    mask_name,
+)
 from app.core.geometry import Rect
 from app.core.layers import Generation, Layer, LayerStack, variant_from_result
 from app.editor.history import History
@@ -28,6 +34,7 @@ class EditorState(QObject):
     tool_changed = Signal(str)
     brush_changed = Signal()
     active_layer_changed = Signal(int)    # the layer id edits and new layers go to (0: none)
+    named_masks_changed = Signal()        # a mask was saved under a name, replaced or deleted (or undone)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -112,12 +119,16 @@ class EditorState(QObject):
         mask = None if keep else np.zeros_like(doc.mask)       # None: the mask stays as it is
         canvas = doc.canvas
         reference, known = request.image, None
+        named = None                                           # None: the named masks stay as they are
         if kind == "expand":
             stack = stack.resized(output)
             reference = imageops.pad_to_canvas(request.image, output)
             known = imageops.known_region(request.image.shape, output)
             mask = imageops.crop(doc.mask, output) if keep else np.zeros(output.size[::-1], np.uint8)
             canvas = stack.rect
+            if doc.named_masks:                                # they move with the image, cut as the mask is
+                moved = (m.moved(-output.x, -output.y, output.w, output.h) for m in doc.named_masks)
+                named = tuple(m for m in moved if m is not None)
         if reference.shape[2] == 4:
             known = reference[..., 3] if known is None else np.minimum(known, reference[..., 3])
         within = None
@@ -140,13 +151,70 @@ class EditorState(QObject):
             name += ": " + " ".join(request.prompt.split())[:40]
         stack = stack.added(Layer.generative(0, name, generation))
         variant = variants[index]
-        after = DocumentState(stack, mask, canvas, variant.parameters)
+        after = DocumentState(stack, mask, canvas, variant.parameters, named)
         self.candidate = None
         self.preview = None
-        self.commit(DocumentChange(doc.snapshot(with_mask=mask is not None), after, f"Accept {kind}"))
+        before = doc.snapshot(with_mask=mask is not None, with_named_masks=named is not None)
+        self.commit(DocumentChange(before, after, f"Accept {kind}"))
         self.set_active_layer(stack.layers[-1].id)
         self.overlay_changed.emit()
         return True
+
+    # -- named masks ----------------------------------------------------------------------------------
+    def save_named_mask(self, name: str) -> str:
+        """Keep the mask under `name`, one undo step. A mask saved under that name before is replaced, in its
+        place in the list. The name as kept (its spaces trimmed); ValueError, one line, for a name that
+        cannot be used, an empty mask, or a mask more than a document keeps."""
+        doc = self._document_for_masks()
+        name = mask_name(name)
+        kept = NamedMask.of(name, doc.mask)
+        if kept is None:
+            raise ValueError("Paint or select a mask first.")
+        old = doc.named_mask(name)
+        if old is None and len(doc.named_masks) >= MAX_NAMED_MASKS:
+            raise ValueError(f"A document keeps at most {MAX_NAMED_MASKS} saved masks: delete one first.")
+        if old is not None and old.rect == kept.rect and np.array_equal(old.pixels, kept.pixels):
+            return name
+        if old is None:
+            self._change_named_masks(doc.named_masks + (kept,), f"Save mask '{name}'")
+        else:
+            self._change_named_masks(tuple(kept if m is old else m for m in doc.named_masks),
+                                     f"Replace mask '{name}'")
+        return name
+
+    def load_named_mask(self, name: str) -> bool:
+        """The mask replaced by the one saved as `name`, one undo step; False when it is the mask already.
+        ValueError (one line) when no mask is saved under that name."""
+        doc = self._document_for_masks()
+        kept = self._named(doc, name)
+        mask = kept.full(doc.width, doc.height)
+        if np.array_equal(mask, doc.mask):
+            return False
+        self.set_mask(mask, f"Load mask '{name}'")
+        return True
+
+    def delete_named_mask(self, name: str) -> None:
+        """Forget the mask saved as `name`, one undo step; ValueError (one line) when there is none."""
+        doc = self._document_for_masks()
+        kept = self._named(doc, name)
+        self._change_named_masks(tuple(m for m in doc.named_masks if m is not kept), f"Delete mask '{name}'")
+
+    def _document_for_masks(self) -> Document:
+        if self.document is None:
+            raise ValueError("Open an image first.")
+        return self.document
+
+    @staticmethod
+    def _named(doc: Document, name: str) -> NamedMask:
+        kept = doc.named_mask(name)
+        if kept is None:
+            raise ValueError(f"No mask is saved as '{' '.join(str(name).split())[:100]}'.")
+        return kept
+
+    def _change_named_masks(self, masks: tuple[NamedMask, ...], label: str) -> None:
+        before = self.document.snapshot(with_mask=False, with_named_masks=True)
+        after = DocumentState(before.layers, None, before.canvas, before.parameters, masks)
+        self.commit(DocumentChange(before, after, label, "named_masks"))
 
     # -- layers ---------------------------------------------------------------------------------------
     def change_layers(self, stack: LayerStack, label: str) -> None:
@@ -276,8 +344,13 @@ class EditorState(QObject):
             self.mask_changed.emit(getattr(change, "rect", None))
         elif change.region == "canvas":
             self.canvas_changed.emit()
+        elif change.region == "named_masks":
+            self.named_masks_changed.emit()
         else:
             self.image_changed.emit()
+            if isinstance(change, DocumentChange) and (change.before.named_masks is not None
+                                                       or change.after.named_masks is not None):
+                self.named_masks_changed.emit()
 
 
 def settings_of(request) -> dict:

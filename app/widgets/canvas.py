@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRect, QRectF, QSize, QSizeF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QCursor, QImage, QPainter, QPainterPath, QPen, QPolygonF, QTransform
+from PySide6.QtGui import QColor, QCursor, QImage, QPainter, QPainterPath, QPen, QPolygonF
 from PySide6.QtWidgets import QWidget
 
 from app.core.changes import MaskPatchChange
@@ -246,12 +246,8 @@ class CanvasView(QWidget):
         self._ants.invalidate()
 
     def _march(self) -> None:
-        doc = self.state.document
-        if doc is None or not self.isVisible():
-            self._ants_timer.stop()
-            return
         self._ants.phase = (self._ants.phase + 1) % 8
-        self.update()
+        self.update() if self.state.document is not None and self.isVisible() else self._ants_timer.stop()
 
     def _on_overlay_changed(self) -> None:
         preview, candidate = self.state.preview, self.state.candidate
@@ -318,14 +314,9 @@ class CanvasView(QWidget):
 
     def _paint_ants(self, p: QPainter, doc) -> None:
         stroking = self._gesture is not None and self._gesture.kind == "stroke"
-        path = self._ants.path(doc.mask, tracing_allowed=not stroking)
-        if path is None or path.isEmpty():
-            self._ants_timer.stop()
-            return
-        transform = QTransform(self._zoom, 0, 0, self._zoom, self._offset.x(), self._offset.y())
-        self._ants.paint(p, path, transform)
-        if not self._ants_timer.isActive():
-            self._ants_timer.start()
+        shown = self._ants.paint(p, doc.mask, not stroking, self._zoom, self._offset)
+        if shown != self._ants_timer.isActive():
+            self._ants_timer.start() if shown else self._ants_timer.stop()
 
     def _paint_gesture(self, p: QPainter, canvas: Rect) -> None:
         g = self._gesture

@@ -92,11 +92,15 @@ class MaskOutline:
             self._path, self._dirty = path, False
         return self._path
 
-    def paint(self, p: QPainter, path, transform) -> None:
+    def paint(self, p: QPainter, mask, tracing_allowed: bool, zoom: float, offset: QPointF) -> bool:
+        """Draw the ants at this zoom and offset; False when there is no outline to show."""
+        from PySide6.QtGui import QTransform
+
+        path = self.path(mask, tracing_allowed)
         if path is None or path.isEmpty():
-            return
+            return False
         p.save()
-        p.setTransform(transform)
+        p.setTransform(QTransform(zoom, 0, 0, zoom, offset.x(), offset.y()))
         p.setBrush(Qt.NoBrush)
         for colour, offset in ((QColor(0, 0, 0), 0), (QColor(255, 255, 255), 4)):
             pen = QPen(colour, 0)               # cosmetic: one device pixel at any zoom
@@ -105,3 +109,4 @@ class MaskOutline:
             p.setPen(pen)
             p.drawPath(path)
         p.restore()
+        return True

@@ -1,11 +1,12 @@
-"""The selection commands of the Mask menu (grow, shrink, feather, colour range, keep the mask after Accept),
-with the small dialogs that ask for their numbers. The tools that need the canvas (magic wand, Select object)
-are canvas tools; their settings (tolerance, contiguous) are here too."""
+"""The selection commands of the Mask menu (grow, shrink, feather, colour range, keep the mask after Accept,
+masks saved under a name), with the small dialogs that ask for their numbers and names. The tools that need
+the canvas (magic wand, Select object) are canvas tools; their settings (tolerance, contiguous) are here too."""
 from __future__ import annotations
 
 from PySide6.QtGui import QAction, QColor
-from PySide6.QtWidgets import QColorDialog, QInputDialog, QMainWindow, QMenu
+from PySide6.QtWidgets import QColorDialog, QInputDialog, QLineEdit, QMainWindow, QMenu
 
+from app.core.document import MAX_MASK_NAME
 from app.editor.selection_commands import SelectionCommands
 
 
@@ -39,7 +40,76 @@ def build_selection_actions(window: QMainWindow, menu: QMenu, commands: Selectio
     keep.setCheckable(True)
     keep.setChecked(bool(state.keep_mask_after_accept))
     keep.setToolTip("After Accept the mask stays, so the same region can be filled again")
+    menu.addSeparator()
+    save = add("save_mask", "Sa&ve Mask As…", lambda: ask_mask_name(window, commands, state))
+    save.setToolTip("Keep the mask under a name, in the document and its project file, to load it again later")
+    for name, text, run in (("load_mask", "Loa&d Mask", load_mask), ("delete_mask", "Delete Saved &Mask",
+                                                                     delete_mask)):
+        submenu = menu.addMenu(text)
+        submenu.setObjectName(f"{name}Menu")
+        submenu.aboutToShow.connect(lambda m=submenu, r=run: fill_mask_menu(m, state, commands, r))
+        actions[name] = submenu.menuAction()
     return actions
+
+
+def ask_mask_name(window: QMainWindow, commands: SelectionCommands, state) -> None:
+    doc = state.document
+    if doc is None or not doc.has_mask():
+        commands.status.emit("Paint or select a mask first, then save it under a name.", True)
+        return
+    names = {m.name for m in doc.named_masks}
+    suggestion = next(f"Mask {n}" for n in range(1, len(names) + 2) if f"Mask {n}" not in names)
+    text, ok = QInputDialog.getText(window, "Save mask", f"Name (a saved mask of that name is replaced; up to "
+                                    f"{MAX_MASK_NAME} characters):", QLineEdit.EchoMode.Normal, suggestion)
+    if ok:
+        save_mask(state, commands, text)
+
+
+def save_mask(state, commands: SelectionCommands, name: str) -> bool:
+    """Save the mask as `name` (replacing a mask saved under that name), with a line in the status bar."""
+    doc = state.document
+    replacing = doc is not None and doc.named_mask(" ".join(str(name).split())) is not None
+    try:
+        name = state.save_named_mask(name)
+    except ValueError as exc:
+        commands.status.emit(str(exc), True)
+        return False
+    commands.status.emit(f"Replaced the mask saved as '{name}'." if replacing else f"Saved the mask as '{name}'.",
+                         False)
+    return True
+
+
+def load_mask(state, commands: SelectionCommands, name: str) -> bool:
+    try:
+        changed = state.load_named_mask(name)
+    except ValueError as exc:
+        commands.status.emit(str(exc), True)
+        return False
+    commands.status.emit(f"Loaded the mask '{name}'." if changed else f"The mask is '{name}' already.", False)
+    return changed
+
+
+def delete_mask(state, commands: SelectionCommands, name: str) -> bool:
+    try:
+        state.delete_named_mask(name)
+    except ValueError as exc:
+        commands.status.emit(str(exc), True)
+        return False
+    commands.status.emit(f"Deleted the saved mask '{name}' (Undo brings it back).", False)
+    return True
+
+
+def fill_mask_menu(menu: QMenu, state, commands: SelectionCommands, run) -> None:
+    """One entry per saved mask of the document, in the order they were saved; run(state, commands, name)."""
+    menu.clear()
+    masks = state.document.named_masks if state.document is not None else ()
+    if not masks:
+        menu.addAction("No saved masks").setEnabled(False)
+        return
+    for named in masks:
+        action = menu.addAction(named.name.replace("&", "&&"))
+        action.setData(named.name)
+        action.triggered.connect(lambda _checked=False, n=named.name: run(state, commands, n))
 
 
 def _keep_mask(settings, state, checked: bool) -> None:
