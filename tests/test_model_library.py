@@ -10,15 +10,13 @@ from app.editor.model_library import ModelEntry, ModelLibrary
 torch = pytest.importorskip("torch")
 save_file = pytest.importorskip("safetensors.torch").save_file
 
-SD1_KEYS = {
-    "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
-    "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,),
-    "first_stage_model.decoder.conv_in.weight": (4, 4, 3, 3),
-}
+def write_checkpoint(path, keys=None):
+    """A file of `keys` (name -> shape); by default a full-size SD 1.x checkpoint over a sparse data section,
+    which fits the shipped config as a real one does."""
+    if keys is None:
+        from tests.test_add_model_check import full_size_checkpoint
 
-
-def write_checkpoint(path, keys=SD1_KEYS):
-    """A tiny file laid out like an SD 1.x checkpoint: enough for the keys-only inspection."""
+        return full_size_checkpoint(path, "sd15")
     save_file({key: torch.zeros(shape) for key, shape in keys.items()}, str(path))
     return path
 
@@ -134,6 +132,25 @@ def test_a_config_folder_is_kept_for_a_single_file(library_path, checkpoint, tmp
     entry = ModelLibrary(library_path).add(str(checkpoint), str(config))
     assert entry.config == str(config.resolve())
     assert ModelLibrary(library_path).entries()[0].config == str(config.resolve())
+
+
+def test_a_tiny_single_file_without_its_config_is_refused_in_one_line(library_path, tiny_models):
+    """The tiny model is SD 1.x by its key names, not by its sizes: the shipped config cannot hold it."""
+    path = tiny_models.path("sd15", False, "single_file")
+    library = ModelLibrary(library_path)
+    with pytest.raises(EngineError) as error:
+        library.add(str(path))
+    assert str(error.value).startswith("sd15.safetensors does not fit the Stable Diffusion 1.x config sd15: its UNet "
+                                       "conv_in.weight is 32x4x3x3, the config needs 320x4x3x3 (")
+    assert str(error.value).endswith("; give its diffusers config folder as the model's config")
+    assert library.entries() == [] and not library_path.exists()
+
+
+def test_the_same_tiny_file_with_its_own_config_folder_is_added(library_path, tiny_models):
+    path, config = tiny_models.path("sd15", False, "single_file"), tiny_models.config_folder("sd15")
+    entry = ModelLibrary(library_path).add(str(path), str(config))
+    assert entry == ModelEntry(str(path.resolve()), "sd15.safetensors — Stable Diffusion 1.x", "file",
+                               str(config.resolve()))
 
 
 def test_a_config_folder_without_model_index_is_refused(library_path, checkpoint, tmp_path):

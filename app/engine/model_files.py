@@ -7,7 +7,8 @@ key names and the UNet's input channels, the way model sites' files are laid out
   SDXL    conditioner.embedders.{0,1}.*             inpainting: a 9-channel first UNet convolution
 A .safetensors header is read by the bounded reader of app.engine.safetensors_header, never by the library
 that loads the weights; every weight a model part loads must be floating point (`check_weight_dtypes`), and
-no file may make the loader read more than a model of its family can hold (`check_weight_sizes`).
+no file may make the loader read more than a model of its family can hold (`check_weight_sizes`). Whether
+a single file's tensors fit the config it loads with is model_loader.inspect_single_file's question.
 """
 from __future__ import annotations
 
@@ -260,10 +261,14 @@ def identify_checkpoint(keys: Iterable[str], shape_of: Callable[[str], tuple[int
 
 def inspect_checkpoint(path: Path) -> CheckpointInfo:
     """What a single file holds, from its header (or its pickled tensors), with its dtypes checked."""
-    tensors = read_checkpoint_tensors(path)
-    info = identify_checkpoint(tensors, lambda key: tensors[key].shape if key in tensors else None, path.name)
-    check_weight_dtypes(tensors, path.name, single_file_part)
-    check_weight_sizes(tensors, path.name, single_file_part,
+    return inspect_tensors(read_checkpoint_tensors(path), path.name)
+
+
+def inspect_tensors(tensors: Mapping[str, TensorInfo], name: str) -> CheckpointInfo:
+    """What the single file `name` holds, from its tensor table, with its dtypes and sizes checked."""
+    info = identify_checkpoint(tensors, lambda key: tensors[key].shape if key in tensors else None, name)
+    check_weight_dtypes(tensors, name, single_file_part)
+    check_weight_sizes(tensors, name, single_file_part,
                        (MAX_DATA_BYTES[info.family], MAX_EXTRA_BYTES[info.family]), f"{info.label} model")
     return info
 

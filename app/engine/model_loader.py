@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from app.core.safe_files import FileTooLarge, read_bounded
-from app.engine.config_folder import check_config_folder, part_config, staged
+from app.engine.config_folder import CheckedConfig, check_config_folder, part_config, staged
 from app.engine.devices import DevicePlan
 from app.engine.events import EngineError
-from app.engine.model_files import (CONFIG_ROOT, TOKENIZER_DIR, ModelSource, check_folder_weights,
-                                    inspect_checkpoint, inspect_folder, refused_pickle, short_error)
+from app.engine.model_files import (CONFIG_ROOT, FOLDER_PARTS, TOKENIZER_DIR, CheckpointInfo, ModelSource,
+                                    check_folder_weights, inspect_folder, inspect_tensors,
+                                    read_checkpoint_tensors, refused_pickle, short_error)
+from app.engine.safetensors_header import TensorInfo
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]          # message, fraction done (0..1, or -1 when unknown)
@@ -118,8 +120,7 @@ def _load_single_file(path: Path, config: str, plan: DevicePlan, progress: Progr
     import diffusers
 
     progress(f"reading {path.name}", -1)
-    info = inspect_checkpoint(path)
-    checked = check_config_folder(Path(config) if config else CONFIG_ROOT / info.config_name, info, path.name)
+    info, checked = inspect_single_file(path, config)
     tokenizers = tokenizers_for(checked.path, info.family, f"config folder {checked.path.name}: ")
     # Every other part is given, so diffusers loads nothing but the UNet, the VAE and the text encoders; the
     # scheduler's config is the checked one (the samplers make their own schedulers from it).
@@ -148,6 +149,125 @@ def _load_single_file(path: Path, config: str, plan: DevicePlan, progress: Progr
         scheduler_config["prediction_type"] = "v_prediction"
     return _finish(DiffusionModel(path.stem, info.family, info.inpaint, pipe.unet, pipe.vae, encoders,
                                   tokenizers, scheduler_config, plan))
+
+
+# -- a single file against its config ----------------------------------------------------------------------
+# from_single_file builds each part from the config and renames the file's tensors to that part's names
+# (diffusers' convert_* functions): a file whose names or sizes differ from what the config builds fails
+# there, or loads with parts left unfilled. The same happens here on the meta device (shapes, no memory):
+# a tensor of the file becomes an empty meta tensor of its shape, each part is built from the config the
+# way from_single_file builds it, and diffusers' own conversion renames the tensors.
+
+def inspect_single_file(path: Path, config: str = "") -> tuple[CheckpointInfo, CheckedConfig]:
+    """What the single file `path` holds and the config folder it loads with (`config`, else the one shipped
+    for its family), its tensor names and shapes checked against every part that config builds; EngineError
+    in one line otherwise. Reads the file's header (a pickle: its tensor table), never its weights."""
+    tensors = read_checkpoint_tensors(path)
+    info = inspect_tensors(tensors, path.name)
+    checked = check_config_folder(Path(config) if config else CONFIG_ROOT / info.config_name, info, path.name)
+    problem = config_mismatch(tensors, info, checked)
+    if problem:
+        hint = "" if config else "; give its diffusers config folder as the model's config"
+        raise EngineError(f"{path.name} does not fit the {info.label} config {checked.path.name}: {problem}{hint}")
+    return info, checked
+
+
+def config_mismatch(tensors: dict[str, TensorInfo], info: CheckpointInfo, checked: CheckedConfig) -> str:
+    """The first tensor the config needs that the file lacks or holds in another shape, as "its UNet
+    conv_in.weight is 32x4x3x3, the config needs 320x4x3x3 (...)"; "" when the file fits every part."""
+    import torch
+
+    _quiet_libraries()
+    checkpoint = {key: torch.empty(value.shape, device="meta") for key, value in tensors.items()}
+    parts = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if info.family == "sdxl" else ())
+    for part in parts:
+        shown = FOLDER_PARTS[part]
+        try:
+            model, config = _meta_part(part, json.dumps(checked.configs[f"{part}/config.json"]))
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as exc:
+            return f"the config's {shown} cannot be built ({short_error(exc, 80)})"
+        try:
+            converted = _converted(part, model, config, checkpoint, info.family)
+        except KeyError as exc:
+            return f"its {shown} has no {exc.args[0] if exc.args else 'weight'}, which the config needs"
+        except (IndexError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
+            return f"its {shown} cannot be renamed to the config's parts ({short_error(exc, 80)})"
+        problem = _first_difference(model, converted)
+        if problem:
+            return f"its {shown} {problem}"
+    return ""
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_part(part: str, config_text: str) -> tuple[Any, dict]:
+    """The model `part` built from the config file `config_text` as from_single_file builds it, on the meta
+    device, and the config it was built from. Building a real SDXL UNet so takes about a second; the shipped
+    configs are built once per process. torch.device is a per-thread mode, unlike accelerate's
+    init_empty_weights, which patches torch for every thread (a job may be loading a model meanwhile)."""
+    import diffusers
+    import torch
+    import transformers
+
+    with tempfile.TemporaryDirectory(prefix="latent-canvas-config-") as temp, torch.device("meta"):
+        (Path(temp) / "config.json").write_text(config_text, encoding="utf-8")
+        if part in ("unet", "vae"):
+            cls = diffusers.UNet2DConditionModel if part == "unet" else diffusers.AutoencoderKL
+            config = cls.load_config(temp, local_files_only=True)
+            return cls.from_config(config), config
+        cls = transformers.CLIPTextModel if part == "text_encoder" else transformers.CLIPTextModelWithProjection
+        return cls(cls.config_class.from_pretrained(temp, local_files_only=True)), {}
+
+
+def _converted(part: str, model, config: dict, checkpoint: dict, family: str) -> dict:
+    """The file's tensors of `part` under the part's own names, as from_single_file renames them."""
+    from diffusers.loaders import single_file_utils as convert
+
+    if part == "unet":
+        return convert.convert_ldm_unet_checkpoint(checkpoint, config)
+    if part == "vae":
+        return convert.convert_ldm_vae_checkpoint(checkpoint, config)
+    # Which text encoder of the file fills this one is told by key names and widths, as
+    # create_diffusers_clip_model_from_ldm tells it; when none fits, the family's own is compared.
+    text_model = getattr(model, "text_model", model)
+    width = text_model.embeddings.position_embedding.weight.shape[-1]
+    names = convert.CHECKPOINT_KEY_NAMES
+
+    def fits(kind: str) -> bool:
+        return names[kind] in checkpoint and checkpoint[names[kind]].shape[-1] == width
+    if names["clip"] in checkpoint or fits("clip_sdxl"):
+        prefix = ""
+    elif names["open_clip"] in checkpoint:
+        prefix = "cond_stage_model.model."
+    elif fits("open_clip_sdxl"):
+        prefix = "conditioner.embedders.1.model."
+    else:                 # the loader would find none: the family's own says what differs
+        prefix = "conditioner.embedders.1.model." if part == "text_encoder_2" else \
+            "cond_stage_model.model." if family == "sd2" else ""
+    converted = convert.convert_open_clip_checkpoint(model, checkpoint, prefix=prefix) if prefix else \
+        convert.convert_ldm_clip_checkpoint(checkpoint)
+    if text_model is model:
+        converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
+    return converted
+
+
+def _first_difference(model, converted: dict) -> str:
+    """What the first of the model's weights that `converted` lacks or holds in another shape is; "" if none.
+    Extra tensors are left out, as the loader leaves them out."""
+    differences = []
+    for key, weight in model.named_parameters():
+        given = converted.get(key)
+        if given is None:
+            differences.append(f"has no {key}, which the config needs")
+        elif tuple(given.shape) != tuple(weight.shape):
+            differences.append(f"{key} is {_dimensions(given.shape)}, the config needs {_dimensions(weight.shape)}")
+    if not differences:
+        return ""
+    more = len(differences) - 1
+    return differences[0] + (f" ({more:,} more of its tensors differ)" if more else "")
+
+
+def _dimensions(shape) -> str:
+    return "x".join(str(size) for size in shape) if len(shape) else "a single number"
 
 
 # -- diffusers folders -----------------------------------------------------------------------------------
