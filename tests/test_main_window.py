@@ -306,21 +306,15 @@ def test_stop_and_keep_when_idle_does_nothing(qtbot, settings):
 
 # -- the model picker and the model library ---------------------------------------------------------------
 
-SD1_KEYS = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
-            "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,),
-            "first_stage_model.decoder.conv_in.weight": (4, 4, 3, 3)}
-
-
 @pytest.fixture
 def checkpoint(tmp_path):
-    """A keys-only file laid out like an SD 1.x checkpoint (enough to be checked, not to be run)."""
-    torch = pytest.importorskip("torch")
-    from safetensors.torch import save_file
+    """A full-size SD 1.x layout over an empty data section (enough to be checked, not to be run)."""
+    pytest.importorskip("torch")
+    from tests.test_add_model_check import full_size_checkpoint
 
     path = tmp_path / "models" / "dreamy.safetensors"
     path.parent.mkdir()
-    save_file({key: torch.zeros(shape) for key, shape in SD1_KEYS.items()}, str(path))
-    return path
+    return full_size_checkpoint(path, "sd15")
 
 
 class AnyModelRegistry(EngineRegistry):
@@ -564,3 +558,15 @@ def test_staging_actions_are_enabled_only_while_variants_wait(qtbot, settings, p
     assert window.action_set["keep_all"].isEnabled() and window.action_set["discard"].isEnabled()
     window.action_set["discard"].trigger()
     assert not window.session.variants and not window.action_set["accept"].isEnabled()
+
+
+def test_the_help_menu_lists_the_windows_shortcuts(qtbot, settings):
+    from app.widgets.help_dialogs import show_shortcut_sheet
+
+    window = make_window(qtbot, settings, ScriptedEngine())
+    titles = [action.text() for action in window.menuBar().actions()]
+    assert titles[-1] == "&Help"
+    sheet = show_shortcut_sheet(window)
+    commands = {row[1] for row in sheet.rows()}
+    assert {"Merge Down", "Accept and Keep All Variants", "Export Image…", "Magic Wand (Shift adds, Alt subtracts)"} <= commands
+    sheet.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app.core.safe_files import read_json_file, set_aside, writable_text, write_text_atomically
 from app.engine.events import EngineError
-from app.engine.model_files import CheckpointInfo, inspect_checkpoint, inspect_folder, resolve_source
+from app.engine.model_files import CheckpointInfo, inspect_folder, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,10 @@ def describe_model(location: str, config: str = "") -> ModelEntry:
             raise EngineError("a config folder only applies to a single model file, not to a folder")
         family, inpaint = inspect_folder(path)
         return ModelEntry(str(path), f"{path.name} — {CheckpointInfo(family, inpaint, None).label}", "folder")
-    info = inspect_checkpoint(path)
-    config_dir = ""
-    if source.config:
-        from app.engine.config_folder import check_config_folder    # the loader's own check of it
+    from app.engine.model_loader import inspect_single_file     # the loader's own check of file and config
 
-        config_dir = str(check_config_folder(source.config, info, path.name).path)
+    info, checked = inspect_single_file(path, source.config)
+    config_dir = str(checked.path) if source.config else ""
     return ModelEntry(str(path), f"{path.name} — {info.label}", "file", config_dir)
 
 

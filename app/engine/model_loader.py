@@ -187,14 +187,16 @@ def config_mismatch(tensors: dict[str, TensorInfo], info: CheckpointInfo, checke
         except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as exc:
             return f"the config's {shown} cannot be built ({short_error(exc, 80)})"
         try:
-            converted = _converted(part, model, config, checkpoint, info.family)
+            converted, recognised = _converted(part, model, config, checkpoint, info.family)
         except KeyError as exc:
-            return f"its {shown} has no {exc.args[0] if exc.args else 'weight'}, which the config needs"
+            return f"its {shown} has no {str(exc.args[0])[:120] if exc.args else 'weight'}, which the config needs"
         except (IndexError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
             return f"its {shown} cannot be renamed to the config's parts ({short_error(exc, 80)})"
         problem = _first_difference(model, converted)
         if problem:
             return f"its {shown} {problem}"
+        if not recognised:
+            return f"its {shown} is not laid out as the loader reads a CLIP text encoder"
     return ""
 
 
@@ -218,14 +220,15 @@ def _meta_part(part: str, config_text: str) -> tuple[Any, dict]:
         return cls(cls.config_class.from_pretrained(temp, local_files_only=True)), {}
 
 
-def _converted(part: str, model, config: dict, checkpoint: dict, family: str) -> dict:
-    """The file's tensors of `part` under the part's own names, as from_single_file renames them."""
+def _converted(part: str, model, config: dict, checkpoint: dict, family: str) -> tuple[dict, bool]:
+    """The file's tensors of `part` under the part's own names, as from_single_file renames them, and whether
+    the loader would find them at all (a text encoder in none of the layouts it reads would not be)."""
     from diffusers.loaders import single_file_utils as convert
 
     if part == "unet":
-        return convert.convert_ldm_unet_checkpoint(checkpoint, config)
+        return convert.convert_ldm_unet_checkpoint(checkpoint, config), True
     if part == "vae":
-        return convert.convert_ldm_vae_checkpoint(checkpoint, config)
+        return convert.convert_ldm_vae_checkpoint(checkpoint, config), True
     # Which text encoder of the file fills this one is told by key names and widths, as
     # create_diffusers_clip_model_from_ldm tells it; when none fits, the family's own is compared.
     text_model = getattr(model, "text_model", model)
@@ -234,6 +237,7 @@ def _converted(part: str, model, config: dict, checkpoint: dict, family: str) ->
 
     def fits(kind: str) -> bool:
         return names[kind] in checkpoint and checkpoint[names[kind]].shape[-1] == width
+    recognised = True
     if names["clip"] in checkpoint or fits("clip_sdxl"):
         prefix = ""
     elif names["open_clip"] in checkpoint:
@@ -241,13 +245,14 @@ def _converted(part: str, model, config: dict, checkpoint: dict, family: str) ->
     elif fits("open_clip_sdxl"):
         prefix = "conditioner.embedders.1.model."
     else:                 # the loader would find none: the family's own says what differs
+        recognised = False
         prefix = "conditioner.embedders.1.model." if part == "text_encoder_2" else \
             "cond_stage_model.model." if family == "sd2" else ""
     converted = convert.convert_open_clip_checkpoint(model, checkpoint, prefix=prefix) if prefix else \
         convert.convert_ldm_clip_checkpoint(checkpoint)
     if text_model is model:
         converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
-    return converted
+    return converted, recognised
 
 
 def _first_difference(model, converted: dict) -> str:

@@ -30,6 +30,7 @@ from app.widgets.add_model_dialog import AddModelDialog
 from app.widgets.canvas import CanvasView
 from app.widgets.file_commands import FileCommands
 from app.widgets.generate_panel import GeneratePanel, ValueSlider
+from app.widgets.help_dialogs import build_help_menu
 from app.widgets.qt_image import from_qimage
 from app.widgets.layers_panel import LayersPanel
 from app.widgets.selection_menu import build_selection_actions
@@ -132,6 +133,7 @@ class MainWindow(QMainWindow):
             view_menu.addAction(toggle)
             self.action_set.by_name[name] = toggle
         self.addActions(list(self.action_set.by_name.values()))
+        self.help_menu = build_help_menu(self, self.menuBar())   # last: it lists View's additions too
         self._build_toolbar()
         self.zoom_label = QLabel("")
         self.cursor_label = QLabel("")
@@ -332,11 +334,12 @@ class MainWindow(QMainWindow):
 
     # -- models ---------------------------------------------------------------------------------------------
     def add_model_dialog(self) -> AddModelDialog:
-        """Open the "Add model" dialog (window-modal, non-blocking); OK adds through add_model_from_text."""
+        """Open the "Add model" dialog (window-modal, non-blocking). It checks the model itself (a refusal is
+        one line in the dialog, which stays open); OK adds the checked entry."""
         start = self.settings.get("last_model_dir") or str(Path.home())
-        dialog = AddModelDialog(start, self)
+        dialog = AddModelDialog(start, self, check=_describe_model)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        dialog.accepted.connect(lambda: self.add_model_from_text(dialog.location(), dialog.config()))
+        dialog.accepted.connect(lambda: self._model_checked(dialog.entry, None))
         dialog.open()
         return dialog
 
