@@ -20,7 +20,7 @@ class _Receiver(QObject):
 
 def _work(index: int) -> int:
     np.random.default_rng(index).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    gc.collect()                            # what made a queued signal from the thread go missing
+    gc.collect(1)                           # what made a queued signal from the thread go missing
     return index
 
 
