@@ -2,9 +2,10 @@
 
 A 4096 x 4096 RGB document gets `--fills` accepted fills of 256 x 256 regions (the real Accept path:
 EditorState.accept with a request and three variants, each the photo with its region repainted, kept all).
-Then each operation a user makes in the Layers dock is timed on the UI thread, including the events it
-posts (the dock's refresh, the canvas's repaint request): Accept, hide and show a layer, switch a variant,
-change opacity, undo and redo, select with the magic wand. Medians of `--runs`.
+Then each operation a user makes in the Layers dock is timed on the UI thread: the longer of the operation
+itself and the events it posts (the dock's refresh, the canvas's repaint), which run as events of their own
+(the event-loop gap benchmark 5 measures): Accept, hide and show a layer, switch a variant, change opacity,
+undo and redo, select with the magic wand. Medians of `--runs`.
 
 Run against an older tree (before layers) it times what that tree has (Accept, undo, redo), so the two can
 be compared side by side in one session:
@@ -52,10 +53,13 @@ def run(args) -> dict:
     rng = np.random.default_rng(0)
 
     def timed(action) -> float:
+        """The longest the event loop is held: the action itself, or the events it posted (the Layers
+        dock's refresh, the canvas's repaint), each of which runs as its own event."""
         start = time.perf_counter()
         action()
+        middle = time.perf_counter()
         app.processEvents()
-        return (time.perf_counter() - start) * 1000
+        return max(middle - start, time.perf_counter() - middle) * 1000
 
     def accept_one(index: int) -> float:
         doc = state.document
@@ -71,7 +75,10 @@ def run(args) -> dict:
             result[y:y + 256, x:x + 256] = rng.integers(0, 256, (256, 256, result.shape[2]), dtype=np.uint8)
             variants.append(Variant(result, v, "bench"))
         if layered:
-            return timed(lambda: state.accept(request, tuple(variants), 0, keep_all=True))
+            def accept():
+                doc.release_image(image)      # as the session does once the job's variants are taken
+                state.accept(request, tuple(variants), 0, keep_all=True)
+            return timed(accept)
         return timed(lambda: state.accept(variants[0].image, "bench"))
 
     accepts = [accept_one(i) for i in range(args.fills)]

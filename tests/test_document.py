@@ -96,3 +96,17 @@ def test_a_shared_mask_is_never_written_and_edits_work_on_one_copy():
     assert fresh is not doc.mask and np.array_equal(fresh, doc.mask)
     doc.mask[...] = 0
     assert not doc.has_mask()
+
+
+def test_a_released_composite_is_updated_in_place_and_a_held_one_never():
+    doc = Document.from_image(_image())
+    first = doc.shared_image()
+    second = doc.shared_image()                      # two holders: a job and a selection
+    doc.release_image(first)
+    doc.layers = doc.layers.added(Layer(0, "top", _image(20)[:4, :4], 0, 0))
+    assert int(second[0, 0, 0]) == 10 and doc.image is not second        # still held: a new array
+    mine = doc.image
+    held = doc.shared_image()
+    doc.release_image(held)
+    doc.layers = doc.layers.changed(doc.layers.layers[-1].id, visible=False)
+    assert doc.image is mine and int(mine[0, 0, 0]) == 10                # released: updated in place

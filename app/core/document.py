@@ -43,7 +43,8 @@ class Document:
         self.named_masks = check_named_masks(tuple(named_masks), self.width, self.height)
         self._composite: np.ndarray | None = None
         self._composited: LayerStack | None = None     # the stack _composite shows
-        self._shared = False                  # _composite was handed out: the next update makes a new array
+        self._holders = 0                     # who hold _composite (shared_image): while any do, it is never
+                                              # changed in place, the next update makes a new array
 
     @staticmethod
     def from_image(image: np.ndarray, path: Path | None = None, parameters: str = "") -> "Document":
@@ -63,10 +64,16 @@ class Document:
         return self._composite
 
     def shared_image(self) -> np.ndarray:
-        """The composite, never changed in place from now on (a request keeps it while a job runs)."""
+        """The composite, never changed in place while it is held (a request keeps it while a job runs and
+        until its result is accepted or discarded). A holder that is done calls release_image."""
         image = self.image
-        self._shared = True
+        self._holders += 1
         return image
+
+    def release_image(self, image: np.ndarray) -> None:
+        """A holder of shared_image() is done with it; the composite may be updated in place again."""
+        if image is self._composite and self._holders > 0:
+            self._holders -= 1
 
     def _composite_for(self, stack: LayerStack) -> np.ndarray:
         old, before = self._composite, self._composited
@@ -77,14 +84,14 @@ class Document:
             patch = composite_rgba(stack, area)
             channels = _channels(stack, patch, old, area)
             if channels == old.shape[2]:
-                target = old.copy() if self._shared else old
-                self._shared = False
+                target = old.copy() if self._holders else old
+                self._holders = 0
                 target.setflags(write=True)
                 target[area.slices()] = patch[..., :channels]
                 target.setflags(write=False)
                 return target
         full = composite_rgba(stack, stack.rect)
-        self._shared = False
+        self._holders = 0
         opaque_rgb = stack.layers and not stack.layers[0].has_alpha and bool((full[..., 3] == 255).all())
         image = np.ascontiguousarray(full[..., :3]) if opaque_rgb else full
         image.setflags(write=False)

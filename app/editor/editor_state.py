@@ -131,7 +131,7 @@ class EditorState(QObject):
                 named = tuple(m for m in moved if m is not None)
         if reference.shape[2] == 4:
             known = reference[..., 3] if known is None else np.minimum(known, reference[..., 3])
-        within = None
+        within, box = None, None
         if kind == "fill" and request.mask is not None:
             box = imageops.mask_bounds(request.mask)
             reach = request.mask_options.feather + request.mask_options.grow + 2
@@ -140,10 +140,8 @@ class EditorState(QObject):
         layer_variants = tuple(variant_from_result(v.image, reference, 0, 0, v.seed, v.parameters, known, within)
                                for v in chosen)
         painted, mask_at = None, (0, 0)
-        if request.mask is not None and kind == "fill":
-            box = imageops.mask_bounds(request.mask)
-            if box is not None:
-                painted, mask_at = request.mask[box.slices()], (box.x, box.y)
+        if box is not None:
+            painted, mask_at = request.mask[box.slices()], (box.x, box.y)
         generation = Generation(kind, layer_variants, index if keep_all else 0, settings_of(request),
                                 painted, *mask_at)
         name = f"{kind.capitalize()} {sum(1 for l in stack.layers if l.generation) + 1}"

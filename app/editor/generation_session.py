@@ -31,6 +31,7 @@ class GenerationSession(QObject):
         self.controller = EngineController(registry, parent=self)
         self.controller.event.connect(self._on_event)
         self.request: GenerationRequest | None = None      # the job running or whose variants are shown
+        self._held = None                  # (document, image) the request shares until its variants are gone
         self.variants: tuple[Variant, ...] = ()
         self._busy = False
 
@@ -43,14 +44,14 @@ class GenerationSession(QObject):
         if doc is None or not doc.has_mask():
             self.status.emit("Paint a mask over the area to fill first.", True)
             return False
-        return self._start(lambda: build_fill_request(doc.shared_image(), doc.shared_mask(), settings, self.styles))
+        return self._start(lambda: build_fill_request(self._hold(doc), doc.shared_mask(), settings, self.styles))
 
     def expand(self, settings: JobSettings) -> bool:
         doc = self.state.document
         if doc is None or not doc.is_extended():
             self.status.emit("Drag a canvas edge outward (or use the Canvas menu) first.", True)
             return False
-        return self._start(lambda: build_expand_request(doc.shared_image(), doc.canvas, settings, self.styles))
+        return self._start(lambda: build_expand_request(self._hold(doc), doc.canvas, settings, self.styles))
 
     def restyle(self, settings: JobSettings) -> bool:
         """Repaint the whole image (not the extended canvas) in the chosen style at the restyle strength."""
@@ -58,13 +59,27 @@ class GenerationSession(QObject):
         if doc is None:
             self.status.emit("Open an image to restyle first.", True)
             return False
-        return self._start(lambda: build_restyle_request(doc.shared_image(), settings, self.styles))
+        return self._start(lambda: build_restyle_request(self._hold(doc), settings, self.styles))
+
+    def _hold(self, doc):
+        self._release()
+        image = doc.shared_image()
+        self._held = (doc, image)
+        return image
+
+    def _release(self) -> None:
+        """The job's image is no longer needed (its variants were accepted or discarded, or it failed)."""
+        if self._held is not None:
+            doc, image = self._held
+            self._held = None
+            doc.release_image(image)
 
     def _start(self, build) -> bool:
         self.discard()
         try:
             request = build()
         except ValueError as exc:   # includes StyleError and bad settings
+            self._release()
             self.status.emit(str(exc), True)
             return False
         self.request = request
@@ -107,6 +122,9 @@ class GenerationSession(QObject):
         if self.request is None or not 0 <= index < len(self.variants):
             return False
         variant = self.variants[index]
+        # Let go of the job's image first: Accept reads it before it changes anything, and the composite is
+        # then updated in place rather than copied (14 ms at 4096²).
+        self._release()
         if not self.state.accept(self.request, self.variants, index, keep_all):
             self.status.emit("The image changed size since this job started: its result no longer fits. "
                              "Discard it, or undo back to that size.", True)
@@ -129,6 +147,7 @@ class GenerationSession(QObject):
 
     def _clear_results(self) -> None:
         self.variants = ()
+        self._release()
         self.variants_ready.emit(())
 
     def _set_busy(self, busy: bool) -> None:
@@ -153,8 +172,10 @@ class GenerationSession(QObject):
             self.status.emit(f"{count} variant{'s' if count != 1 else ''} ready: pick one, then Accept "
                              "or Discard.", False)
         elif event.kind == EventKind.CANCELLED:
+            self._release()
             self.progress.emit(0, 1)
             self.status.emit("Cancelled; the image is as it was.", False)
         else:
+            self._release()
             self.progress.emit(0, 1)
             self.status.emit(event.message, True)

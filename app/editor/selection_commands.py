@@ -81,10 +81,12 @@ class SelectionCommands(QObject):
             except ValueError as exc:
                 self.status.emit(str(exc), True)
                 return False
+            finally:
+                doc.release_image(image)
             self._apply(doc, mask, result, label)
             return True
         self._set_busy(True)
-        self._pending = (doc, mask, label)
+        self._pending = (doc, mask, label, image)
         call = BackgroundCall(compute, image, mask, parent=self)
         call.finished.connect(self._finished)
         call.start()
@@ -92,8 +94,9 @@ class SelectionCommands(QObject):
         return True
 
     def _finished(self, result, error) -> None:
-        doc, mask, label = self._pending
+        doc, mask, label, image = self._pending
         self._pending = None
+        doc.release_image(image)
         self._set_busy(False)
         if error is not None:
             text = str(error) if isinstance(error, ValueError) else f"{label} failed: {error}"
