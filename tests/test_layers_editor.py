@@ -225,3 +225,17 @@ def test_dragging_a_row_in_the_layers_dock_reorders_the_stack(qtbot, settings, p
     assert window.state.document.image[6, 6].tolist() == [10, 20, 30]        # Fill 1 shows now
     window.state.history.stack.undo()
     assert window.state.document.image[6, 6].tolist() == [20, 20, 30]
+
+
+def test_the_strip_thumbnails_become_the_filled_region(qtbot, settings):
+    from app.core.document import Document
+
+    window = make_window(qtbot, settings, MaskedEngine())
+    window.state.set_document(Document.from_image(np.full((300, 400, 3), 90, np.uint8)))
+    _fill(qtbot, window, Rect(200, 100, 40, 10), accept=None)
+    focus = window.session.focus()
+    assert focus == Rect(176, 76, 88, 58)                      # the mask grown by feather 8 + 16 of context
+    size = window.strip.list.item(0).icon().availableSizes()[0]
+    assert abs(size.width() / size.height() - 400 / 300) < 0.05          # at first the whole image's
+    qtbot.waitUntil(lambda: abs(window.strip.list.item(2).icon().availableSizes()[0].width()
+                                / window.strip.list.item(2).icon().availableSizes()[0].height() - 88 / 58) < 0.05)

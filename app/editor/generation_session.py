@@ -32,6 +32,7 @@ class GenerationSession(QObject):
         self.controller.event.connect(self._on_event)
         self.request: GenerationRequest | None = None      # the job running or whose variants are shown
         self._held = None                  # (document, image) the request shares until its variants are gone
+        self._focus: Rect | None = None    # what the variants' thumbnails show (focus())
         self.variants: tuple[Variant, ...] = ()
         self._busy = False
 
@@ -84,6 +85,7 @@ class GenerationSession(QObject):
             return False
         self.request = request
         self.controller.start(request)
+        self._focus = self._focus_of(request)
         self._set_busy(True)
         self.progress.emit(0, request.sampling.steps)
         self.status.emit(f"{request.kind.value.capitalize()} started…", False)
@@ -91,10 +93,12 @@ class GenerationSession(QObject):
 
     def focus(self) -> Rect | None:
         """Where the shown variants differ from the image, in the variants' pixels: the painted mask with
-        its feather and some context around it (a Fill), the new area (an Expand), None for everything."""
-        request = self.request
-        if request is None:
-            return None
+        its feather and some context around it (a Fill), None for everything (Expand, Restyle). Worked out
+        when the job starts, so the result's arrival does not pay for it."""
+        return self._focus
+
+    @staticmethod
+    def _focus_of(request: GenerationRequest) -> Rect | None:
         if request.mask is not None and request.kind.value == "fill":
             box = imageops.mask_bounds(request.mask)
             if box is None:

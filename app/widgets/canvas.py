@@ -22,7 +22,6 @@ from app.widgets.mip_cache import MipCache
 from app.widgets.qt_image import qimage_from_array
 
 HINT = "Open an image (Ctrl+O), drop one here, or paste (Ctrl+V)"
-CANDIDATE_TINT = 0.35        # how strongly the mask's tint shows over a variant waiting to be accepted
 BACKGROUND = QColor(38, 38, 40)
 EDGE_CURSORS = {"l": Qt.SizeHorCursor, "r": Qt.SizeHorCursor, "t": Qt.SizeVerCursor,
                 "b": Qt.SizeVerCursor, "tl": Qt.SizeFDiagCursor, "br": Qt.SizeFDiagCursor,
@@ -96,7 +95,7 @@ class CanvasView(QWidget):
         state.mask_changed.connect(self._on_mask_changed)
         self._ants = drawing.MaskOutline()
         self._ants_timer = QTimer(self)
-        self._ants_timer.setInterval(160)
+        self._ants_timer.setInterval(250)
         self._ants_timer.timeout.connect(self._march)
         state.canvas_changed.connect(self._on_canvas_changed)
         state.overlay_changed.connect(self._on_overlay_changed)
@@ -246,8 +245,15 @@ class CanvasView(QWidget):
         self._ants.invalidate()
 
     def _march(self) -> None:
-        self._ants.phase = (self._ants.phase + 1) % 8
-        self.update() if self.state.document is not None and self.isVisible() else self._ants_timer.stop()
+        if self.state.document is None or not self.isVisible():
+            self._ants_timer.stop()
+            return
+        if self.state.preview is not None:             # a job is painting previews: the ants hold still
+            return
+        box = self._ants.bounds()
+        if box is not None:
+            self._ants.phase = (self._ants.phase + 1) % 8
+            self.update(self._widget_update_rect(box))   # only where the ants are
 
     def _on_overlay_changed(self) -> None:
         preview, candidate = self.state.preview, self.state.candidate
@@ -299,11 +305,10 @@ class CanvasView(QWidget):
             inside = QPainterPath()
             inside.addRect(canvas_w)
             p.fillPath(outside.subtracted(inside), QColor(0, 0, 0, 130))
-        if self._overlay is not None:
-            # Over a variant the tint is faint, so the variant can be judged: the ants still show the mask.
-            p.setOpacity(CANDIDATE_TINT if candidate else 1.0)
+        if self._overlay is not None and not candidate:
             p.drawImage(image_w, self._overlay[1])
-            p.setOpacity(1.0)
+        # Over a variant only the ants show the mask (a stroke painted meanwhile too, once it ends), so the
+        # variant can be judged, as Photoshop shows a selection over a generated result.
         self._paint_ants(p, doc)
         if not candidate and self._preview is not None and self.state.preview is not None:
             p.drawImage(self.image_rect_to_widget(self._preview[2]), self._preview[1])

@@ -75,6 +75,15 @@ class MaskOutline:
     def invalidate(self) -> None:
         self._dirty = True
 
+    def bounds(self):
+        """The outline's bounding box in image pixels (a Rect), None when there is none."""
+        from app.core.geometry import Rect
+
+        if self._path is None or self._path.isEmpty():
+            return None
+        r = self._path.boundingRect().toAlignedRect()
+        return Rect(r.x() - 1, r.y() - 1, r.width() + 2, r.height() + 2)
+
     def path(self, mask, tracing_allowed: bool):
         from PySide6.QtGui import QPainterPath
 

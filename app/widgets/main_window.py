@@ -227,7 +227,6 @@ class MainWindow(QMainWindow):
         self.canvas.wand_clicked.connect(self._magic_wand)
         self.canvas.object_boxed.connect(self._select_object)
         self.session.variants_ready.connect(self._show_variants)
-        self.session.variants_ready.connect(self._refresh)
         self.strip.variant_selected.connect(self.session.select)
         self.strip.accepted.connect(self.accept_current)
         self.strip.accepted_all.connect(self._accept_keeping_all)
@@ -282,6 +281,8 @@ class MainWindow(QMainWindow):
 
     def _show_variants(self, variants) -> None:
         self.strip.set_variants(variants, self.session.focus() if variants else None)
+        for name in ("accept", "keep_all", "discard"):
+            self.action_set[name].setEnabled(bool(variants))
 
     # The staging keys, while variants wait: Left/Right show the others, Enter accepts, holding backslash
     # shows the image before (Esc discards: the Cancel action). Text fields keep these keys for themselves.

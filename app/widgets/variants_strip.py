@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
@@ -14,6 +14,7 @@ from app.engine.events import Variant
 from app.widgets.qt_image import to_qimage
 
 THUMB = 96
+SHARPEN_EVERY_MS = 40         # between the region thumbnails that replace the whole-image ones
 
 
 class VariantsStrip(QWidget):
@@ -77,15 +78,20 @@ class VariantsStrip(QWidget):
     def set_variants(self, variants: tuple[Variant, ...], region: Rect | None = None) -> None:
         """Show `variants`; `region` (in the variants' own pixels) is what their thumbnails show."""
         self.variants = tuple(variants)
+        self._generation = getattr(self, "_generation", 0) + 1
         self.list.blockSignals(True)
         self.list.clear()
         for i, variant in enumerate(self.variants):
-            small = region_thumbnail(variant, region)
-            pixmap = QPixmap.fromImage(to_qimage(small)).scaled(
-                THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
-            item = QListWidgetItem(QIcon(pixmap), f"{i + 1} · seed {variant.seed}")
+            # The ready-made whole-image thumbnail now; the region's, cut from the full result, one per event
+            # after, so a big result never holds the window up while the strip fills.
+            item = QListWidgetItem(_icon(variant.thumbnail if variant.thumbnail is not None else variant.image),
+                                   f"{i + 1} · seed {variant.seed}")
             item.setToolTip(variant.parameters)
             self.list.addItem(item)
+            if region is not None:
+                # Apart, not all at once: zero-delay timers run back to back and would add up to one stall.
+                QTimer.singleShot(SHARPEN_EVERY_MS * (i + 1), self,
+                                  lambda i=i, g=self._generation: self._sharpen(i, region, g))
         self.list.blockSignals(False)
         has = bool(self.variants)
         self.accept_button.setEnabled(has)
@@ -96,6 +102,12 @@ class VariantsStrip(QWidget):
         if has:
             self.list.setCurrentRow(0)
             self.variant_selected.emit(0)
+
+    def _sharpen(self, index: int, region: Rect, generation: int) -> None:
+        if generation != self._generation or index >= len(self.variants):
+            return                                       # other variants came meanwhile
+        small = region_thumbnail(self.variants[index], region)
+        self.list.item(index).setIcon(_icon(small))
 
     def current(self) -> Variant | None:
         row = self.list.currentRow()
@@ -110,6 +122,11 @@ class VariantsStrip(QWidget):
     def _row_changed(self, row: int) -> None:
         if 0 <= row < len(self.variants):
             self.variant_selected.emit(row)
+
+
+def _icon(pixels: np.ndarray) -> QIcon:
+    return QIcon(QPixmap.fromImage(to_qimage(pixels)).scaled(
+        THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))
 
 
 def region_thumbnail(variant: Variant, region: Rect | None) -> np.ndarray:
