@@ -226,3 +226,15 @@ def test_bad_layers_are_refused_in_words():
         LayerStack(2, 2, (Layer(1, "a", _grey(0, 1, 1)), Layer(1, "b", _grey(0, 1, 1))))
     with pytest.raises(ValueError, match="at least one variant"):
         Generation("fill", ())
+
+
+def test_an_rgba_image_comes_back_exactly_colour_under_transparency_too():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (6, 8, 4), dtype=np.uint8)
+    image[:2, :2, 3] = 0                                    # transparent pixels keep their colour in the file
+    stack = LayerStack.from_image(image)
+    np.testing.assert_array_equal(Document(stack).image, image)
+    top = stack.added(Layer(0, "dot", _grey(50, 1, 1), 5, 5))
+    expected = image.copy()
+    expected[5, 5] = (50, 50, 50, 255)
+    np.testing.assert_array_equal(Document(top).image, expected)

@@ -320,6 +320,7 @@ def composite_rgba(stack: LayerStack, area: Rect, clip: bool = True) -> np.ndarr
     if area.is_empty():
         return out
     opaque = False                       # the whole area holds opaque pixels so far
+    drawn = False                        # any layer drawn yet (before one is, the area is empty)
     for layer in stack.layers:
         if not layer.visible or layer.opacity <= 0.0:
             continue
@@ -332,10 +333,14 @@ def composite_rgba(stack: LayerStack, area: Rect, clip: bool = True) -> np.ndarr
         dst_slices = part.translated(-area.x, -area.y).slices()
         dst = out[dst_slices]
         covers = part == area
+        first, drawn = not drawn, True
         if not layer.has_alpha and layer.opacity >= 1.0:
             dst[..., :3] = src
             dst[..., 3] = 255
             opaque = opaque or covers
+            continue
+        if first and layer.opacity >= 1.0:
+            dst[...] = src                   # over nothing: the layer as it is, colour under alpha 0 too
             continue
         if opaque or _all_opaque(dst):
             _blend_opaque(dst, src, layer.opacity)
