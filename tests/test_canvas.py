@@ -535,3 +535,30 @@ def test_the_mask_has_marching_ants_along_its_edge(qtbot, view, state):
     row = [image.pixelColor(edge.x() + dx, edge.y()).lightness() for dx in range(-12, 12)]
     assert min(row) < 40 and max(row) > 215                 # black and white dashes along the top edge
     assert image.pixelColor(inside).lightness() not in (0, 255)
+
+
+def test_zoomed_out_the_canvas_follows_a_layer_edit(qtbot):
+    """The composite is updated in place: the reduction drawn when zoomed out must be made again."""
+    from app.core.document import Document
+    from app.widgets.qt_image import from_qimage
+
+    s = EditorState()
+    s.set_document(Document.from_image(np.zeros((512, 512, 3), np.uint8)))
+    red = np.zeros((512, 512, 3), np.uint8)
+    red[..., 0] = 255
+    s.add_image_layer(red, "red", 0, 0)
+    v = CanvasView(s)
+    v.setFixedSize(200, 200)
+    qtbot.addWidget(v)
+    v.show()
+    v.fit()
+    assert v.zoom < 0.5
+    v._mips.image_for(v.zoom)
+    v._mips.wait()
+    qtbot.waitUntil(lambda: v._mips.image_for(v.zoom)[1])
+    assert from_qimage(v._mips.image_for(v.zoom)[0])[0, 0, 0] == 255
+    s.set_layer_visible(s.document.layers.layers[-1].id, False)
+    v._mips.image_for(v.zoom)
+    v._mips.wait()
+    qtbot.waitUntil(lambda: v._mips.image_for(v.zoom)[1])
+    assert from_qimage(v._mips.image_for(v.zoom)[0])[0, 0, 0] == 0        # not the red it showed before

@@ -238,3 +238,64 @@ def test_an_rgba_image_comes_back_exactly_colour_under_transparency_too():
     expected = image.copy()
     expected[5, 5] = (50, 50, 50, 255)
     np.testing.assert_array_equal(Document(top).image, expected)
+
+
+def _random_layer(rng, width: int, height: int) -> Layer:
+    channels = int(rng.choice([3, 4]))
+    h, w = int(rng.integers(1, height + 10)), int(rng.integers(1, width + 10))
+    pixels = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    if channels == 4 and rng.random() < 0.5:
+        pixels[..., 3] = rng.choice([0, 255])
+    return Layer(0, "x", pixels, int(rng.integers(-10, width)), int(rng.integers(-10, height)),
+                 opacity=float(rng.choice([1.0, 1.0, 0.5, 0.0])))
+
+
+def test_the_composite_kept_up_to_date_always_equals_one_made_afresh():
+    """Any sequence of edits, with the composite held and released on the way: redrawn in parts it equals
+    the whole drawn at once, bit for bit (channels, colour under transparency), and a held one never
+    changes."""
+    rng = np.random.default_rng(11)
+    edits = ["add", "visible", "opacity", "move", "remove", "merge", "flatten", "resize", "hold", "release",
+             "reorder"]
+    for trial in range(120):
+        width, height = int(rng.integers(2, 20)), int(rng.integers(2, 20))
+        base = rng.integers(0, 256, (height, width, int(rng.choice([3, 3, 4]))), dtype=np.uint8)
+        doc = Document.from_image(base)
+        held = []
+        for step in range(12):
+            stack, ids = doc.layers, [layer.id for layer in doc.layers.layers]
+            edit = edits[int(rng.integers(len(edits)))]
+            pick = int(rng.choice(ids))
+            try:
+                if edit == "add":
+                    stack = stack.added(_random_layer(rng, width, height), int(rng.integers(0, len(ids) + 1)))
+                elif edit == "visible":
+                    stack = stack.changed(pick, visible=not stack.get(pick).visible)
+                elif edit == "opacity":
+                    stack = stack.changed(pick, opacity=float(rng.choice([0.0, 0.3, 1.0])))
+                elif edit == "move":
+                    stack = stack.moved(pick, int(rng.integers(0, len(ids) + 1)))
+                elif edit == "reorder":
+                    stack = stack.reordered(list(rng.permutation(ids)))
+                elif edit == "remove" and len(ids) > 1:
+                    stack = stack.removed(pick)
+                elif edit == "merge":
+                    stack = stack.merged_down(pick)
+                elif edit == "flatten":
+                    stack = stack.flattened()
+                elif edit == "resize":
+                    stack = stack.resized(Rect(int(rng.integers(-5, 6)), int(rng.integers(-5, 6)),
+                                               int(rng.integers(1, width + 6)), int(rng.integers(1, height + 6))))
+                elif edit == "hold":
+                    image = doc.shared_image()
+                    held.append((image, image.copy()))
+                elif edit == "release" and held:
+                    doc.release_image(held.pop(0)[0])
+            except ValueError:
+                pass                                         # e.g. merging the bottom layer: refused
+            doc.layers = stack
+            width, height = stack.width, stack.height
+            fresh = Document(stack).image
+            assert doc.image.shape == fresh.shape and np.array_equal(doc.image, fresh), (trial, step, edit)
+            for image, copy in held:
+                assert np.array_equal(image, copy), (trial, step, edit)

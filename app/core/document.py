@@ -79,17 +79,20 @@ class Document:
         old, before = self._composite, self._composited
         area = None if old is None or before is None else before.changed_area(stack)
         if old is not None and before is not None and (before.width, before.height) == (stack.width, stack.height):
-            if area is None:
+            same_bottom = bool(before.layers) == bool(stack.layers) and (
+                not stack.layers or before.layers[0].has_alpha == stack.layers[0].has_alpha)
+            if area is None and same_bottom:
                 return old
-            patch = composite_rgba(stack, area)
-            channels = _channels(stack, patch, old, area)
-            if channels == old.shape[2]:
-                target = old.copy() if self._holders else old
-                self._holders = 0
-                target.setflags(write=True)
-                target[area.slices()] = patch[..., :channels]
-                target.setflags(write=False)
-                return target
+            if area is not None and same_bottom:
+                patch = composite_rgba(stack, area)
+                channels = _channels(stack, patch, old, area)
+                if channels == old.shape[2]:
+                    target = old.copy() if self._holders else old
+                    self._holders = 0
+                    target.setflags(write=True)
+                    target[area.slices()] = patch[..., :channels]
+                    target.setflags(write=False)
+                    return target
         full = composite_rgba(stack, stack.rect)
         self._holders = 0
         opaque_rgb = stack.layers and not stack.layers[0].has_alpha and bool((full[..., 3] == 255).all())

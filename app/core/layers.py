@@ -320,7 +320,6 @@ def composite_rgba(stack: LayerStack, area: Rect, clip: bool = True) -> np.ndarr
     if area.is_empty():
         return out
     opaque = False                       # the whole area holds opaque pixels so far
-    drawn = False                        # any layer drawn yet (before one is, the area is empty)
     for layer in stack.layers:
         if not layer.visible or layer.opacity <= 0.0:
             continue
@@ -333,19 +332,26 @@ def composite_rgba(stack: LayerStack, area: Rect, clip: bool = True) -> np.ndarr
         dst_slices = part.translated(-area.x, -area.y).slices()
         dst = out[dst_slices]
         covers = part == area
-        first, drawn = not drawn, True
         if not layer.has_alpha and layer.opacity >= 1.0:
             dst[..., :3] = src
             dst[..., 3] = 255
             opaque = opaque or covers
             continue
-        if first and layer.opacity >= 1.0:
-            dst[...] = src                   # over nothing: the layer as it is, colour under alpha 0 too
-            continue
         if opaque or _all_opaque(dst):
             _blend_opaque(dst, src, layer.opacity)
-        else:
-            _blend_over(dst, src, layer.opacity)
+            continue
+        # Opaque pixels blend exactly as above, whatever the area around them holds, so a part redrawn
+        # alone always equals the whole drawn at once; the rest blend "over".
+        was_opaque = dst[..., 3] == 255
+        empty = dst[..., 3] == 0 if layer.opacity >= 1.0 else None
+        linear = dst.copy() if was_opaque.any() else None
+        if linear is not None:
+            _blend_opaque(linear, src, layer.opacity)
+        _blend_over(dst, src, layer.opacity)
+        if linear is not None:
+            np.copyto(dst, linear, where=was_opaque[..., None])
+        if empty is not None:                 # over nothing: the layer as it is, colour under alpha 0 too
+            np.copyto(dst, src, where=empty[..., None])
     return out
 
 

@@ -181,7 +181,7 @@ class CanvasView(QWidget):
     def _rebuild_image(self) -> None:
         doc = self.state.document
         self._image = None if doc is None else qimage_from_array(doc.image)
-        self._mips.set_image(*(self._image or (None, None)))
+        self._mips.set_image(*(self._image or (None, None)), changed=True)     # updated in place, maybe
         self._image_size = None if doc is None else (doc.width, doc.height)
 
     def _rebuild_overlay(self) -> None:

@@ -40,10 +40,11 @@ class MipCache(QObject):
         self._generation = 0
         self._made.connect(self._store)
 
-    def set_image(self, pixels: np.ndarray | None, full: QImage | None) -> None:
+    def set_image(self, pixels: np.ndarray | None, full: QImage | None, changed: bool = False) -> None:
         """A new image (None: none); reductions of the previous one are dropped, late ones ignored. The same
-        array again keeps them: the images drawn here are never written in place."""
-        if pixels is not None and pixels is self._pixels:
+        array again keeps them unless `changed` says its pixels were written in place (the document's
+        composite is); a reduction being made from it meanwhile is then ignored too."""
+        if pixels is not None and pixels is self._pixels and not changed:
             return
         self._generation += 1
         self._pixels, self._full = pixels, full
