@@ -37,16 +37,24 @@ class MipCache(QObject):
         self._full: QImage | None = None
         self._levels: dict[int, tuple[np.ndarray, QImage]] = {}
         self._pending: set[int] = set()
+        self._stale: set[int] = set()             # levels of pixels since written in place: shown until remade
         self._generation = 0
         self._made.connect(self._store)
 
     def set_image(self, pixels: np.ndarray | None, full: QImage | None, changed: bool = False) -> None:
         """A new image (None: none); reductions of the previous one are dropped, late ones ignored. The same
-        array again keeps them unless `changed` says its pixels were written in place (the document's
-        composite is); a reduction being made from it meanwhile is then ignored too."""
-        if pixels is not None and pixels is self._pixels and not changed:
+        array again keeps them; with `changed` (its pixels were written in place, as the document's composite
+        is) they are made again, and each old one is drawn until its new one is ready (a frame or two), which
+        costs less than drawing the full image unreduced meanwhile."""
+        if pixels is not None and pixels is self._pixels:
+            if changed:
+                self._generation += 1
+                self._stale = set(self._levels)
+                self._pending.clear()
+            self._full = full
             return
         self._generation += 1
+        self._stale = set()
         self._pixels, self._full = pixels, full
         self._levels.clear()
         self._pending.clear()
@@ -58,6 +66,10 @@ class MipCache(QObject):
         if level == 0:
             return self._full, True
         if level in self._levels:
+            if level in self._stale and level not in self._pending:
+                self._pending.add(level)
+                threading.Thread(target=self._make, args=(self._generation, self._pixels, level),
+                                 name="canvas-mip", daemon=True).start()
             return self._levels[level][1], True
         if level not in self._pending:
             self._pending.add(level)
@@ -79,5 +91,6 @@ class MipCache(QObject):
         if generation != self._generation:
             return
         self._pending.discard(level)
+        self._stale.discard(level)
         self._levels[level] = qimage_from_array(array)
         self.ready.emit()
