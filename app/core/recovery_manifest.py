@@ -37,6 +37,7 @@ from app.core.stack_records import (
     parse_stack,
     show,
     stack_entry,
+    text_value,
 )
 
 MANIFEST = "session.json"
@@ -500,15 +501,12 @@ def _rect(value, where: str) -> Rect:
 
 
 def _text(value, where: str, limit: int) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"{where} is {_show(value)}, not text")
-    if len(value) > limit:
-        raise _Bad(f"{where} is {len(value):,} characters long; at most {limit:,} are kept")
+    if value is _MISSING:
+        raise _Bad(f"{where} is missing, not text")
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _Bad(f"{where} is not valid Unicode text") from None
-    return value
+        return text_value(value, where, limit)
+    except RecordError as bad:
+        raise _Bad(str(bad)) from None
 
 
 def _path(value) -> Path | None:

@@ -97,7 +97,7 @@ def parse_stack(entry, files: ArrayFiles, where: str = "layers") -> tuple[tuple[
 def _parse_layer(entry, files: ArrayFiles, where: str):
     entry = _object(entry, where)
     layer_id = _int(entry, "id", where, 1, MAX_ID)
-    name = _text(entry.get("name"), f"{where}.name", MAX_NAME * 4)
+    name = text_value(entry.get("name"), f"{where}.name", MAX_NAME * 4)
     kind = entry.get("kind", "raster")
     if kind not in KINDS:
         raise RecordError(f"{where}.kind is {show(kind)}, not one of {', '.join(KINDS)}")
@@ -137,7 +137,7 @@ def _parse_generation(entry, files: ArrayFiles, where: str):
         pixels, _ = files.image(item.get("pixels"), f"{at}.pixels")
         variants.append((pixels, _int(item, "x", at, -MAX_OFFSET, MAX_OFFSET),
                          _int(item, "y", at, -MAX_OFFSET, MAX_OFFSET), _int(item, "seed", at, 0, 2**32 - 1),
-                         _text(item.get("parameters", ""), f"{at}.parameters", MAX_PARAMETERS)))
+                         text_value(item.get("parameters", ""), f"{at}.parameters", MAX_PARAMETERS)))
     selected = _int(entry, "selected", where, 0, len(variants) - 1)
     settings = parse_settings(entry.get("settings", {}), f"{where}.settings")
     mask = None
@@ -165,7 +165,7 @@ def parse_named_masks(entry, files: ArrayFiles, where: str, size: tuple[int, int
     for i, item in enumerate(entry):
         at = f"{where}[{i}]"
         item = _object(item, at)
-        name = _text(item.get("name"), f"{at}.name", MAX_MASK_NAME)
+        name = text_value(item.get("name"), f"{at}.name", MAX_MASK_NAME)
         try:
             usable = mask_name(name) == name
         except ValueError:
@@ -193,7 +193,7 @@ def parse_settings(value, where: str) -> dict:
         if not isinstance(key, str) or len(key) > 100:
             raise RecordError(f"{where} has a bad key {show(key)}")
         if isinstance(item, str):
-            item = _text(item, f"{where}.{key}", MAX_SETTING_TEXT)
+            item = text_value(item, f"{where}.{key}", MAX_SETTING_TEXT)
         elif isinstance(item, float) and not math.isfinite(item):
             raise RecordError(f"{where}.{key} is {item}, not a number")
         elif item is not None and not isinstance(item, (bool, int, float)):
@@ -224,15 +224,16 @@ def _fraction(value, where: str) -> float:
     return float(value)
 
 
-def _text(value, where: str, limit: int) -> str:
+def text_value(value, where: str, limit: int) -> str:
+    """Stored text: a str of at most `limit` characters that UTF-8 can write; RecordError otherwise."""
     if not isinstance(value, str):
         raise RecordError(f"{where} is {show(value)}, not text")
     if len(value) > limit:
-        raise RecordError(f"{where} is {len(value):,} characters long; at most {limit:,} are read")
+        raise RecordError(f"{where} is {len(value):,} characters long; at most {limit:,} are kept")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise RecordError(f"{where} holds characters that are not text") from None
+        raise RecordError(f"{where} is not valid Unicode text") from None
     return value
 
 
