@@ -254,7 +254,7 @@ class LayerStack:
         if not top.visible:
             return self.removed(layer_id)
         area = below.rect.union(top.rect) if below.visible else top.rect
-        sub = LayerStack(self.width, self.height, (replace(below, opacity=below.opacity), top))
+        sub = LayerStack(self.width, self.height, (below, top))
         pixels = composite_rgba(sub, area, clip=False)
         merged = Layer(below.id, below.name, pixels, area.x, area.y, visible=True, opacity=1.0)
         if not below.visible:

@@ -79,6 +79,7 @@ class CanvasView(QWidget):
         self._mips.ready.connect(self.update)
         self._image_size: tuple[int, int] | None = None
         self._overlay: tuple[np.ndarray, QImage] | None = None
+        self._overlay_of: np.ndarray | None = None      # the mask array the overlay was made from
         self._lut = tools.overlay_lut()
         self._preview: tuple[np.ndarray, QImage, Rect] | None = None      # array, its QImage, where
         self._candidate: tuple[np.ndarray, QImage, Rect] | None = None
@@ -228,7 +229,7 @@ class CanvasView(QWidget):
         self._rebuild_image()
         # A layer edit leaves the mask alone, and the overlay of a 4096² mask takes a third of a second to
         # redo: only a mask that is another array now (undo of an Accept that cleared it, an Expand) needs it.
-        if doc is None or getattr(self, "_overlay_of", None) is not doc.mask or self._overlay is None:
+        if doc is None or self._overlay_of is not doc.mask or self._overlay is None:
             self._rebuild_overlay()
             self._ants.invalidate()
         if doc is not None and old_size != (doc.width, doc.height):

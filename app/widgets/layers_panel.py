@@ -28,6 +28,7 @@ class LayersPanel(QWidget):
         self.setObjectName("layersPanel")
         self.state = state
         self._thumbs: dict[tuple, QIcon] = {}     # (id(pixels), what) -> icon; pixel arrays never change
+        self._held: dict[int, np.ndarray] = {}    # the arrays those ids belong to, so no id is reused
         self._updating = False
         self.list = QListWidget()
         self.list.setObjectName("layersList")
@@ -199,7 +200,7 @@ class LayersPanel(QWidget):
 
     def _keep(self, pixels: np.ndarray) -> None:
         # Icons are keyed by the array's id: hold the array so the id is never reused while cached.
-        self.__dict__.setdefault("_held", {})[id(pixels)] = pixels
+        self._held[id(pixels)] = pixels
         if len(self._thumbs) > 512:
             self._thumbs.clear()
             self._held.clear()

@@ -281,8 +281,11 @@ class MainWindow(QMainWindow):
 
     def _show_variants(self, variants) -> None:
         self.strip.set_variants(variants, self.session.focus() if variants else None)
+        self._update_staging_actions()
+
+    def _update_staging_actions(self) -> None:
         for name in ("accept", "keep_all", "discard"):
-            self.action_set[name].setEnabled(bool(variants))
+            self.action_set[name].setEnabled(bool(self.session.variants))
 
     # The staging keys, while variants wait: Left/Right show the others, Enter accepts, holding backslash
     # shows the image before (Esc discards: the Cancel action). Text fields keep these keys for themselves.
@@ -437,9 +440,7 @@ class MainWindow(QMainWindow):
         self.action_set["expand"].setEnabled(can_expand and not busy)
         self.action_set["restyle"].setEnabled(has_doc and not busy and self.panel.engine_can_restyle())
         self.action_set["cancel"].setEnabled(has_doc)
-        pending = bool(self.session.variants)
-        for name in ("accept", "keep_all", "discard"):
-            self.action_set[name].setEnabled(pending)
+        self._update_staging_actions()
         self.action_set["finish"].setEnabled(busy)
         layers = len(doc.layers) if has_doc else 0
         self.action_set["delete_layer"].setEnabled(layers > 1)

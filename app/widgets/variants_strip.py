@@ -1,6 +1,6 @@
 """The staging strip under the canvas: finished variants as thumbnails of the region they changed, with
-Accept, Keep all and Discard. Its space is kept while it is hidden, so the canvas never changes size (and
-the view never jumps) as variants come and go."""
+Accept, Keep all and Discard. It is always there (a hint stands in for the list while nothing waits), so
+the canvas never changes size (and the view never jumps) as variants come and go."""
 from __future__ import annotations
 
 import cv2
@@ -70,15 +70,13 @@ class VariantsStrip(QWidget):
         layout.addWidget(self.hint, 1)
         layout.addLayout(buttons)
         self.variants: tuple[Variant, ...] = ()
-        policy = self.sizePolicy()
-        policy.setRetainSizeWhenHidden(True)
-        self.setSizePolicy(policy)
+        self._generation = 0                # which set_variants the delayed region thumbnails belong to
         self.set_variants(())
 
     def set_variants(self, variants: tuple[Variant, ...], region: Rect | None = None) -> None:
         """Show `variants`; `region` (in the variants' own pixels) is what their thumbnails show."""
         self.variants = tuple(variants)
-        self._generation = getattr(self, "_generation", 0) + 1
+        self._generation += 1
         self.list.blockSignals(True)
         self.list.clear()
         for i, variant in enumerate(self.variants):
