@@ -6,6 +6,9 @@
     latent-canvas restyle IMAGE -o OUT --style NAME [--strength 0.55] --model MODEL [options]
     latent-canvas styles
 
+Fill, expand and restyle take ControlNets: --control KIND[:IMAGE][:WEIGHT[:START:END]] with one --controlnet
+MODEL each (app/cli_controls.py).
+
 Every problem with the input ends the run with exit status 1 (2 for bad usage), one line on stderr, and
 no output file written.
 """
@@ -15,8 +18,10 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from app.cli_controls import ControlUsageError, add_control_options, controls_from_args, parse_control
 from app.core.geometry import Rect, canvas_from_margins
 from app.core.imageio import ImageLoadError, ImageSaveError, load_image, load_mask, save_images
 from app.core.styles import StyleError, read_styles
@@ -61,6 +66,7 @@ def _add_generation_options(p: argparse.ArgumentParser, strength: float = 1.0, m
     p.add_argument("--variants", type=int, default=1, help="number of results (OUT, OUT-2, ...)")
     if masked:
         p.add_argument("--feather", type=int, default=8, help="soft edge of the fill in px (0-63)")
+    add_control_options(p)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: float16 on a GPU, float32 on the CPU")
@@ -108,6 +114,10 @@ def _check_outputs_spare_inputs(args: argparse.Namespace) -> None:
         inputs.append(("mask", args.mask))
     if Path(args.model).is_file():
         inputs.append(("model", Path(args.model)))
+    for text in getattr(args, "control", []):
+        image = parse_control(text)[1]
+        if image:
+            inputs.append(("control image", Path(image)))
     SamplingOptions(variants=args.variants)         # a count out of range is refused before its paths are made
     for number, output in enumerate(variant_paths(args.output, args.variants), start=1):
         for role, source in inputs:
@@ -167,6 +177,18 @@ def _styles() -> list:
     return found.styles
 
 
+def _expand_canvas(args: argparse.Namespace, image) -> Rect:
+    margins = (args.left, args.top, args.right, args.bottom)
+    if any(m < 0 for m in margins):
+        raise UsageError("--left/--top/--right/--bottom must not be negative")
+    if not any(margins):
+        raise UsageError("nothing to expand: give --left, --top, --right or --bottom in pixels")
+    canvas = canvas_from_margins(Rect(0, 0, image.shape[1], image.shape[0]), *margins)
+    if canvas.area > 150_000_000:
+        raise UsageError(f"the expanded canvas {canvas.w}x{canvas.h} is over the 150 megapixel limit")
+    return canvas
+
+
 def _generate(args: argparse.Namespace) -> int:
     _check_output(args.output)
     _check_outputs_spare_inputs(args)
@@ -180,6 +202,10 @@ def _generate(args: argparse.Namespace) -> int:
     image = loaded.pixels
     styles = _styles()
     settings = _settings(args)
+    output = Rect(0, 0, image.shape[1], image.shape[0])
+    if args.command == "expand":
+        output = _expand_canvas(args, image)
+    settings = replace(settings, controls=controls_from_args(args, image.shape, output))
     if args.command == "fill":
         mask = load_mask(args.mask)
         if mask.shape != image.shape[:2]:
@@ -191,15 +217,7 @@ def _generate(args: argparse.Namespace) -> int:
     elif args.command == "restyle":
         request = build_restyle_request(image, settings, styles)
     else:
-        margins = (args.left, args.top, args.right, args.bottom)
-        if any(m < 0 for m in margins):
-            raise UsageError("--left/--top/--right/--bottom must not be negative")
-        if not any(margins):
-            raise UsageError("nothing to expand: give --left, --top, --right or --bottom in pixels")
-        canvas = canvas_from_margins(Rect(0, 0, image.shape[1], image.shape[0]), *margins)
-        if canvas.area > 150_000_000:
-            raise UsageError(f"the expanded canvas {canvas.w}x{canvas.h} is over the 150 megapixel limit")
-        request = build_expand_request(image, canvas, settings, styles)
+        request = build_expand_request(image, output, settings, styles)
 
     engine = registry.create(request.model)
     _check_model(registry, request.model.strip() or registry.default_id, request.model_config)
@@ -235,7 +253,7 @@ def run(argv: list[str]) -> int:
                 print(style.name)
             return 0
         return _generate(args)
-    except UsageError as exc:
+    except (UsageError, ControlUsageError) as exc:
         print(f"latent-canvas: error: {exc}", file=sys.stderr)
         return 2
     except (ImageLoadError, ImageSaveError, StyleError, EngineError, ValueError) as exc:

@@ -29,7 +29,7 @@ class EngineRunner:
     """Runs fills/expands through run_job with one ModelManager, like the editor's worker thread."""
 
     def __init__(self, folder, device: str, precision: str) -> None:
-        from app.engine.model_manager import ModelManager
+        from app.engine.diffusion.model_manager import ModelManager
 
         self.folder = str(folder)
         self.device = device
@@ -56,7 +56,7 @@ class EngineRunner:
 
     def run(self, request) -> tuple[float, list]:
         """(seconds, [(time, event)]) of one job; raises if it did not produce a result."""
-        from app.engine.diffusion_engine import DiffusionEngine
+        from app.engine.diffusion.engine import DiffusionEngine
         from app.engine.events import CancelToken, EventKind
         from app.engine.runner import run_job
 
@@ -75,7 +75,7 @@ class EngineRunner:
         return self.manager.current
 
     def plan(self, request):
-        from app.engine.diffusion_engine import DiffusionEngine
+        from app.engine.diffusion.engine import DiffusionEngine
 
         return DiffusionEngine(self.folder, self.manager)._plan(request, self.model)
 
@@ -89,7 +89,7 @@ def step_seconds(events) -> list[float]:
 def load_pipeline(folder, family: str, device: str, dtype):
     import diffusers
 
-    from app.engine.samplers import make_scheduler
+    from app.engine.diffusion.samplers import make_scheduler
 
     if family == "sdxl":
         pipe = diffusers.StableDiffusionXLInpaintPipeline.from_pretrained(
@@ -121,8 +121,9 @@ def breakdown(runner, request, cuda: bool) -> dict:
 
     import torch
 
-    from app.engine import denoise, latent_codec
-    from app.engine.diffusion_engine import DiffusionEngine
+    from app.engine.diffusion import denoise, latent_codec
+    from app.engine.diffusion import engine as diffusion_engine
+    from app.engine.diffusion.engine import DiffusionEngine
 
     spent, calls = collections.defaultdict(float), collections.defaultdict(int)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -142,7 +143,7 @@ def breakdown(runner, request, cuda: bool) -> dict:
     make_preview = latent_codec.make_preview
     patches = [(latent_codec, "encode", "VAE encode"), (latent_codec, "decode", "VAE decode"),
                (denoise, "encode_prompts", "text encoding"), (DiffusionEngine, "_plan", "work-region planning"),
-               (DiffusionEngine, "_composite", "scale back, colour drift, composite")]
+               (diffusion_engine, "composite_pass", "scale back, colour drift, composite")]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
     for owner, attr, name in patches:
         setattr(owner, attr, timed(name, getattr(owner, attr)))
@@ -221,7 +222,7 @@ def ratios(args) -> dict:
     import torch
     from PIL import Image
 
-    from app.engine import latent_codec
+    from app.engine.diffusion import latent_codec
     from benchmarks.floor import floor_fill
 
     side = native_size(args.size, args.family)

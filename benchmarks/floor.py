@@ -1,7 +1,7 @@
 """The bare floor of a fill: text encoding + steps x UNet forward + VAE encode/decode, nothing else.
 
 Written directly against the components of the engine's loaded model (the same modules, device and
-dtypes) and a scheduler built by app.engine.samplers.make_scheduler (the same one the engine and the
+dtypes) and a scheduler built by app.engine.diffusion.samplers.make_scheduler (the same one the engine and the
 diffusers pipeline use), so what it does not do is what the engine adds: no work-region planning, no
 resizing, no latent blending, no x0 prediction, no previews, no colour-drift correction, no compositing.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from app.engine.samplers import make_scheduler
+from app.engine.diffusion.samplers import make_scheduler
 
 
 @torch.inference_mode()

@@ -17,8 +17,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.engine.model_files import CONFIG_ROOT, inspect_folder  # noqa: E402
-from app.engine.model_loader import tokenizers_for  # noqa: E402
+from app.engine.diffusion.model_files import CONFIG_ROOT, inspect_folder  # noqa: E402
+from app.engine.diffusion.model_loader import tokenizers_for  # noqa: E402
 
 
 def build(family: str, device: str = "cpu") -> dict:

@@ -37,3 +37,11 @@ def tiny_models(tmp_path_factory):
     from tests.model_factory import TinyModels
 
     return TinyModels(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnets(tmp_path_factory):
+    """Tiny random ControlNets fitting the tiny models (tests/control_factory.py), each built once."""
+    from tests.control_factory import tiny_controlnets_fixture
+
+    return tiny_controlnets_fixture(tmp_path_factory)

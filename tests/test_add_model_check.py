@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine.devices import plan_device
+from app.engine.diffusion.devices import plan_device
 from app.engine.events import EngineError
-from app.engine.model_files import CONFIG_ROOT, resolve_source
-from app.engine.model_loader import inspect_single_file, load_model
+from app.engine.diffusion.model_files import CONFIG_ROOT, resolve_source
+from app.engine.diffusion.model_loader import inspect_single_file, load_model
 
 FAMILIES = {"sd15": "sd1", "sd15-inpaint": "sd1", "sd2-v": "sd2", "sd2-inpaint": "sd2", "sdxl": "sdxl",
             "sdxl-inpaint": "sdxl"}      # the shipped configs a file's keys choose (sd2-base only when given)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.denoise import _blend, _predicted_x0, steps_to_run
+from app.engine.diffusion.denoise import _blend, _predicted_x0, steps_to_run
 from app.engine.events import EngineError
-from app.engine.samplers import find_sampler, make_scheduler
+from app.engine.diffusion.samplers import find_sampler, make_scheduler
 
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1}

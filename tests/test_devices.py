@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from app.engine.devices import DevicePlan, is_out_of_memory, plan_device
+from app.engine.diffusion.devices import DevicePlan, is_out_of_memory, plan_device
 from app.engine.events import EngineError
 
 

@@ -12,15 +12,16 @@ import torch
 from app.core import imageops
 from app.core.geometry import Rect
 from app.core.styles import load_styles
+from app.engine import job_plan
 from app.engine.events import CancelToken, EngineError, EventKind
-from app.engine.model_manager import ModelManager
+from app.engine.diffusion.model_manager import ModelManager
 from app.engine.registry import EngineRegistry
 from app.engine.request import GenerationRequest, JobKind, MaskOptions, OutpaintOptions, SamplingOptions
 from app.engine.runner import run_job
 from app.editor.job_builder import JobSettings, build_fill_request
 
 pytest.importorskip("diffusers")
-from app.engine.diffusion_engine import DiffusionEngine  # noqa: E402
+from app.engine.diffusion.engine import DiffusionEngine  # noqa: E402
 
 MANAGER = ModelManager()          # one loaded model shared by the tests, as in the app
 
@@ -268,7 +269,7 @@ def test_style_reaches_the_text_encoder(tiny_models):
 
 
 def test_long_prompts_are_encoded_in_windows(tiny_models):
-    from app.engine.text_encoding import encode_prompts
+    from app.engine.diffusion.text_encoding import encode_prompts
 
     run(fill_request(tiny_models))
     long_prompt = ", ".join(["a very detailed red brick lighthouse"] * 20)
@@ -279,7 +280,7 @@ def test_long_prompts_are_encoded_in_windows(tiny_models):
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_a_prompt_encodes_the_same_whatever_it_is_batched_with(tiny_models, family):
-    from app.engine.text_encoding import encode_prompts
+    from app.engine.diffusion.text_encoding import encode_prompts
 
     run(fill_request(tiny_models, **model_args(tiny_models, family)))
     long_prompt = ", ".join(["a lighthouse at dusk on a rocky coast"] * 12)      # two 75-token windows
@@ -320,7 +321,7 @@ def test_wrong_kind_of_safetensors_is_named(tmp_path):
 
     lora = tmp_path / "detail.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 4)}, str(lora))
-    from app.engine.model_files import inspect_checkpoint
+    from app.engine.diffusion.model_files import inspect_checkpoint
 
     with pytest.raises(EngineError, match="LoRA"):
         inspect_checkpoint(lora)
@@ -332,7 +333,7 @@ def test_incomplete_diffusers_folder_is_refused(tmp_path, tiny_models):
     folder = tmp_path / "partial"
     shutil.copytree(tiny_models.path("sd15"), folder)
     shutil.rmtree(folder / "vae")
-    from app.engine.model_files import inspect_folder
+    from app.engine.diffusion.model_files import inspect_folder
 
     with pytest.raises(EngineError, match="vae/config.json is missing"):
         inspect_folder(folder)
@@ -495,7 +496,7 @@ def test_fill_plan_on_a_large_image_matches_the_whole_image_formulas(spot, grow,
     image = np.zeros((2048, 2048, 3), np.uint8)
     request = GenerationRequest(JobKind.FILL, image, mask, mask_options=MaskOptions(feather=8, grow=grow),
                                 model="planning only", device="cpu")
-    work = DiffusionEngine._plan_fill(request, 512, 64)
+    work = job_plan._plan_fill(request, 512, 64)
     region, hole, alpha = _reference_fill_plan(mask, grow, 8, 512)
     (p,) = work.passes
     assert p.region == region

@@ -22,7 +22,7 @@ from app.core import imageops
 from app.core.geometry import Rect
 from app.engine.base import Engine
 from app.engine.events import CancelToken, EngineEvent, EventKind, Variant
-from app.engine.model_manager import ModelManager
+from app.engine.diffusion.model_manager import ModelManager
 from app.engine.registry import EngineRegistry
 from app.engine.request import GenerationRequest, JobKind, MaskOptions, OutpaintOptions, SamplingOptions
 from app.engine.runner import run_job
@@ -47,7 +47,7 @@ def fill_request(tiny_models, image=None, mask=None, *, seed=7, variants=1, feat
 
 
 def run(request: GenerationRequest) -> list[EngineEvent]:
-    from app.engine.diffusion_engine import DiffusionEngine
+    from app.engine.diffusion.engine import DiffusionEngine
 
     events: list[EngineEvent] = []
     run_job(DiffusionEngine(request.model, MANAGER), request, 1, events.append, CancelToken())
@@ -199,7 +199,7 @@ def test_the_unet_check_is_read_after_the_steps_preview_and_a_finish_on_that_ste
     waited for the step already. Finish pressed on that step still ends in the error, never a NaN result."""
     import torch
 
-    from app.engine.denoise import DenoiseJob, run_denoise
+    from app.engine.diffusion.denoise import DenoiseJob, run_denoise
     from app.engine.events import EngineError
 
     forward = loaded.unet.forward

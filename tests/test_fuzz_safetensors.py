@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.engine.events import EngineError
-from app.engine.safetensors_header import DTYPE_BYTES, read_safetensors_header
+from app.engine.diffusion.safetensors_header import DTYPE_BYTES, read_safetensors_header
 from tests.fuzzing import bounded
 
 NAME = "fuzzed.safetensors"

@@ -235,7 +235,7 @@ def test_a_style_lora_changes_the_result_and_leaves_the_model_as_it_was(tiny_mod
 
 
 def test_lora_weight_is_the_style_weight_times_the_strength(tiny_models, loras):
-    from app.engine import lora as lora_module
+    from app.engine.diffusion import lora as lora_module
 
     path = str(loras / "diffusers.safetensors")
     result_image(styled_fill(tiny_models, lora=path, lora_weight=0.8, strength=0.5))

@@ -405,7 +405,7 @@ def test_the_add_model_dialog_adds_a_file_with_its_config_and_jobs_use_both(qtbo
                                                                            tmp_path, photo):
     import shutil
 
-    from app.engine.model_files import CONFIG_ROOT
+    from app.engine.diffusion.model_files import CONFIG_ROOT
 
     config = Path(shutil.copytree(CONFIG_ROOT / "sd15", tmp_path / "odd-config"))
     engine = ScriptedEngine()

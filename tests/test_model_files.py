@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from app.engine.events import EngineError
-from app.engine.model_files import identify_checkpoint, inspect_checkpoint, resolve_source
-from app.engine.safetensors_header import DTYPE_BYTES, read_safetensors_header
+from app.engine.diffusion.model_files import identify_checkpoint, inspect_checkpoint, resolve_source
+from app.engine.diffusion.safetensors_header import DTYPE_BYTES, read_safetensors_header
 from tests.fuzzing import bounded
 
 UNET = "model.diffusion_model.input_blocks.0.0.weight"

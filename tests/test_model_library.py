@@ -126,7 +126,7 @@ def test_unusable_models_are_refused_and_nothing_is_added(library_path, tmp_path
 def test_a_config_folder_is_kept_for_a_single_file(library_path, checkpoint, tmp_path):
     import shutil
 
-    from app.engine.model_files import CONFIG_ROOT
+    from app.engine.diffusion.model_files import CONFIG_ROOT
 
     config = Path(shutil.copytree(CONFIG_ROOT / "sd15", tmp_path / "odd-config"))
     entry = ModelLibrary(library_path).add(str(checkpoint), str(config))

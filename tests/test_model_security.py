@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from app.engine.config_folder import ALLOWED, SCHEDULERS, check_config_folder, check_part_config
-from app.engine.devices import plan_device
+from app.engine.diffusion.config_folder import ALLOWED, SCHEDULERS, check_config_folder, check_part_config
+from app.engine.diffusion.devices import plan_device
 from app.engine.events import EngineError
-from app.engine.model_files import CONFIG_ROOT, CheckpointInfo, ModelSource, inspect_checkpoint
-from app.engine.model_loader import load_model
+from app.engine.diffusion.model_files import CONFIG_ROOT, CheckpointInfo, ModelSource, inspect_checkpoint
+from app.engine.diffusion.model_loader import load_model
 from app.editor.model_library import ModelLibrary, describe_model
 from tests.fuzzing import bounded
 
@@ -310,7 +310,7 @@ def test_trained_betas_must_give_one_beta_per_timestep(tmp_path, checkpoint):
 
 
 def test_a_scheduler_config_is_checked_before_a_scheduler_is_built():
-    from app.engine.samplers import make_scheduler
+    from app.engine.diffusion.samplers import make_scheduler
 
     with bounded(seconds=0.5, megabytes=1):
         with pytest.raises(EngineError) as error:
@@ -320,7 +320,7 @@ def test_a_scheduler_config_is_checked_before_a_scheduler_is_built():
 
 
 def test_any_value_of_any_bounded_key_is_accepted_or_refused_in_one_line():
-    from app.engine.config_folder import PART_LIMITS
+    from app.engine.diffusion.config_folder import PART_LIMITS
 
     odd = [10**400, -(10**400), -1, 0, 1, 77, 0.5, True, None, "4", [], [1] * 17, [[1, 2]], [[[1]]], {}, {"a": 1},
            float("nan"), float("inf"), 1e308, [0.5] * 1000, [float("nan")]]

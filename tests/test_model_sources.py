@@ -89,7 +89,7 @@ def test_cached_taesd_gives_full_size_previews(tmp_path, tiny_models, offline_hu
 
 
 def test_download_progress_is_reported_in_megabytes_and_files():
-    from app.engine.model_loader import _progress_tqdm
+    from app.engine.diffusion.model_loader import _progress_tqdm
 
     seen = []
     bar_class = _progress_tqdm(lambda message, fraction: seen.append((message, fraction)), "owner/model")

@@ -21,7 +21,7 @@ def test_preload_imports_the_engine_in_a_background_thread_and_freezes_its_objec
         missing = [m for m in MODULES if m not in sys.modules]
         assert not missing, missing
         assert gc.get_freeze_count() > frozen_before + 100000
-        from app.engine import model_loader
+        from app.engine.diffusion import model_loader
         assert set(model_loader._shipped) == {"<|endoftext|>", "!"}   # built here, not by a model load
         for thread in [t for t in threading.enumerate() if t.name == "engine-preload"]:
             thread.join(5)

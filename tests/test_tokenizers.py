@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from app.engine.model_loader import shipped_tokenizer, tokenizers_for
+from app.engine.diffusion.model_loader import shipped_tokenizer, tokenizers_for
 
 PROMPT = "a red fox sitting in tall grass, golden hour"
 

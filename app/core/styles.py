@@ -18,7 +18,7 @@ Other keys are rejected so that a misspelt key is noticed instead of being silen
 
 A job's style strength (0..1) scales a style: at 1 the style is applied in full, at 0 it is as if no
 style were chosen; in between, the text conditioning is blended and the LoRA weight scaled (see
-app/editor/job_builder.py and app/engine/denoise.py).
+app/editor/job_builder.py and app/engine/diffusion/denoise.py).
 """
 from __future__ import annotations
 

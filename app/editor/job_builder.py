@@ -14,8 +14,8 @@ import numpy as np
 
 from app.core.geometry import Rect
 from app.core.styles import Style, find_style, unstyled
-from app.engine.request import (GenerationRequest, JobKind, MaskOptions, OutpaintOptions, SamplingOptions,
-                                StyleOptions)
+from app.engine.request import (ControlInput, GenerationRequest, JobKind, MaskOptions, OutpaintOptions,
+                                SamplingOptions, StyleOptions)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESTYLE_STRENGTH = 0.55        # repaints the surface, keeps the composition
@@ -39,6 +39,24 @@ class JobSettings:
     precision: str = "auto"
     memory_saving: str = "auto"
     feather: int = 8
+    controls: tuple[ControlInput, ...] = ()   # ControlNets, their images already in output coordinates
+
+
+def fit_control_image(control: np.ndarray, image_shape: tuple[int, ...], output: Rect, name: str) -> np.ndarray:
+    """A control image (`name` in messages) in the output's coordinates: one of the output's size as it is;
+    one of the input image's size, on an Expand, placed where the image lies on the canvas (black around it,
+    which guides nothing); any other size is refused in one line."""
+    height, width = control.shape[:2]
+    if (width, height) == (output.w, output.h):
+        return control
+    if (height, width) == tuple(image_shape[:2]):
+        placed = np.zeros((output.h, output.w, control.shape[2]), np.uint8)
+        placed[-output.y:-output.y + height, -output.x:-output.x + width] = control
+        return placed
+    wanted = f"{image_shape[1]}x{image_shape[0]}"
+    if (output.w, output.h) != (image_shape[1], image_shape[0]):
+        wanted += f" (the image) or {output.w}x{output.h} (the expanded canvas)"
+    raise ValueError(f"{name} is {width}x{height}; a control image must be {wanted}")
 
 
 def random_seed() -> int:
@@ -69,7 +87,7 @@ def _common(settings: JobSettings, styles: list[Style]) -> dict:
     return dict(prompt=prompt, negative_prompt=negative, style=options, model=settings.model,
                 model_config=settings.model_config, device=settings.device, precision=settings.precision,
                 memory_saving=settings.memory_saving, sampling=sampling,
-                mask_options=MaskOptions(feather=settings.feather))
+                mask_options=MaskOptions(feather=settings.feather), controls=settings.controls)
 
 
 def build_fill_request(image: np.ndarray, mask: np.ndarray, settings: JobSettings,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app.core.safe_files import read_json_file, set_aside, writable_text, write_text_atomically
 from app.engine.events import EngineError
-from app.engine.model_files import CheckpointInfo, inspect_folder, resolve_source
+from app.engine.diffusion.model_files import CheckpointInfo, inspect_folder, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def describe_model(location: str, config: str = "") -> ModelEntry:
             raise EngineError("a config folder only applies to a single model file, not to a folder")
         family, inpaint = inspect_folder(path)
         return ModelEntry(str(path), f"{path.name} — {CheckpointInfo(family, inpaint, None).label}", "folder")
-    from app.engine.model_loader import inspect_single_file     # the loader's own check of file and config
+    from app.engine.diffusion.model_loader import inspect_single_file     # the loader's own check of file and config
 
     info, checked = inspect_single_file(path, source.config)
     config_dir = str(checked.path) if source.config else ""
@@ -211,7 +211,7 @@ def _is_newer_kind(item: object) -> bool:
 
 def _normalised(location: str) -> str:
     """How `location` is stored: repo ids as typed, paths absolute (they need not exist any more)."""
-    from app.engine.registry import looks_like_repo_id
+    from app.engine.model_ids import looks_like_repo_id
 
     text = location.strip()
     path = Path(text).expanduser()

@@ -22,8 +22,8 @@ import time
 
 log = logging.getLogger(__name__)
 
-MODULES = ("torch", "transformers", "diffusers", "app.engine.latent_codec", "app.engine.denoise",
-           "app.engine.model_loader", "app.engine.diffusion_engine")
+MODULES = ("torch", "transformers", "diffusers", "app.engine.diffusion.latent_codec", "app.engine.diffusion.denoise",
+           "app.engine.diffusion.model_loader", "app.engine.diffusion.engine")
 # diffusers and transformers import their classes lazily, on first attribute access: these are the ones a
 # first job touches (models, pipelines for single files, schedulers, tokenizer).
 ATTRIBUTES = {
@@ -124,7 +124,7 @@ def _warm_transformers() -> None:
 def _warm_tokenizers() -> None:
     """Build the shared CLIP tokenizers (both padding tokens) that the first model load would build."""
     try:
-        from app.engine.model_loader import shipped_tokenizer
+        from app.engine.diffusion.model_loader import shipped_tokenizer
 
         for pad in ("<|endoftext|>", "!"):
             shipped_tokenizer(pad)

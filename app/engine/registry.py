@@ -4,20 +4,17 @@ Built-in engines are registered by id; any other id that names an existing file 
 Hugging Face repo id, gets a DiffusionEngine (imported only then, so torch loads only when needed)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from app.engine.base import Engine
 from app.engine.classic import ClassicEngine
 from app.engine.events import EngineError
+from app.engine.model_ids import looks_like_path, looks_like_repo_id, path_exists
 
 DEFAULT_MODEL = "classic"
 EngineFactory = Callable[[], Engine]
 
-_WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf")
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -60,8 +57,8 @@ class EngineRegistry:
         entry = self._entries.get(name)
         if entry is not None:
             return entry.factory()
-        if _path_exists(name) or looks_like_repo_id(name):
-            from app.engine.diffusion_engine import DiffusionEngine
+        if path_exists(name) or looks_like_repo_id(name):
+            from app.engine.diffusion.engine import DiffusionEngine
 
             return DiffusionEngine(name)
         raise EngineError(self._unknown_model_message(name))
@@ -71,21 +68,3 @@ class EngineRegistry:
             return f"model not found: {name}"
         known = ", ".join(self._entries) or "none"
         return f"model not found: {name} (built-in engines: {known})"
-
-
-def looks_like_repo_id(text: str) -> bool:
-    """True for a Hugging Face repo id such as "owner/name" (not a relative path to a weights file)."""
-    return (_REPO_ID.fullmatch(text) is not None and not text.lower().endswith(_WEIGHT_SUFFIXES)
-            and ".." not in text)
-
-
-def looks_like_path(text: str) -> bool:
-    return ("/" in text or "\\" in text or text.startswith(("~", "."))
-            or text.lower().endswith(_WEIGHT_SUFFIXES))
-
-
-def _path_exists(text: str) -> bool:
-    try:
-        return Path(text).expanduser().exists()
-    except (OSError, ValueError):
-        return False

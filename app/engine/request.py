@@ -95,6 +95,55 @@ class OutpaintOptions:
         return -self.canvas.left, -self.canvas.top, self.canvas.right, self.canvas.bottom
 
 
+CONTROL_KINDS = ("canny", "scribble", "lineart", "softedge", "depth", "normal", "pose", "tile", "inpaint")
+MADE_FROM_THE_IMAGE = ("canny", "depth", "normal", "tile", "inpaint")   # kinds that need no image of their own
+
+
+@dataclass(frozen=True)
+class ControlInput:
+    """One ControlNet guiding a job. `image` is the control image in output coordinates (the canvas for
+    Expand) as the user made it (a scribble, an imported depth or pose map); None makes it from the job's
+    own pixels with the kind's preprocessor, pass by pass (canny, a depth annotator, tile, inpaint)."""
+    kind: str
+    model: str                           # the ControlNet: a diffusers folder, a .safetensors file or a repo id
+    image: np.ndarray | None = None      # H x W x 3 or 4 uint8, the size of the job's output
+    weight: float = 1.0                  # conditioning scale; 0 is exactly no ControlNet
+    start: float = 0.0                   # the share of the steps where it starts guiding ...
+    end: float = 1.0                     # ... and stops
+    low_threshold: int = 100             # canny
+    high_threshold: int = 200
+    blur: float = 0.0                    # tile: Gaussian sigma in px
+    annotator: str = ""                  # depth / normal: a depth-estimation model's folder or repo id
+    model_config: str = ""               # single files: a diffusers ControlNet config folder (default: by family)
+    guess_mode: bool = False             # the ControlNet sees no prompt; its residuals go to the conditional half
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONTROL_KINDS:
+            raise ValueError(f"unknown control kind '{self.kind}'; choose one of: {', '.join(CONTROL_KINDS)}")
+        if not str(self.model).strip():
+            raise ValueError(f"the {self.kind} control needs a ControlNet model")
+        if not 0.0 <= self.weight <= 2.0:
+            raise ValueError(f"control weight must be between 0 and 2, got {self.weight}")
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise ValueError(f"control start and end must satisfy 0 <= start <= end <= 1, got {self.start} "
+                             f"and {self.end}")
+        if not 0 <= self.low_threshold <= self.high_threshold <= 1000:
+            raise ValueError("canny thresholds must satisfy 0 <= low <= high <= 1000, got "
+                             f"{self.low_threshold} and {self.high_threshold}")
+        if not 0.0 <= self.blur <= 64.0:
+            raise ValueError(f"tile blur must be between 0 and 64 px, got {self.blur}")
+        if self.image is None:
+            if self.kind not in MADE_FROM_THE_IMAGE:
+                raise ValueError(f"a {self.kind} control needs an image: draw it on a control layer or give a file")
+            return
+        if self.kind == "inpaint":
+            raise ValueError("an inpaint control is made from the job itself: it takes no image")
+        image = np.asarray(self.image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError(f"the {self.kind} control image must be an H x W x 3 or 4 uint8 array")
+        object.__setattr__(self, "image", _frozen(image))
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     kind: JobKind
@@ -111,6 +160,7 @@ class GenerationRequest:
     memory_saving: str = "auto"           # auto (by free GPU memory), on or off
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     mask_options: MaskOptions = field(default_factory=MaskOptions)
+    controls: tuple[ControlInput, ...] = ()
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image)
@@ -149,6 +199,14 @@ class GenerationRequest:
                 raise ValueError("a restyle works on the whole image: it takes no mask or canvas")
         else:
             raise ValueError(f"unknown job kind {self.kind!r}")
+        object.__setattr__(self, "controls", tuple(self.controls))
+        if self.kind == JobKind.RESTYLE and any(c.kind == "inpaint" for c in self.controls):
+            raise ValueError("an inpaint control guides Fill and Expand; a restyle has no hole to fill")
+        out = self.output_rect
+        for control in self.controls:
+            if control.image is not None and control.image.shape[:2] != (out.h, out.w):
+                raise ValueError(f"the {control.kind} control image is {control.image.shape[1]}x"
+                                 f"{control.image.shape[0]}; this job needs {out.w}x{out.h}")
 
     @property
     def image_rect(self) -> Rect:

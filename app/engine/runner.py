@@ -46,7 +46,7 @@ def _is_torch_out_of_memory(exc: BaseException) -> bool:
 
     if "torch" not in sys.modules:
         return False
-    from app.engine.devices import is_out_of_memory
+    from app.engine.diffusion.devices import is_out_of_memory
 
     return is_out_of_memory(exc)
 

@@ -154,7 +154,7 @@ def compute_device() -> str:
     """The device Generative Fill runs on by default ("cuda float16, NVIDIA H200"), or why there is none;
     imports torch, so for a background thread."""
     from app.engine import preload
-    from app.engine.devices import plan_device
+    from app.engine.diffusion.devices import plan_device
     from app.engine.events import EngineError
 
     preload.wait_if_started()

@@ -58,7 +58,7 @@ def encode_prompts(model, prompts: list[str], device) -> list[TextConditioning]:
 def invalid_values(part: str, model, when: str = "") -> EngineError:
     """The one-line error for NaN or infinity out of `part` ("the UNet", "the text encoder", ...) of `model`,
     naming the LoRA applied to it, if any."""
-    from app.engine.lora import loaded
+    from app.engine.diffusion.lora import loaded
 
     weights = part.removeprefix("the ")
     lora = loaded(model)

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from app.core.safe_files import FileTooLarge, read_bounded
-from app.engine.config_folder import CheckedConfig, check_config_folder, part_config, staged
-from app.engine.devices import DevicePlan
+from app.engine.diffusion.config_folder import CheckedConfig, check_config_folder, part_config, staged
+from app.engine.diffusion.devices import DevicePlan
 from app.engine.events import EngineError
-from app.engine.model_files import (CONFIG_ROOT, FOLDER_PARTS, TOKENIZER_DIR, CheckpointInfo, ModelSource,
+from app.engine.diffusion.model_files import (CONFIG_ROOT, FOLDER_PARTS, TOKENIZER_DIR, CheckpointInfo, ModelSource,
                                     check_folder_weights, inspect_folder, inspect_tensors,
                                     read_checkpoint_tensors, refused_pickle, short_error)
-from app.engine.safetensors_header import TensorInfo
+from app.engine.diffusion.safetensors_header import TensorInfo
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]          # message, fraction done (0..1, or -1 when unknown)
@@ -95,7 +95,7 @@ def load_model(source: ModelSource, plan: DevicePlan, progress: Progress | None 
     except pickle.UnpicklingError:      # torch.load(weights_only=True) inside a library refused a file
         raise EngineError(refused_pickle(f"a file of {source.name}")) from None
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
-        from app.engine.devices import is_out_of_memory
+        from app.engine.diffusion.devices import is_out_of_memory
 
         if is_out_of_memory(exc):
             raise
@@ -136,7 +136,7 @@ def _load_single_file(path: Path, config: str, plan: DevicePlan, progress: Progr
             pipe = pipeline_class.from_single_file(str(path), config=str(config_dir), local_files_only=True,
                                                    torch_dtype=plan.dtype, **kwargs)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-        from app.engine.devices import is_out_of_memory
+        from app.engine.diffusion.devices import is_out_of_memory
 
         if is_out_of_memory(exc):
             raise
@@ -452,7 +452,7 @@ def download_repo(repo_id: str, progress: Progress) -> Path:
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    tqdm_class = _progress_tqdm(progress, repo_id)
+    tqdm_class = progress_tqdm(progress, repo_id)
     try:
         path = huggingface_hub.snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS, tqdm_class=tqdm_class)
     except RepositoryNotFoundError:
@@ -470,7 +470,7 @@ def download_repo(repo_id: str, progress: Progress) -> Path:
     return folder
 
 
-def _progress_tqdm(progress: Progress, repo_id: str):
+def progress_tqdm(progress: Progress, repo_id: str):
     from tqdm.auto import tqdm
 
     class ReportingTqdm(tqdm):

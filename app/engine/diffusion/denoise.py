@@ -1,4 +1,5 @@
-"""The denoising loop: latents, classifier-free guidance, inpainting conditioning and latent blending.
+"""The denoising loop: latents, classifier-free guidance, inpainting conditioning, ControlNet residuals
+(app.engine.diffusion.control) and latent blending.
 
 One call denoises a batch of variants of one work region. After every step it hands the predicted clean
 latent (x0) to `on_step`, which previews it, honours a cancel, or asks to stop early and keep x0.
@@ -15,13 +16,14 @@ the UNet rather than the VAE that would decode the result.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from app.engine.samplers import find_sampler, make_scheduler
-from app.engine.text_encoding import TextConditioning, blend, encode_prompts, invalid_values, zeros_like
+from app.engine.diffusion.control import control_residuals
+from app.engine.diffusion.samplers import find_sampler, make_scheduler
+from app.engine.diffusion.text_encoding import TextConditioning, blend, encode_prompts, invalid_values, zeros_like
 
 StepCallback = Callable[[int, int, torch.Tensor], bool]   # (step, total, x0) -> True to stop early
 
@@ -47,6 +49,7 @@ class DenoiseJob:
     style_strength: float = 1.0
     pure_noise: bool = False                # start from noise alone (a full-strength Fill: no ghost of
                                             # what is being removed); else the re-noised init latents
+    controls: list = field(default_factory=list)   # control.ActiveControl: ControlNets guiding every step
 
 
 def steps_to_run(steps: int, strength: float) -> int:
@@ -96,15 +99,21 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
     step_options = {"generator": generators} if find_sampler(job.sampler).ancestral else {}
 
     x0 = init
-    with on_device(model, [model.unet]):
+    nets = [control.net for control in job.controls]
+    with on_device(model, [model.unet, *nets]):
         for index, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             scaled = model_input[:batch]
+            down = mid = None
+            if job.controls:
+                down, mid = control_residuals(job.controls, model_input, t, embeddings, added, batch, guided,
+                                              index, len(timesteps))
             if condition is not None:
                 model_input = torch.cat([model_input, condition], dim=1)
             prediction = model.unet(model_input.to(dtype), t, encoder_hidden_states=embeddings,
-                                    added_cond_kwargs=added, return_dict=False)[0].float()
+                                    added_cond_kwargs=added, down_block_additional_residuals=down,
+                                    mid_block_additional_residual=mid, return_dict=False)[0].float()
             finite = torch.isfinite(prediction).all()
             if guided:
                 unconditional, conditional = prediction.chunk(2)
@@ -194,6 +203,6 @@ def on_device(model, modules: list):
     finally:
         for module in modules:
             module.to("cpu")
-        from app.engine.devices import free_device_memory
+        from app.engine.diffusion.devices import free_device_memory
 
         free_device_memory(model.plan.device)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from app.engine.denoise import on_device
+from app.engine.diffusion.denoise import on_device
 from app.engine.events import EngineError
 
 # Least-squares maps from the 4 latent channels to RGB in [-1, 1] (rows: channels; columns: R, G, B).

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from app.engine.events import EngineError
-from app.engine.model_files import CheckpointInfo, read_json
-from app.engine.safetensors_header import shown_name
+from app.engine.diffusion.model_files import CheckpointInfo, read_json
+from app.engine.diffusion.safetensors_header import shown_name
 
 MAX_INDEX_BYTES = 64 << 10        # model_index.json (real ones: about 600 bytes)
 MAX_CONFIG_BYTES = 1 << 20        # a component's config.json (a UNet's: about 2 KB)

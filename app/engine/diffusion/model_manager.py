@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from app.engine.devices import DevicePlan, free_device_memory
-from app.engine.model_files import ModelSource
+from app.engine.diffusion.devices import DevicePlan, free_device_memory
+from app.engine.diffusion.model_files import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class ModelManager:
             self.free()
             loader = self._loader
             if loader is None:
-                from app.engine.model_loader import load_model as loader
+                from app.engine.diffusion.model_loader import load_model as loader
             model = loader(source, plan, progress)
             self._key, self._model = key, model
             self.loads += 1

@@ -5,7 +5,7 @@ through torch.load(weights_only=True)) or a Hugging Face repo id. Single files a
 key names and the UNet's input channels, the way model sites' files are laid out:
   SD 1.x  cond_stage_model.transformer.*            SD 2.x  cond_stage_model.model.* (OpenCLIP)
   SDXL    conditioner.embedders.{0,1}.*             inpainting: a 9-channel first UNet convolution
-A .safetensors header is read by the bounded reader of app.engine.safetensors_header, never by the library
+A .safetensors header is read by the bounded reader of app.engine.diffusion.safetensors_header, never by the library
 that loads the weights; every weight a model part loads must be floating point (`check_weight_dtypes`), and
 no file may make the loader read more than a model of its family can hold (`check_weight_sizes`). Whether
 a single file's tensors fit the config it loads with is model_loader.inspect_single_file's question.
@@ -24,12 +24,12 @@ from typing import Callable, Iterable, Mapping
 
 from app.core.safe_files import FileTooLarge, read_bounded
 from app.engine.events import EngineError
-from app.engine.safetensors_header import DTYPE_BYTES, TensorInfo, read_safetensors_header, shown_name
+from app.engine.diffusion.safetensors_header import DTYPE_BYTES, TensorInfo, read_safetensors_header, shown_name
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
-RESOURCES = Path(__file__).resolve().parent.parent.parent / "resources"
+RESOURCES = Path(__file__).resolve().parents[3] / "resources"
 CONFIG_ROOT = RESOURCES / "models"
 TOKENIZER_DIR = RESOURCES / "tokenizers" / "clip"
 MAX_JSON_BYTES = 4 << 20         # a config or a shard index (real ones: a few KB; an SDXL UNet index ~100 KB)
@@ -92,7 +92,7 @@ class CheckpointInfo:
 
 def resolve_source(text: str, config: str = "") -> ModelSource:
     """Turn what the user typed or picked into a ModelSource, or say in one line what is wrong."""
-    from app.engine.registry import looks_like_repo_id
+    from app.engine.model_ids import looks_like_repo_id
 
     text = text.strip()
     path = Path(text).expanduser()
@@ -301,7 +301,7 @@ def _what_else(keys: list[str]) -> str:
 def inspect_folder(folder: Path) -> tuple[str, bool]:
     """(family, inpaint) of a diffusers folder; EngineError names a missing or foreign component, or a
     component config that is not within bounds (config_folder.check_part_config)."""
-    from app.engine.config_folder import part_config
+    from app.engine.diffusion.config_folder import part_config
 
     for part in ("unet", "vae", "text_encoder"):
         if not (folder / part / "config.json").is_file():
@@ -350,7 +350,7 @@ def check_folder_weights(folder: Path, part: str) -> bool:
             check_weight_sizes(every, f"{folder.name}/{part}", lambda key: shown, (limit, limit),
                                f"Stable Diffusion {shown}")
             if part.startswith("text_encoder"):
-                from app.engine.config_folder import part_config
+                from app.engine.diffusion.config_folder import part_config
 
                 config = part_config(where / "config.json", part, f"{folder.name}/{part}/config.json")
                 check_text_encoder_fits_weights(config, every, f"{folder.name}/{part}")

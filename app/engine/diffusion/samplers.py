@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.engine.config_folder import check_part_config
+from app.engine.diffusion.config_folder import check_part_config
 from app.engine.events import EngineError
 
 

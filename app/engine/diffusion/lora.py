@@ -6,7 +6,7 @@ encoder(s): StableDiffusionLoraLoaderMixin for SD 1.x/2.x, StableDiffusionXLLora
 hosted by a lightweight object around the model's own components (no pipeline is built).
 
 Only .safetensors files are read, never pickles; their header is checked by the bounded reader of
-app.engine.safetensors_header before diffusers opens them. `applied(model, path, weight)` is entered around
+app.engine.diffusion.safetensors_header before diffusers opens them. `applied(model, path, weight)` is entered around
 every job: with a LoRA, the adapter is loaded (or, when the same unchanged file is already loaded from the
 previous job, kept) and set to `weight`; without one, any adapter still loaded is unloaded first, which
 puts the model's original layers back, so results are bit for bit those of a model that never had a LoRA.
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from app.engine.events import EngineError
-from app.engine.model_files import short_error
-from app.engine.safetensors_header import read_safetensors_header
+from app.engine.diffusion.model_files import short_error
+from app.engine.diffusion.safetensors_header import read_safetensors_header
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _read_keys(file: Path) -> list[str]:
 
 
 def _load(model, host, file: Path) -> None:
-    from app.engine.devices import is_out_of_memory
+    from app.engine.diffusion.devices import is_out_of_memory
 
     try:
         import peft  # noqa: F401 - diffusers' LoRA loading runs on it

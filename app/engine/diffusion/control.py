@@ -1,0 +1,260 @@
+"""ControlNets: loading them safely beside a model, and their residuals in the denoising loop.
+
+A ControlNet comes as a diffusers folder (config.json + diffusion_pytorch_model.safetensors), a single file
+(the original `control_model.*` layout of SD 1.x files, or diffusers names as most SDXL files have), loaded
+with the config shipped for the model's family in resources/models/controlnet-*, or a Hugging Face repo id.
+It must be of the model's family: its cross-attention width and its added conditioning match the UNet's.
+
+In the loop every active ControlNet sees the UNet's (4-channel, scaled) latents, the text embeddings and its
+control image, and its down- and mid-block residuals are summed and added to the UNet's, as diffusers'
+ControlNet pipelines do: guess mode gives the ControlNet the conditional half only (zeros for the rest), and
+its weight times "is this step inside [start, end]" is its conditioning scale. A ControlNet whose scale is 0
+at a step is not run, so a weight of 0, or a range outside the run, is exactly no ControlNet.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from app.engine.diffusion.config_folder import MAX_CONFIG_BYTES, check_part_config
+from app.engine.diffusion.model_files import (
+    CONFIG_ROOT, PICKLE_SUFFIXES, SAFE_SUFFIXES, check_weight_dtypes, check_weight_sizes, read_checkpoint_tensors,
+    read_json, refused_pickle, short_error,
+)
+from app.engine.events import EngineError
+from app.engine.model_ids import looks_like_repo_id
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
+
+MAX_CONTROLNET_BYTES = 16 << 30          # an SDXL ControlNet in F32 is 5 GB; union ones a little more
+FAMILY_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+SHIPPED_CONFIGS = {"sd1": "controlnet-sd15", "sdxl": "controlnet-sdxl"}
+DOWNLOAD_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors",
+                     "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model-*.safetensors"]
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
+@dataclass
+class ActiveControl:
+    """One ControlNet of a pass: its model, its control image as a tensor and when and how much it guides."""
+    net: Any                    # diffusers ControlNetModel
+    image: Any                  # (1, 3, H, W) float tensor: [0, 1], or -1 where the inpaint ControlNet fills
+    weight: float
+    start: float
+    end: float
+    guess_mode: bool = False
+
+    def scale_at(self, index: int, count: int) -> float:
+        """The conditioning scale at step `index` of `count`: the weight inside [start, end], else 0 (as
+        diffusers' controlnet_keep)."""
+        outside = index / count < self.start or (index + 1) / count > self.end
+        return 0.0 if outside else self.weight
+
+
+def control_residuals(controls: list[ActiveControl], model_input, t, embeddings, added, batch: int,
+                      guided: bool, index: int, count: int):
+    """(down residuals, mid residual) of every ControlNet active at this step, summed; (None, None) when
+    none is."""
+    import torch
+
+    down, mid = None, None
+    for control in controls:
+        scale = control.scale_at(index, count)
+        if scale == 0.0:
+            continue
+        guess = control.guess_mode or bool(getattr(control.net.config, "global_pool_conditions", False))
+        half = guess and guided                         # the conditional half only
+        sample = model_input[batch:] if half else model_input
+        hidden = embeddings[batch:] if half else embeddings
+        extra = None if added is None else {k: (v[batch:] if half else v) for k, v in added.items()}
+        image = control.image.to(device=sample.device, dtype=control.net.dtype).expand(sample.shape[0], -1, -1, -1)
+        d, m = control.net(sample.to(control.net.dtype), t, encoder_hidden_states=hidden, controlnet_cond=image,
+                           conditioning_scale=scale, guess_mode=guess, added_cond_kwargs=extra, return_dict=False)
+        if half:
+            d = [torch.cat([torch.zeros_like(r), r]) for r in d]
+            m = torch.cat([torch.zeros_like(m), m])
+        if down is None:
+            down, mid = list(d), m
+        else:
+            down = [a + b for a, b in zip(down, d)]
+            mid = mid + m
+    return down, mid
+
+
+# -- loading --------------------------------------------------------------------------------------------
+
+def load_controlnet(model, location: str, config: str = "", progress: Progress | None = None):
+    """The ControlNet at `location` for `model` (loaded once per model: kept in model.extra), on the model's
+    device and precision; EngineError in one line when it is missing, damaged or of another family."""
+    progress = progress or (lambda message, fraction: None)
+    cache = model.extra.setdefault("controlnets", {})
+    key = (location, config)
+    if key in cache:
+        return cache[key]
+    try:
+        net = _load(model, location, config, progress)
+    except EngineError:
+        raise
+    except pickle.UnpicklingError:
+        raise EngineError(refused_pickle(f"the ControlNet {Path(location).name}")) from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
+        from app.engine.diffusion.devices import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            raise
+        log.warning("could not load the ControlNet %s", location, exc_info=exc)
+        raise EngineError(f"could not load the ControlNet {Path(location).name}: {short_error(exc)}") from None
+    check_family(net.config, model, _shown(location))
+    net.eval()
+    net.requires_grad_(False)
+    if model.plan.attention_slicing or model.extra.get("memory_savers"):
+        net.set_attention_slice("auto")
+    if not model.plan.offload:
+        net.to(model.plan.device)
+    cache[key] = net
+    return net
+
+
+def _load(model, location: str, config: str, progress: Progress):
+    import diffusers
+
+    path = Path(location).expanduser()
+    dtype = model.plan.dtype
+    if path.is_dir():
+        return _load_folder(path, dtype, progress)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
+            raise EngineError(f"{path.name}: not a ControlNet file (expected .safetensors)")
+        folder = _single_file_config(path, config, model)
+        progress(f"loading the ControlNet {path.name}", -1)
+        try:
+            return diffusers.ControlNetModel.from_single_file(str(path), config=str(folder), local_files_only=True,
+                                                              torch_dtype=dtype)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            from app.engine.diffusion.devices import is_out_of_memory
+
+            if is_out_of_memory(exc):
+                raise
+            raise EngineError(f"the ControlNet {path.name} does not fit the config {folder.name}: "
+                              f"{short_error(exc, 100)}") from None
+    if looks_like_repo_id(location):
+        return _load_folder(_download(location, progress), dtype, progress, location)
+    raise EngineError(f"ControlNet not found: {location}")
+
+
+def _load_folder(folder: Path, dtype, progress: Progress, name: str = ""):
+    import diffusers
+
+    name = name or folder.name
+    if not (folder / "config.json").is_file():
+        raise EngineError(f"{name} is not a diffusers ControlNet folder (no config.json)")
+    controlnet_config(folder, name)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if not weights.is_file() and not index.is_file():
+        pickled = [p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        raise EngineError(f"{name} holds no diffusion_pytorch_model.safetensors"
+                          + (f" (only {pickled[0]}, which is never unpickled: get the .safetensors weights)"
+                             if pickled else ""))
+    if weights.is_file():
+        tensors = read_checkpoint_tensors(weights)
+        check_weight_dtypes(tensors, f"{name}/{weights.name}", lambda key: "ControlNet")
+        check_weight_sizes(tensors, name, lambda key: "ControlNet", (MAX_CONTROLNET_BYTES, MAX_CONTROLNET_BYTES),
+                           "ControlNet")
+    progress(f"loading the ControlNet {name}", -1)
+    return diffusers.ControlNetModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True,
+                                                     use_safetensors=True)
+
+
+def controlnet_config(folder: Path, name: str) -> dict:
+    """The ControlNet config.json of `folder`, read within bounds and checked; EngineError otherwise."""
+    config = read_json(folder / "config.json", MAX_CONFIG_BYTES)
+    kind = config.get("_class_name", "ControlNetModel")
+    if kind != "ControlNetModel":
+        what = "a ControlNet union model (not supported yet)" if kind == "ControlNetUnionModel" else \
+            f"a {kind!s:.60}, not a ControlNet"
+        raise EngineError(f"{name} is {what}")
+    check_part_config("unet", config, f"{name}/config.json")
+    embedding = config.get("conditioning_embedding_out_channels", [16, 32, 96, 256])
+    if not (isinstance(embedding, list) and 1 <= len(embedding) <= 8
+            and all(type(c) is int and 1 <= c <= 4096 for c in embedding)):
+        raise EngineError(f"{name}/config.json gives conditioning_embedding_out_channels the value "
+                          f"{str(embedding)[:60]}; it must be a list of at most 8 whole numbers from 1 to 4096")
+    if config.get("in_channels", 4) != 4:
+        raise EngineError(f"{name}: a ControlNet with {config.get('in_channels')} input channels is not supported")
+    return config
+
+
+def _single_file_config(path: Path, config: str, model) -> Path:
+    """The config folder a single-file ControlNet loads with: `config`, else the one shipped for the model's
+    family; the file's tensors are read (a header, or weights_only) and checked first."""
+    tensors = read_checkpoint_tensors(path)
+    check_weight_dtypes(tensors, path.name, lambda key: "ControlNet")
+    check_weight_sizes(tensors, path.name, lambda key: "ControlNet", (MAX_CONTROLNET_BYTES, MAX_CONTROLNET_BYTES),
+                       "ControlNet")
+    if not any("controlnet_cond_embedding" in key or "input_hint_block" in key for key in tensors):
+        raise EngineError(f"{path.name} is not a ControlNet (it has no control-image embedding)")
+    width = next((info.shape[1] for key, info in sorted(tensors.items())
+                  if key.endswith("attn2.to_k.weight") and len(info.shape) == 2), None)
+    expected = int(_width(model.unet.config.cross_attention_dim))
+    if width is not None and width != expected:
+        raise EngineError(f"the ControlNet {path.name} is for {_family_of_width(width)}; the model "
+                          f"{model.name} is {FAMILY_NAMES.get(model.family, model.family)}")
+    if config:
+        folder = Path(config).expanduser()
+    elif model.family in SHIPPED_CONFIGS:
+        folder = CONFIG_ROOT / SHIPPED_CONFIGS[model.family]
+    else:
+        raise EngineError(f"no ControlNet config ships for {FAMILY_NAMES.get(model.family, model.family)}: give "
+                          f"the config folder of {path.name} (its config.json) as the ControlNet's config")
+    controlnet_config(folder, f"config folder {folder.name}")
+    return folder
+
+
+def check_family(config, model, shown: str) -> None:
+    """EngineError when the ControlNet (its config) is not of `model`'s family."""
+    width = _width(config.cross_attention_dim if hasattr(config, "cross_attention_dim")
+                   else config.get("cross_attention_dim"))
+    expected = _width(model.unet.config.cross_attention_dim)
+    xl = (getattr(config, "addition_embed_type", None) == "text_time")
+    if width != expected or xl != model.is_xl:
+        what = "SDXL" if xl else _family_of_width(width)
+        raise EngineError(f"the ControlNet {shown} is for {what}; the model {model.name} is "
+                          f"{FAMILY_NAMES.get(model.family, model.family)}")
+
+
+def _width(value) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def _family_of_width(width: int) -> str:
+    return FAMILY_WIDTHS.get(width, f"a model with cross-attention width {width}")
+
+
+def _shown(location: str) -> str:
+    return location if looks_like_repo_id(location) and not Path(location).exists() else Path(location).name
+
+
+def _download(repo_id: str, progress: Progress) -> Path:
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    from app.engine.diffusion.model_loader import progress_tqdm
+
+    try:
+        path = huggingface_hub.snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS,
+                                                 tqdm_class=progress_tqdm(progress, repo_id))
+    except RepositoryNotFoundError:
+        raise EngineError(f"no ControlNet {repo_id} on the Hugging Face hub (or it is private: log in with "
+                          "`hf auth login`)") from None
+    except LocalEntryNotFoundError:
+        raise EngineError(f"the ControlNet {repo_id} is not downloaded yet and the Hugging Face hub cannot be "
+                          "reached (offline?)") from None
+    except HfHubHTTPError as exc:
+        raise EngineError(f"downloading {repo_id} failed: {short_error(exc)}") from None
+    return Path(path)
