@@ -52,7 +52,7 @@ def test_adding_a_checkpoint_labels_it_by_family_and_stores_an_absolute_path(lib
                                                                               monkeypatch):
     monkeypatch.chdir(checkpoint.parent)
     entry = ModelLibrary(library_path).add("dreamy.safetensors")
-    assert entry == ModelEntry(str(checkpoint.resolve()), "dreamy.safetensors — Stable Diffusion 1.x", "file")
+    assert entry == ModelEntry(str(checkpoint.resolve()), "dreamy.safetensors — Stable Diffusion 1.x", "file", family="sd1")
 
 
 def test_adding_a_diffusers_folder_labels_it_by_family(library_path, tmp_path):
@@ -150,7 +150,7 @@ def test_the_same_tiny_file_with_its_own_config_folder_is_added(library_path, ti
     path, config = tiny_models.path("sd15", False, "single_file"), tiny_models.config_folder("sd15")
     entry = ModelLibrary(library_path).add(str(path), str(config))
     assert entry == ModelEntry(str(path.resolve()), "sd15.safetensors — Stable Diffusion 1.x", "file",
-                               str(config.resolve()))
+                               str(config.resolve()), "sd1")
 
 
 def test_a_config_folder_without_model_index_is_refused(library_path, checkpoint, tmp_path):

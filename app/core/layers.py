@@ -19,9 +19,10 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from app.core.control_layers import ControlSettings
 from app.core.geometry import Rect
 
-KINDS = ("raster", "generative")
+KINDS = ("raster", "generative", "control")
 MAX_NAME = 200
 
 
@@ -110,9 +111,12 @@ class Layer:
     visible: bool = True
     opacity: float = 1.0
     generation: Generation | None = None
+    control: ControlSettings | None = None   # a control layer: guides generation, never composited
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pixels", frozen_pixels(self.pixels))
+        if self.control is not None and self.generation is not None:
+            raise ValueError("a layer is either generative or a control layer")
         if not 0.0 <= float(self.opacity) <= 1.0:
             raise ValueError(f"opacity must be between 0 and 1, got {self.opacity}")
         object.__setattr__(self, "opacity", float(self.opacity))
@@ -128,7 +132,14 @@ class Layer:
 
     @property
     def kind(self) -> str:
+        if self.control is not None:
+            return "control"
         return "raster" if self.generation is None else "generative"
+
+    @property
+    def composited(self) -> bool:
+        """Whether this layer is part of the image: visible, not transparent and not a control layer."""
+        return self.visible and self.opacity > 0.0 and self.control is None
 
     @property
     def rect(self) -> Rect:
@@ -251,6 +262,8 @@ class LayerStack:
         if i == 0:
             raise ValueError("the bottom layer has nothing below it to merge into")
         below, top = self.layers[i - 1], self.layers[i]
+        if top.control is not None or below.control is not None:
+            raise ValueError("control layers guide generation: they cannot be merged")
         if not top.visible:
             return self.removed(layer_id)
         area = below.rect.union(top.rect) if below.visible else top.rect
@@ -266,7 +279,9 @@ class LayerStack:
         pixels = composite_rgba(self, self.rect)
         if bool((pixels[..., 3] == 255).all()):
             pixels = np.ascontiguousarray(pixels[..., :3])
-        return LayerStack(self.width, self.height, (Layer(self.next_id, name, pixels),), self.next_id + 1)
+        controls = tuple(layer for layer in self.layers if layer.control is not None)   # kept, on top
+        return LayerStack(self.width, self.height, (Layer(self.next_id, name, pixels),) + controls,
+                          self.next_id + 1)
 
     def resized(self, canvas: Rect) -> "LayerStack":
         """The canvas set to `canvas` (in current document coordinates): every layer moves with it, and what
@@ -293,7 +308,7 @@ class LayerStack:
                     touched += [mine[i], theirs[i]]
         area: Rect | None = None
         for layer in touched:
-            if layer.visible:
+            if layer.visible and layer.control is None:
                 area = layer.rect if area is None else area.union(layer.rect)
         if area is None:
             return None
@@ -321,7 +336,7 @@ def composite_rgba(stack: LayerStack, area: Rect, clip: bool = True) -> np.ndarr
         return out
     opaque = False                       # the whole area holds opaque pixels so far
     for layer in stack.layers:
-        if not layer.visible or layer.opacity <= 0.0:
+        if not layer.composited:
             continue
         part = layer.rect.intersect(area)
         if clip:

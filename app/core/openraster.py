@@ -165,7 +165,9 @@ def _stack_xml(document: Document, names: dict[int, tuple[str, np.ndarray]]) -> 
         ElementTree.SubElement(stack, "layer", {
             "name": _xml_text(layer.name), "src": names[id(layer.pixels)][0],
             "x": str(layer.x), "y": str(layer.y), "opacity": repr(layer.opacity),
-            "visibility": "visible" if layer.visible else "hidden", "composite-op": "svg:src-over"})
+            # Control layers are never part of the image: other readers must not show them either.
+            "visibility": "visible" if layer.visible and layer.control is None else "hidden",
+            "composite-op": "svg:src-over"})
     return ElementTree.tostring(image, encoding="utf-8", xml_declaration=True)
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from app.core.control_layers import ControlSettings
 from app.core.document import MAX_MASK_NAME, MAX_NAMED_MASKS, NamedMask, mask_name
 from app.core.layers import KINDS, MAX_NAME, Generation, Layer, LayerStack, LayerVariant
 
@@ -57,6 +58,8 @@ def _layer_entry(layer: Layer, ref) -> dict:
     g = layer.generation
     if g is None:
         entry["pixels"] = ref(layer.pixels)
+        if layer.control is not None:
+            entry["control"] = layer.control.to_json()
         return entry
     entry["generation"] = {
         "kind": g.kind, "selected": g.selected, "settings": g.settings,
@@ -107,11 +110,17 @@ def _parse_layer(entry, files: ArrayFiles, where: str):
     if not isinstance(visible, bool):
         raise RecordError(f"{where}.visible is {show(visible)}, not true or false")
     opacity = _fraction(entry.get("opacity", 1.0), f"{where}.opacity")
-    if kind == "raster":
+    if kind in ("raster", "control"):
         if entry.get("generation") is not None:
-            raise RecordError(f"{where} is a raster layer with generation data")
+            raise RecordError(f"{where} is a {kind} layer with generation data")
+        control = None
+        if kind == "control":
+            try:
+                control = ControlSettings.from_json(entry.get("control"))
+            except (TypeError, ValueError) as exc:
+                raise RecordError(f"{where}.control: {exc}") from None
         pixels, _ = files.image(entry.get("pixels"), f"{where}.pixels")
-        return layer_id, lambda arrays: Layer(layer_id, name, arrays[pixels], x, y, visible, opacity)
+        return layer_id, lambda arrays: Layer(layer_id, name, arrays[pixels], x, y, visible, opacity, control=control)
     make_generation = _parse_generation(entry.get("generation"), files, f"{where}.generation")
 
     def make(arrays):

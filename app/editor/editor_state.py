@@ -19,6 +19,7 @@ from app.core.document import (
     mask_name,
 )
 from app.core.geometry import Rect
+from app.core.control_layers import ControlSettings, empty_control_pixels
 from app.core.layers import Generation, Layer, LayerStack, variant_from_result
 from app.editor.history import History
 
@@ -299,6 +300,37 @@ class EditorState(QObject):
         self.change_layers(stack, "Add layer")
         self.set_active_layer(stack.layers[-1].id)
         return True
+
+    def add_control_layer(self, settings: ControlSettings, pixels: np.ndarray | None = None,
+                          name: str | None = None) -> bool:
+        """A control layer on top (canvas-sized and transparent unless `pixels` is given, e.g. an imported
+        drawing, placed at the canvas's origin), selected."""
+        doc = self.document
+        if doc is None:
+            return False
+        if pixels is None:
+            pixels = empty_control_pixels(doc.width, doc.height)
+        layer = Layer(0, name or f"{settings.label} control", pixels, 0, 0, control=settings)
+        stack = doc.layers.added(layer)
+        self.change_layers(stack, "Add control layer")
+        self.set_active_layer(stack.layers[-1].id)
+        return True
+
+    def set_control_settings(self, layer_id: int, settings: ControlSettings) -> bool:
+        doc = self.document
+        if doc is None:
+            return False
+        try:
+            layer = doc.layers.get(layer_id)
+        except KeyError:
+            return False
+        if layer.control is None or layer.control == settings:
+            return False
+        return self._layer_edit(layer_id, "Control settings", lambda s: s.changed(layer_id, control=settings))
+
+    def set_layer_pixels(self, layer_id: int, pixels: np.ndarray, label: str = "Draw on layer") -> bool:
+        """Replace a layer's pixels (same place): the pen's strokes on a control layer, an imported image."""
+        return self._layer_edit(layer_id, label, lambda s: s.changed(layer_id, pixels=pixels))
 
     # -- overlays -----------------------------------------------------------------------------------
     def set_preview(self, image: np.ndarray | None, rect: Rect | None) -> None:

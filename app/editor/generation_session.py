@@ -4,11 +4,14 @@ It sits between the widgets and the EngineController so the main window only wir
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from PySide6.QtCore import QObject, Signal
 
 from app.core import imageops
 from app.core.geometry import Rect
 from app.core.styles import Style
+from app.editor.control_jobs import inpaint_control, layer_controls, structure_control
 from app.editor.editor_state import EditorState
 from app.engine.events import EngineEvent, EventKind, Variant
 from app.engine.registry import EngineRegistry
@@ -35,6 +38,7 @@ class GenerationSession(QObject):
         self._focus: Rect | None = None    # what the variants' thumbnails show (focus())
         self.variants: tuple[Variant, ...] = ()
         self._busy = False
+        self.library = None                # a ModelLibrary: its ControlNets (Keep structure, inpaint ControlNet)
 
     @property
     def busy(self) -> bool:
@@ -45,14 +49,16 @@ class GenerationSession(QObject):
         if doc is None or not doc.has_mask():
             self.status.emit("Paint a mask over the area to fill first.", True)
             return False
-        return self._start(lambda: build_fill_request(self._hold(doc), doc.shared_mask(), settings, self.styles))
+        return self._start(lambda: build_fill_request(self._hold(doc), doc.shared_mask(),
+                                                      self._with_controls(settings, doc, doc.image_rect), self.styles))
 
     def expand(self, settings: JobSettings) -> bool:
         doc = self.state.document
         if doc is None or not doc.is_extended():
             self.status.emit("Drag a canvas edge outward (or use the Canvas menu) first.", True)
             return False
-        return self._start(lambda: build_expand_request(self._hold(doc), doc.canvas, settings, self.styles))
+        return self._start(lambda: build_expand_request(self._hold(doc), doc.canvas,
+                                                        self._with_controls(settings, doc, doc.canvas), self.styles))
 
     def restyle(self, settings: JobSettings) -> bool:
         """Repaint the whole image (not the extended canvas) in the chosen style at the restyle strength."""
@@ -60,7 +66,27 @@ class GenerationSession(QObject):
         if doc is None:
             self.status.emit("Open an image to restyle first.", True)
             return False
-        return self._start(lambda: build_restyle_request(self._hold(doc), settings, self.styles))
+        return self._start(lambda: build_restyle_request(
+            self._hold(doc), self._with_controls(settings, doc, doc.image_rect, restyle=True), self.styles))
+
+    def _with_controls(self, settings: JobSettings, doc, output: Rect, restyle: bool = False) -> JobSettings:
+        """`settings` with the document's control layers, and the library's ControlNets that apply: Keep
+        structure for a Restyle, the inpaint ControlNet for a Fill or Expand with a base SD 1.x model."""
+        controls = list(layer_controls(doc, output, restyle))
+        entry = self.library.find(settings.model) if self.library is not None else None
+        controlnets = self.library.controlnets() if self.library is not None else []
+        family = entry.family if entry is not None else ""
+        if restyle and settings.keep_structure and not controls and family:
+            structure = structure_control(controlnets, family)
+            if structure is None:
+                raise ValueError("Keep structure needs a canny ControlNet for this model's family: add one in "
+                                 "Models > Add ControlNet…, or switch Keep structure off")
+            controls.append(structure)
+        if not restyle and family and not any(c.kind == "inpaint" for c in controls):
+            inpaint = inpaint_control(controlnets, family, "inpainting" in entry.label.lower())
+            if inpaint is not None:
+                controls.append(inpaint)
+        return replace(settings, controls=tuple(controls))
 
     def _hold(self, doc):
         self._release()

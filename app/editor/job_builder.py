@@ -40,6 +40,7 @@ class JobSettings:
     memory_saving: str = "auto"
     feather: int = 8
     controls: tuple[ControlInput, ...] = ()   # ControlNets, their images already in output coordinates
+    keep_structure: bool = False   # Restyle: guided by a canny ControlNet of the model's family (the editor)
 
 
 def fit_control_image(control: np.ndarray, image_shape: tuple[int, ...], output: Rect, name: str) -> np.ndarray:

@@ -17,8 +17,11 @@ from app.engine.diffusion.model_files import CheckpointInfo, inspect_folder, res
 
 log = logging.getLogger(__name__)
 
-KINDS = ("file", "folder", "repo")
-FIELDS = ("location", "label", "kind", "config")
+MODEL_KINDS = ("file", "folder", "repo")
+CONTROLNET_KINDS = ("controlnet-file", "controlnet-folder", "controlnet-repo")   # older versions keep these as
+KINDS = MODEL_KINDS + CONTROLNET_KINDS                                           # "a newer kind", untouched
+FIELDS = ("location", "label", "kind", "config", "family", "control")
+FAMILIES = ("", "sd1", "sd2", "sdxl")
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 8 << 20
 MAX_TEXT = 4096
@@ -30,6 +33,12 @@ class ModelEntry:
     label: str              # what the model picker shows, e.g. "name.safetensors — SDXL inpainting"
     kind: str               # "file", "folder" or "repo"
     config: str = ""        # single files: a diffusers config folder to load them with ("" = by family)
+    family: str = ""        # ControlNets: "sd1", "sd2" or "sdxl"
+    control: str = ""       # ControlNets: the control kind their name says ("canny", ...), "" when unknown
+
+    @property
+    def is_controlnet(self) -> bool:
+        return self.kind in CONTROLNET_KINDS
 
 
 def describe_model(location: str, config: str = "") -> ModelEntry:
@@ -46,12 +55,28 @@ def describe_model(location: str, config: str = "") -> ModelEntry:
         if config.strip():
             raise EngineError("a config folder only applies to a single model file, not to a folder")
         family, inpaint = inspect_folder(path)
-        return ModelEntry(str(path), f"{path.name} — {CheckpointInfo(family, inpaint, None).label}", "folder")
+        return ModelEntry(str(path), f"{path.name} — {CheckpointInfo(family, inpaint, None).label}", "folder",
+                          family=family)
     from app.engine.diffusion.model_loader import inspect_single_file     # the loader's own check of file and config
 
     info, checked = inspect_single_file(path, source.config)
     config_dir = str(checked.path) if source.config else ""
-    return ModelEntry(str(path), f"{path.name} — {info.label}", "file", config_dir)
+    return ModelEntry(str(path), f"{path.name} — {info.label}", "file", config_dir, info.family)
+
+
+def describe_controlnet(location: str) -> ModelEntry:
+    """Check the ControlNet at `location` without loading its weights; EngineError in one line otherwise."""
+    from app.engine.diffusion.control import inspect_controlnet
+
+    if not location.strip():
+        raise EngineError("no ControlNet given: pick a file or a folder, or type a Hugging Face repo id")
+    info = inspect_controlnet(location)
+    return ModelEntry(info.location, info.label, f"controlnet-{info.kind}", "", info.family, info.control)
+
+
+def controlnet_for(entries: list[ModelEntry], family: str, control: str) -> ModelEntry | None:
+    """The first listed ControlNet of `family` made for `control` (canny, depth, inpaint ...)."""
+    return next((e for e in entries if e.is_controlnet and e.family == family and e.control == control), None)
 
 
 class ModelLibrary:
@@ -70,7 +95,17 @@ class ModelLibrary:
         self._load()
 
     def entries(self) -> list[ModelEntry]:
-        return list(self._stored.entries)
+        """The diffusion models (what the Model picker lists)."""
+        return [e for e in self._stored.entries if not e.is_controlnet]
+
+    def controlnets(self) -> list[ModelEntry]:
+        return [e for e in self._stored.entries if e.is_controlnet]
+
+    def add_controlnet(self, location: str) -> ModelEntry:
+        existing = self.find(location.strip())
+        if existing is not None:
+            return existing
+        return self.add_checked(describe_controlnet(location))
 
     def find(self, location: str) -> ModelEntry | None:
         key = _normalised(location)
@@ -194,9 +229,10 @@ def _entry_from(item: object) -> ModelEntry | None:
     if not all(isinstance(v, str) and len(v) <= MAX_TEXT and "\0" not in v and writable_text(v)
                for v in values.values()):
         return None
-    if not values["location"].strip() or values["kind"] not in KINDS:
+    if not values["location"].strip() or values["kind"] not in KINDS or values["family"] not in FAMILIES:
         return None
-    return ModelEntry(values["location"], values["label"] or values["location"], values["kind"], values["config"])
+    return ModelEntry(values["location"], values["label"] or values["location"], values["kind"], values["config"],
+                      values["family"], values["control"][:40])
 
 
 def _is_newer_kind(item: object) -> bool:

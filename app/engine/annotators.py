@@ -90,7 +90,7 @@ def _pixels(image) -> np.ndarray:
     image = _check_image(image)
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3])
+    return image[:, :, :3].copy()
 
 
 def _imported(image) -> np.ndarray:
@@ -229,6 +229,15 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _failure(exc: BaseException, what: str, doing: str) -> AnnotatorError:
+    """One line for an exception: out of memory (any torch backend) while `doing`, else `what`: its text."""
+    from app.engine.diffusion.devices import is_out_of_memory
+
+    if is_out_of_memory(exc):
+        return AnnotatorError(f"out of memory {doing}: close other models, use a smaller image or the CPU")
+    return AnnotatorError(f"{what}: {_one_line(exc)}")
+
+
 def _read_config(path: Path) -> dict | None:
     """config.json as a dict, or None when it is over MAX_CONFIG_BYTES, unreadable or no JSON object."""
     try:
@@ -249,13 +258,6 @@ def _is_depth_config(config: dict) -> bool:
     return config.get("model_type") in DEPTH_MODEL_TYPES
 
 
-def _describe_config(config: dict) -> str:
-    architectures = config.get("architectures")
-    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
-        return architectures[0]
-    return str(config.get("model_type") or "no model type")
-
-
 def _check_folder(folder: Path, label: str) -> dict:
     """The folder's config if it is a usable depth-estimation model folder, else AnnotatorError."""
     config_path = folder / "config.json"
@@ -265,8 +267,9 @@ def _check_folder(folder: Path, label: str) -> dict:
     if config is None:
         raise AnnotatorError(f"{label} has an unreadable config.json (not JSON, or over 1 MB)")
     if not _is_depth_config(config):
-        raise AnnotatorError(f"{label} is not a depth-estimation model (its config.json describes "
-                             f"{_describe_config(config)})")
+        names = config.get("architectures")
+        described = str(names[0] if isinstance(names, list) and names else config.get("model_type") or "no type")
+        raise AnnotatorError(f"{label} is not a depth-estimation model (its config.json describes {described})")
     if not any(folder.glob("*.safetensors")):
         pickled = sorted(path.name for path in folder.iterdir() if path.suffix.lower() in PICKLE_SUFFIXES)
         if pickled:
@@ -278,18 +281,22 @@ def _check_folder(folder: Path, label: str) -> dict:
     return config
 
 
+def _local_folder(path) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise AnnotatorError(f"no depth-estimation model folder at {folder}")
+    if not folder.is_dir():
+        raise AnnotatorError(f"{folder} is a file, not a depth-estimation model folder")
+    return folder.resolve()
+
+
 def _resolve(source: str, cache_dir=None) -> tuple[Path, str]:
     """(model folder, label) for a local folder or a repo id in the Hugging Face cache."""
     text = str(source).strip()
     if not text:
         raise AnnotatorError("no depth-estimation model given: pass a model folder or a Hugging Face repo id")
-    path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise AnnotatorError(f"{path} is a file, not a depth-estimation model folder")
-        return path.resolve(), str(path)
-    if not _REPO_ID.fullmatch(text):
-        raise AnnotatorError(f"no depth-estimation model folder at {path}")
+    if Path(text).expanduser().exists() or not _REPO_ID.fullmatch(text):
+        return _local_folder(text), text
     import huggingface_hub
 
     try:
@@ -300,7 +307,7 @@ def _resolve(source: str, cache_dir=None) -> tuple[Path, str]:
     return Path(folder), text
 
 
-_CACHE: OrderedDict[tuple[str, str], "DepthAnnotator"] = OrderedDict()
+_CACHE: OrderedDict[tuple[str, str], DepthAnnotator] = OrderedDict()
 _CACHE_SIZE = 1
 _LOCK = threading.Lock()
 
@@ -321,7 +328,7 @@ class DepthAnnotator:
         self.metric = metric
 
     @classmethod
-    def load(cls, source: str, device: str = "cpu", *, cache_dir=None) -> "DepthAnnotator":
+    def load(cls, source: str, device: str = "cpu", *, cache_dir=None) -> DepthAnnotator:
         """The model at `source` (a folder, or a repo id in the HF cache `cache_dir`, default the user's)
         on `device`, from the one-entry cache when it was the last one loaded."""
         folder, label = _resolve(source, cache_dir)
@@ -338,9 +345,7 @@ class DepthAnnotator:
             return annotator
 
     @classmethod
-    def _load(cls, folder: Path, label: str, device: str) -> "DepthAnnotator":
-        from app.engine.diffusion.devices import is_out_of_memory
-
+    def _load(cls, folder: Path, label: str, device: str) -> DepthAnnotator:
         config = _check_folder(folder, label)
         metric = (config.get("model_type") in METRIC_MODEL_TYPES
                   or config.get("depth_estimation_type") == "metric")
@@ -353,30 +358,27 @@ class DepthAnnotator:
             raise AnnotatorError(f"{label} has an unusable preprocessor_config.json: {_one_line(exc)}") from exc
         try:
             model = _load_model(folder, label)
-            model = model.to(device).eval().requires_grad_(False)
         except AnnotatorError:
             raise
         except Exception as exc:  # noqa: BLE001
-            if is_out_of_memory(exc):
-                raise AnnotatorError(f"out of memory loading the depth model {label} on {device}: close other "
-                                     "models or use the CPU") from exc
-            raise AnnotatorError(f"the weights of {label} could not be loaded (damaged or incomplete file?): "
-                                 f"{_one_line(exc)}") from exc
+            raise _failure(exc, f"the weights of {label} could not be loaded (damaged or incomplete file?)",
+                           f"loading the depth model {label} on {device}") from exc
+        try:
+            model = model.to(device).eval().requires_grad_(False)
+        except Exception as exc:  # noqa: BLE001 - no such device, a driver problem, out of memory
+            raise _failure(exc, f"cannot run the depth model {label} on {device}",
+                           f"loading the depth model {label} on {device}") from exc
         return cls(model, processor, device, label, metric)
 
     def depth(self, rgb) -> np.ndarray:
         """The predicted depth, near = bright, normalised to 0..255, uint8 H x W the input's size."""
-        from app.engine.diffusion.devices import is_out_of_memory
-
         pixels = _pixels(rgb)
         height, width = pixels.shape[:2]
         try:
             prediction = self._predict(pixels, height, width)
         except Exception as exc:  # noqa: BLE001
-            if is_out_of_memory(exc):
-                raise AnnotatorError(f"out of memory estimating depth with {self.label} on {self.device}: "
-                                     "use a smaller image or the CPU") from exc
-            raise AnnotatorError(f"depth estimation with {self.label} failed: {_one_line(exc)}") from exc
+            raise _failure(exc, f"depth estimation with {self.label} failed",
+                           f"estimating depth with {self.label} on {self.device}") from exc
         if self.metric:
             prediction = 1.0 / np.maximum(prediction, 1e-6)
         prediction = np.nan_to_num(prediction, nan=0.0, posinf=0.0, neginf=0.0)
@@ -431,11 +433,10 @@ def free() -> None:
     with _LOCK:
         devices = {device for _, device in _CACHE}
         _CACHE.clear()
-    gc.collect()
-    if devices - {"cpu"}:
+    if devices:
         from app.engine.diffusion.devices import free_device_memory
 
-        for device in devices - {"cpu"}:
+        for device in devices:          # collects garbage, then empties the CUDA / MPS caches
             free_device_memory(device)
 
 
@@ -467,14 +468,10 @@ def find_annotators(cache_dir=None) -> list[AnnotatorInfo]:
 
 def describe_annotator_folder(path) -> AnnotatorInfo:
     """An AnnotatorInfo for a local depth-estimation model folder; AnnotatorError (one line) if it is none."""
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise AnnotatorError(f"no depth-estimation model folder at {folder}")
-    if not folder.is_dir():
-        raise AnnotatorError(f"{folder} is a file, not a depth-estimation model folder")
-    _check_folder(folder, str(folder))
+    folder = _local_folder(path)
+    _check_folder(folder, str(path))
     size = sum(file.stat().st_size for file in folder.rglob("*") if file.is_file())
-    return AnnotatorInfo("", "depth", folder.resolve(), size)
+    return AnnotatorInfo("", "depth", folder, size)
 
 
 # ---------------------------------------------------------------------------------------------- dispatch

@@ -30,11 +30,7 @@ def control_image(control: ControlInput, plan: JobPlan, p: Pass, device: str = "
     if control.image is not None:
         crop = np.ascontiguousarray(control.image[p.region.slices()])
         scaled = resize(crop, (width, height))
-        if control.kind == "scribble":
-            return annotators.scribble(scaled)
-        if control.kind in ("lineart", "softedge"):
-            return annotators.lineart(scaled)
-        return np.ascontiguousarray(scaled[..., :3])
+        return annotators.make_control_image(control.kind, scaled, blur=control.blur, imported=True)
     pixels = np.ascontiguousarray(plan.pass_pixels(plan.base, p))
     hole = cv2.resize(p.hole, (width, height), interpolation=cv2.INTER_NEAREST)
     annotator = None

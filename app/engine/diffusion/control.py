@@ -258,3 +258,64 @@ def _download(repo_id: str, progress: Progress) -> Path:
     except HfHubHTTPError as exc:
         raise EngineError(f"downloading {repo_id} failed: {short_error(exc)}") from None
     return Path(path)
+
+
+# -- what a ControlNet is, without loading it ----------------------------------------------------------------
+
+CONTROL_NAME_HINTS = (("inpaint", "inpaint"), ("canny", "canny"), ("depth", "depth"), ("scribble", "scribble"),
+                      ("lineart", "lineart"), ("softedge", "softedge"), ("hed", "softedge"), ("normal", "normal"),
+                      ("openpose", "pose"), ("pose", "pose"), ("tile", "tile"), ("blur", "tile"))
+
+
+@dataclass(frozen=True)
+class ControlNetInfo:
+    family: str            # "sd1", "sd2" or "sdxl"
+    control: str           # the control kind its name says ("canny", ...), "" when it does not say
+    kind: str              # "file", "folder" or "repo"
+    location: str
+
+    @property
+    def label(self) -> str:
+        name = self.location if self.kind == "repo" else Path(self.location).name
+        what = f" ({self.control})" if self.control else ""
+        return f"{name} — {FAMILY_NAMES[self.family]} ControlNet{what}"
+
+
+def control_kind_of(name: str) -> str:
+    """The control kind a ControlNet's name says (control_v11p_sd15_canny: canny), "" when none."""
+    lowered = name.lower()
+    return next((kind for hint, kind in CONTROL_NAME_HINTS if hint in lowered), "")
+
+
+def inspect_controlnet(location: str) -> ControlNetInfo:
+    """Family and kind of the ControlNet at `location` from its config or its tensors' shapes (no weights are
+    read); a repo id is taken as it is, its family from its name. EngineError in one line otherwise."""
+    text = location.strip()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EngineError(f"{path.name} is not a diffusers ControlNet folder (no config.json)")
+        config = controlnet_config(path, path.name)
+        xl = config.get("addition_embed_type") == "text_time"
+        width = _width(config.get("cross_attention_dim", 768))
+        family = "sdxl" if xl else {768: "sd1", 1024: "sd2"}.get(width)
+        if family is None:
+            raise EngineError(f"{path.name}: a ControlNet with cross-attention width {width} is of no supported "
+                              "family (SD 1.x, SD 2.x, SDXL)")
+        return ControlNetInfo(family, control_kind_of(path.name), "folder", str(path.resolve()))
+    if path.is_file():
+        if path.suffix.lower() not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
+            raise EngineError(f"{path.name}: not a ControlNet file (expected .safetensors)")
+        tensors = read_checkpoint_tensors(path)
+        if not any("controlnet_cond_embedding" in key or "input_hint_block" in key for key in tensors):
+            raise EngineError(f"{path.name} is not a ControlNet (it has no control-image embedding)")
+        check_weight_dtypes(tensors, path.name, lambda key: "ControlNet")
+        xl = any(key.endswith("add_embedding.linear_1.weight") or "label_emb" in key for key in tensors)
+        width = next((info.shape[1] for key, info in sorted(tensors.items())
+                      if key.endswith("attn2.to_k.weight") and len(info.shape) == 2), 768)
+        family = "sdxl" if xl else {768: "sd1", 1024: "sd2"}.get(width, "sd1")
+        return ControlNetInfo(family, control_kind_of(path.name), "file", str(path.resolve()))
+    if looks_like_repo_id(text):
+        family = "sdxl" if "xl" in text.lower() else ("sd2" if "sd21" in text.lower() else "sd1")
+        return ControlNetInfo(family, control_kind_of(text), "repo", text)
+    raise EngineError(f"ControlNet not found: {text}")
