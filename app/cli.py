@@ -6,8 +6,8 @@
     latent-canvas restyle IMAGE -o OUT --style NAME [--strength 0.55] --model MODEL [options]
     latent-canvas styles
 
-Fill, expand and restyle take ControlNets: --control KIND[:IMAGE][:WEIGHT[:START:END]] with one --controlnet
-MODEL each (app/cli_controls.py).
+Fill, expand and restyle take ControlNets (--control KIND[:IMAGE][:WEIGHT[:START:END]] with one --controlnet
+MODEL each) and reference images (--reference IMAGE[:SCALE[:KIND]] with --ip-adapter FILE): app/cli_controls.py.
 
 Every problem with the input ends the run with exit status 1 (2 for bad usage), one line on stderr, and
 no output file written.
@@ -21,7 +21,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from app.cli_controls import ControlUsageError, add_control_options, controls_from_args, parse_control
+from app.cli_controls import (ControlUsageError, add_control_options, controls_from_args, parse_control,
+                              parse_reference, references_from_args)
 from app.core.geometry import Rect, canvas_from_margins
 from app.core.imageio import ImageLoadError, ImageSaveError, load_image, load_mask, save_images
 from app.core.styles import StyleError, read_styles
@@ -118,6 +119,8 @@ def _check_outputs_spare_inputs(args: argparse.Namespace) -> None:
         image = parse_control(text)[1]
         if image:
             inputs.append(("control image", Path(image)))
+    for text in getattr(args, "reference", []):
+        inputs.append(("reference image", Path(parse_reference(text)[0])))
     SamplingOptions(variants=args.variants)         # a count out of range is refused before its paths are made
     for number, output in enumerate(variant_paths(args.output, args.variants), start=1):
         for role, source in inputs:
@@ -205,7 +208,9 @@ def _generate(args: argparse.Namespace) -> int:
     output = Rect(0, 0, image.shape[1], image.shape[0])
     if args.command == "expand":
         output = _expand_canvas(args, image)
-    settings = replace(settings, controls=controls_from_args(args, image.shape, output))
+    settings = replace(settings, controls=controls_from_args(args, image.shape, output),
+                       references=references_from_args(args), ip_adapter=args.ip_adapter.strip(),
+                       image_encoder=args.image_encoder.strip())
     if args.command == "fill":
         mask = load_mask(args.mask)
         if mask.shape != image.shape[:2]:

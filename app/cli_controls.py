@@ -1,4 +1,5 @@
-"""The command line's ControlNet options: --control KIND[:IMAGE][:WEIGHT[:START:END]], --controlnet MODEL.
+"""The command line's guidance options: ControlNets (--control KIND[:IMAGE][:WEIGHT[:START:END]] with
+--controlnet MODEL each) and IP-Adapter references (--reference IMAGE[:SCALE[:KIND]] with --ip-adapter FILE).
 
     --control canny                      edges of the input, weight 1, all steps
     --control depth:0.6 --annotator DIR  a depth map of the input made with a depth-estimation model
@@ -16,7 +17,7 @@ from pathlib import Path
 from app.core.geometry import Rect
 from app.core.imageio import load_image
 from app.editor.job_builder import fit_control_image
-from app.engine.request import CONTROL_KINDS, ControlInput
+from app.engine.request import CONTROL_KINDS, REFERENCE_KINDS, ControlInput, ReferenceInput
 
 
 class ControlUsageError(Exception):
@@ -35,6 +36,14 @@ def add_control_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator", default="", metavar="MODEL",
                    help="depth / normal controls made from the input: a transformers depth-estimation model "
                         "(a folder, or a repo id already downloaded, e.g. depth-anything/Depth-Anything-V2-Small-hf)")
+    p.add_argument("--reference", action="append", default=[], metavar="IMAGE[:SCALE[:KIND]]",
+                   help="a reference image shown to the model through --ip-adapter (repeatable); SCALE 0..2 "
+                        "(default 0.6); KIND: general|style|composition")
+    p.add_argument("--ip-adapter", default="", metavar="FILE",
+                   help="the IP-Adapter .safetensors for --reference (e.g. h94/IP-Adapter's "
+                        "models/ip-adapter_sd15.safetensors)")
+    p.add_argument("--image-encoder", default="", metavar="DIR",
+                   help="the IP-Adapter's CLIP vision encoder folder (default: the image_encoder folder beside it)")
     p.add_argument("--canny", default="100:200", metavar="LOW:HIGH", help="the canny control's thresholds")
     p.add_argument("--tile-blur", type=float, default=0.0, metavar="PX", help="the tile control's blur")
 
@@ -91,6 +100,33 @@ def controls_from_args(args: argparse.Namespace, image_shape: tuple[int, ...], o
         except ValueError as exc:
             raise ControlUsageError(f"--control {kind}: {exc}") from None
     return tuple(controls)
+
+
+def parse_reference(text: str) -> tuple[str, float, str]:
+    """(image path, scale, kind) of one --reference value."""
+    parts = text.split(":")
+    kind = "general"
+    if len(parts) > 2 and parts[-1].strip().lower() in REFERENCE_KINDS and _is_number(parts[-2]):
+        kind = parts.pop().strip().lower()
+    scale = 0.6
+    if len(parts) > 1 and _is_number(parts[-1]):
+        scale = float(parts.pop())
+    return ":".join(parts), scale, kind
+
+
+def references_from_args(args: argparse.Namespace) -> tuple[ReferenceInput, ...]:
+    specs = [parse_reference(text) for text in args.reference]
+    if specs and not args.ip_adapter.strip():
+        raise ControlUsageError("--reference needs --ip-adapter (an IP-Adapter .safetensors file)")
+    if args.ip_adapter.strip() and not specs:
+        raise ControlUsageError("--ip-adapter needs at least one --reference image")
+    references = []
+    for path, scale, kind in specs:
+        try:
+            references.append(ReferenceInput(load_image(Path(path)).pixels, scale, kind))
+        except ValueError as exc:
+            raise ControlUsageError(f"--reference {path}: {exc}") from None
+    return tuple(references)
 
 
 def _thresholds(text: str) -> tuple[int, int]:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.cli_controls import ControlUsageError, parse_control
+from app.cli_controls import ControlUsageError, parse_control, parse_reference
+from tests.reference_factory import save_reference_models
 from tests.test_cli import mask, photo, run  # noqa: F401 - fixtures
 
 
@@ -92,3 +93,31 @@ def test_the_classic_engine_with_a_control_is_one_line(photo, mask, tmp_path):  
     result = run("fill", photo[0], "--mask", mask[0], "-o", out, "--control", "canny", "--controlnet", "x/y")
     assert result.returncode == 1 and "ControlNets guide a diffusion model" in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("ref.png", ("ref.png", 0.6, "general")),
+    ("ref.png:0.9", ("ref.png", 0.9, "general")),
+    ("C:/art/ref.png:1.2:style", ("C:/art/ref.png", 1.2, "style")),
+    ("ref:style.png", ("ref:style.png", 0.6, "general")),
+])
+def test_reference_values_are_read_as_written(text, expected):
+    assert parse_reference(text) == expected
+
+
+def test_restyle_with_a_reference_image(tiny_models, photo, tmp_path):  # noqa: F811
+    from app.engine.diffusion.devices import plan_device
+    from app.engine.diffusion.model_files import resolve_source
+    from app.engine.diffusion.model_loader import load_model
+
+    model = load_model(resolve_source(str(tiny_models.path("sd15"))), plan_device("cpu", "float32", "off"))
+    adapter, _ = save_reference_models(model.unet, tmp_path / "ip", "sd15")
+    reference = tmp_path / "reference.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(reference)
+    out = tmp_path / "styled.png"
+    result = run("restyle", photo[0], "-o", out, "--model", tiny_models.path("sd15"), "--steps", "2", "--seed", "1",
+                 "--device", "cpu", "--reference", f"{reference}:0.8:style", "--ip-adapter", adapter)
+    assert result.returncode == 0, result.stderr
+    assert np.asarray(Image.open(out)).shape == photo[1].shape
+    result = run("restyle", photo[0], "-o", out, "--model", tiny_models.path("sd15"), "--reference", reference)
+    assert result.returncode == 2 and "--reference needs --ip-adapter" in result.stderr

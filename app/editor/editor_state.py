@@ -390,4 +390,17 @@ def settings_of(request) -> dict:
             "style": style.name, "style_strength": style.strength, "model": request.model,
             "steps": sampling.steps, "guidance": sampling.guidance, "strength": sampling.strength,
             "seed": sampling.seed, "variants": sampling.variants, "sampler": sampling.sampler,
-            "feather": mask.feather, "grow": mask.grow}
+            "feather": mask.feather, "grow": mask.grow, **_control_settings(request)}
+
+
+MAX_RECORDED_CONTROLS = 8
+
+
+def _control_settings(request) -> dict:
+    """The request's ControlNets as flat JSON values (control1_kind, control1_model, ...); not their images."""
+    recorded = {}
+    for number, control in enumerate(getattr(request, "controls", ())[:MAX_RECORDED_CONTROLS], start=1):
+        recorded.update({f"control{number}_kind": control.kind, f"control{number}_model": control.model,
+                         f"control{number}_weight": control.weight, f"control{number}_start": control.start,
+                         f"control{number}_end": control.end})
+    return recorded

@@ -15,7 +15,7 @@ import numpy as np
 from app.core.geometry import Rect
 from app.core.styles import Style, find_style, unstyled
 from app.engine.request import (ControlInput, GenerationRequest, JobKind, MaskOptions, OutpaintOptions,
-                                SamplingOptions, StyleOptions)
+                                ReferenceInput, SamplingOptions, StyleOptions)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESTYLE_STRENGTH = 0.55        # repaints the surface, keeps the composition
@@ -40,6 +40,9 @@ class JobSettings:
     memory_saving: str = "auto"
     feather: int = 8
     controls: tuple[ControlInput, ...] = ()   # ControlNets, their images already in output coordinates
+    references: tuple[ReferenceInput, ...] = ()   # IP-Adapter reference images
+    ip_adapter: str = ""
+    image_encoder: str = ""
     keep_structure: bool = False   # Restyle: guided by a canny ControlNet of the model's family (the editor)
 
 
@@ -88,7 +91,8 @@ def _common(settings: JobSettings, styles: list[Style]) -> dict:
     return dict(prompt=prompt, negative_prompt=negative, style=options, model=settings.model,
                 model_config=settings.model_config, device=settings.device, precision=settings.precision,
                 memory_saving=settings.memory_saving, sampling=sampling,
-                mask_options=MaskOptions(feather=settings.feather), controls=settings.controls)
+                mask_options=MaskOptions(feather=settings.feather), controls=settings.controls,
+                references=settings.references, ip_adapter=settings.ip_adapter, image_encoder=settings.image_encoder)
 
 
 def build_fill_request(image: np.ndarray, mask: np.ndarray, settings: JobSettings,

@@ -66,6 +66,10 @@ def format_parameters(request: GenerationRequest, seed: int, engine_label: str, 
     ]
     if request.style.strength < 1.0:
         fields.append(("Style strength", f"{request.style.strength:g}"))
+    for index, control in enumerate(request.controls):
+        fields.append((f"ControlNet {index}", f"Module: {control.kind}, Model: {_model_name(control.model)}, "
+                                              f"Weight: {control.weight:g}, Guidance Start: {control.start:g}, "
+                                              f"Guidance End: {control.end:g}"))
     fields.append(("Mode", request.kind.value))
     lines = [_one_line(request.prompt if prompt is None else prompt)]
     negative = _one_line(request.negative_prompt if negative_prompt is None else negative_prompt)
@@ -77,6 +81,12 @@ def format_parameters(request: GenerationRequest, seed: int, engine_label: str, 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _model_name(location: str) -> str:
+    """A model as other tools name it: a file or folder by its name (no path of the user's), a repo id whole."""
+    text = location.strip().replace("\\", "/").rstrip("/")
+    return text if text.count("/") == 1 and not text.startswith((".", "~")) else text.rsplit("/", 1)[-1]
 
 
 def _field_value(value: str) -> str:

@@ -68,9 +68,10 @@ class ClassicEngine(Engine):
                  cancel: CancelToken) -> tuple[Variant, ...]:
         if request.kind == JobKind.RESTYLE:
             raise EngineError(RESTYLE_NEEDS_DIFFUSION)
-        if request.controls:
-            raise EngineError("ControlNets guide a diffusion model; the classic fill has none: pick a Stable "
-                              "Diffusion model, or remove the controls")
+        if request.controls or request.references:
+            what = "ControlNets" if request.controls else "Reference images"
+            raise EngineError(f"{what} guide a diffusion model; the classic fill has none: pick a Stable "
+                              "Diffusion model, or remove them")
         if request.kind == JobKind.FILL:
             return self._fill(request, job_id, emit, cancel)
         return self._expand(request, job_id, emit, cancel)

@@ -144,6 +144,27 @@ class ControlInput:
         object.__setattr__(self, "image", _frozen(image))
 
 
+REFERENCE_KINDS = ("general", "style", "composition")
+
+
+@dataclass(frozen=True)
+class ReferenceInput:
+    """A reference image an IP-Adapter shows the model: all of it (general), its style or its composition."""
+    image: np.ndarray                    # H x W x 3 or 4 uint8, any size (the image encoder scales it)
+    scale: float = 0.6
+    kind: str = "general"
+
+    def __post_init__(self) -> None:
+        image = np.asarray(self.image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+            raise ValueError("a reference image must be an H x W x 3 or 4 uint8 array")
+        object.__setattr__(self, "image", _frozen(image))
+        if not 0.0 <= self.scale <= 2.0:
+            raise ValueError(f"reference scale must be between 0 and 2, got {self.scale}")
+        if self.kind not in REFERENCE_KINDS:
+            raise ValueError(f"unknown reference kind '{self.kind}'; choose one of: {', '.join(REFERENCE_KINDS)}")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     kind: JobKind
@@ -161,6 +182,9 @@ class GenerationRequest:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     mask_options: MaskOptions = field(default_factory=MaskOptions)
     controls: tuple[ControlInput, ...] = ()
+    references: tuple[ReferenceInput, ...] = ()
+    ip_adapter: str = ""                  # the IP-Adapter .safetensors the references go through
+    image_encoder: str = ""               # its CLIP vision encoder ("" = the image_encoder folder beside it)
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image)
@@ -200,6 +224,9 @@ class GenerationRequest:
         else:
             raise ValueError(f"unknown job kind {self.kind!r}")
         object.__setattr__(self, "controls", tuple(self.controls))
+        object.__setattr__(self, "references", tuple(self.references))
+        if self.references and not self.ip_adapter.strip():
+            raise ValueError("reference images need an IP-Adapter model")
         if self.kind == JobKind.RESTYLE and any(c.kind == "inpaint" for c in self.controls):
             raise ValueError("an inpaint control guides Fill and Expand; a restyle has no hole to fill")
         out = self.output_rect

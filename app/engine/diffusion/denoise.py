@@ -50,6 +50,7 @@ class DenoiseJob:
     pure_noise: bool = False                # start from noise alone (a full-strength Fill: no ghost of
                                             # what is being removed); else the re-noised init latents
     controls: list = field(default_factory=list)   # control.ActiveControl: ControlNets guiding every step
+    image_embeds: list = field(default_factory=list)   # IP-Adapter references: (2 or 1, tokens.., dim) each
 
 
 def steps_to_run(steps: int, strength: float) -> int:
@@ -91,6 +92,11 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
         pooled = torch.cat([uncond.pooled.expand(batch, -1), cond.pooled.expand(batch, -1)]) if guided \
             else cond.pooled.expand(batch, -1)
         added = {"text_embeds": pooled, "time_ids": time_ids.expand(pooled.shape[0], -1)}
+    unet_added = added
+    if job.image_embeds:
+        unet_added = dict(added or {})
+        unet_added["image_embeds"] = [_batched_embeds(e.to(device=device, dtype=dtype), batch, guided)
+                                      for e in job.image_embeds]
     condition = None
     if job.inpaint_condition is not None:
         condition = job.inpaint_condition.to(device=device, dtype=dtype).expand(batch, -1, -1, -1)
@@ -112,7 +118,7 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
             if condition is not None:
                 model_input = torch.cat([model_input, condition], dim=1)
             prediction = model.unet(model_input.to(dtype), t, encoder_hidden_states=embeddings,
-                                    added_cond_kwargs=added, down_block_additional_residuals=down,
+                                    added_cond_kwargs=unet_added, down_block_additional_residuals=down,
                                     mid_block_additional_residual=mid, return_dict=False)[0].float()
             finite = torch.isfinite(prediction).all()
             if guided:
@@ -157,6 +163,14 @@ def _encoded(model, prompts: list[str], device) -> list[TextConditioning]:
 def _batched(cond: TextConditioning, uncond: TextConditioning, batch: int, guided: bool) -> torch.Tensor:
     positive = cond.embeddings.expand(batch, -1, -1)
     return torch.cat([uncond.embeddings.expand(batch, -1, -1), positive]) if guided else positive
+
+
+def _batched_embeds(embeds: torch.Tensor, batch: int, guided: bool) -> torch.Tensor:
+    """One reference's embeddings, (negative, positive) or (positive,), repeated for every variant."""
+    if not guided:
+        return embeds[-1:].expand(batch, *embeds.shape[1:])
+    negative, positive = embeds[:1], embeds[1:2]
+    return torch.cat([negative.expand(batch, *embeds.shape[1:]), positive.expand(batch, *embeds.shape[1:])])
 
 
 def _predicted_x0(scheduler, prediction_type: str, sample: torch.Tensor, prediction: torch.Tensor, t,

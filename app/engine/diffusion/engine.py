@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from app.engine.control_plan import pass_control_images
-from app.engine.diffusion import lora
+from app.engine.diffusion import ip_adapter, lora
 from app.engine.diffusion.control import ActiveControl, load_controlnet
 from app.engine.base import Emit, Engine, format_parameters
 from app.engine.events import CancelToken, Cancelled, EngineError, Variant
@@ -62,8 +62,10 @@ class DiffusionEngine(Engine):
         style = request.style
         with lora.applied(model, style.lora, style.effective_lora_weight,
                           lambda message: loading(message, -1)):
-            with torch.inference_mode():
-                return self._generate(request, model, work, sampler, job_id, emit, cancel, nets)
+            with ip_adapter.applied(model, request.ip_adapter, _image_encoder(request), request.references,
+                                    request.sampling.guidance > 1.0) as embeds:
+                with torch.inference_mode():
+                    return self._generate(request, model, work, sampler, job_id, emit, cancel, nets, embeds)
 
     # -- generation -----------------------------------------------------------------------------------
 
@@ -73,7 +75,7 @@ class DiffusionEngine(Engine):
         return plan_job(request, model.native_size, multiple)
 
     def _generate(self, request, model, work: JobPlan, sampler, job_id, emit, cancel,
-                  nets=()) -> tuple[Variant, ...]:
+                  nets=(), embeds=()) -> tuple[Variant, ...]:
         from app.engine.diffusion.denoise import steps_to_run
 
         s = request.sampling
@@ -98,7 +100,7 @@ class DiffusionEngine(Engine):
                                     message=f"step {base_step + step}/{total}")
                         return cancel.finish_requested
                     canvases, ran = self._run_pass(model, request, work, p, canvases, chunk, sampler, on_step,
-                                                   nets)
+                                                   nets, embeds)
                     ran_chunk += ran
                     if overview is not None:
                         overview.update(canvases[0], p)
@@ -117,7 +119,7 @@ class DiffusionEngine(Engine):
         return tuple(variants)
 
     def _run_pass(self, model, request, work: JobPlan, p: Pass, canvases: list[np.ndarray], seeds: list[int],
-                  sampler, on_step, nets=()) -> tuple[list[np.ndarray], int]:
+                  sampler, on_step, nets=(), embeds=()) -> tuple[list[np.ndarray], int]:
         """Generate p.hole in every canvas (one per seed); returns the new canvases and the steps run."""
         import torch
 
@@ -155,7 +157,8 @@ class DiffusionEngine(Engine):
                          s.guidance, s.steps, s.strength, sampler.name, seeds, (width, height),
                          style.base_prompt, style.base_negative_prompt, style.strength,
                          pure_noise=request.kind == JobKind.FILL,
-                         controls=_active_controls(request, work, p, nets, model.plan.device))
+                         controls=_active_controls(request, work, p, nets, model.plan.device),
+                         image_embeds=list(embeds))
         x0, ran = run_denoise(model, job, lambda step, steps, x0: on_step(step, x0, preview, rect))
         images = latent_codec.decode(model, x0)
         # Each variant's canvas is copied from work.base once; later windows of that variant paint into it.
@@ -164,6 +167,19 @@ class DiffusionEngine(Engine):
             canvases = [canvases[0]] * len(images)
         return [composite_pass(work, p, canvas, image, in_place)
                 for canvas, image in zip(canvases, images)], ran
+
+
+def _image_encoder(request: GenerationRequest) -> str:
+    """The request's CLIP vision encoder, else the image_encoder folder beside the IP-Adapter's (h94 layout)."""
+    if request.image_encoder.strip() or not request.ip_adapter.strip():
+        return request.image_encoder.strip()
+    from pathlib import Path
+
+    adapter = Path(request.ip_adapter).expanduser()
+    for folder in (adapter.parent / "image_encoder", adapter.parent.parent / "models" / "image_encoder"):
+        if folder.is_dir():
+            return str(folder)
+    return str(adapter.parent / "image_encoder")
 
 
 def _active_controls(request: GenerationRequest, work: JobPlan, p: Pass, nets, device: str) -> list[ActiveControl]:
