@@ -176,7 +176,9 @@ def _image_encoder(request: GenerationRequest) -> str:
     from pathlib import Path
 
     adapter = Path(request.ip_adapter).expanduser()
-    for folder in (adapter.parent / "image_encoder", adapter.parent.parent / "models" / "image_encoder"):
+    beside, shared = adapter.parent / "image_encoder", adapter.parent.parent / "models" / "image_encoder"
+    # h94's SDXL "vit-h" adapters use the SD 1.5 encoder (models/), the others their own (sdxl_models/).
+    for folder in ((shared, beside) if "vit-h" in adapter.name.lower() else (beside, shared)):
         if folder.is_dir():
             return str(folder)
     return str(adapter.parent / "image_encoder")
