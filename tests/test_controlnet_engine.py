@@ -17,6 +17,7 @@ from app.engine.events import EventKind
 from app.engine.job_plan import plan_job, resize
 from app.engine.request import ControlInput, GenerationRequest, JobKind, OutpaintOptions, SamplingOptions
 from tests.test_diffusion_engine import box_mask, fill_request, model_args, photo, run
+from tests.test_model_sources import offline_hub  # noqa: F401 - fixture
 
 
 def _scribble(shape) -> np.ndarray:
@@ -193,3 +194,19 @@ def test_a_control_image_of_the_wrong_size_is_refused():
     with pytest.raises(ValueError, match="this job needs 320x240"):
         GenerationRequest(JobKind.FILL, image, box_mask(image.shape, Rect(10, 10, 20, 20)),
                           controls=(ControlInput("scribble", "m", np.zeros((10, 10, 3), np.uint8)),))
+
+
+def test_a_controlnet_repo_id_loads_from_the_hub_cache_and_one_not_there_is_one_line(tiny_models, tiny_controlnets,
+                                                                                     offline_hub):
+    from tests.test_model_sources import install_in_hub_cache
+
+    install_in_hub_cache(offline_hub, "tester/tiny-controlnet", tiny_controlnets.path("sd15"))
+    base = fill_request(tiny_models)
+    drawing = _scribble(base.image.shape)
+    by_repo = _result(_with_controls(base, ControlInput("scribble", "tester/tiny-controlnet", drawing)))
+    by_folder = _result(_with_controls(base, ControlInput("scribble", str(tiny_controlnets.path("sd15")), drawing)))
+    np.testing.assert_array_equal(by_repo, by_folder)
+    result, _ = run(_with_controls(base, ControlInput("scribble", "tester/no-controlnet", drawing)))
+    assert result.kind == EventKind.ERROR
+    assert result.message == ("the ControlNet tester/no-controlnet is not downloaded yet and the Hugging Face hub "
+                              "cannot be reached (offline?)")

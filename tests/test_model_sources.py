@@ -89,10 +89,10 @@ def test_cached_taesd_gives_full_size_previews(tmp_path, tiny_models, offline_hu
 
 
 def test_download_progress_is_reported_in_megabytes_and_files():
-    from app.engine.diffusion.model_loader import _progress_tqdm
+    from app.engine.diffusion.model_loader import progress_tqdm
 
     seen = []
-    bar_class = _progress_tqdm(lambda message, fraction: seen.append((message, fraction)), "owner/model")
+    bar_class = progress_tqdm(lambda message, fraction: seen.append((message, fraction)), "owner/model")
     with bar_class(total=4 * 2**20, unit="B", disable=False, file=io.StringIO()) as bar:
         bar.update(2**20)
     with bar_class(total=3, disable=False, file=io.StringIO()) as bar:

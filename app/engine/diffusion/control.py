@@ -241,23 +241,9 @@ def _shown(location: str) -> str:
 
 
 def _download(repo_id: str, progress: Progress) -> Path:
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from app.engine.diffusion.model_loader import fetch_snapshot
 
-    from app.engine.diffusion.model_loader import progress_tqdm
-
-    try:
-        path = huggingface_hub.snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS,
-                                                 tqdm_class=progress_tqdm(progress, repo_id))
-    except RepositoryNotFoundError:
-        raise EngineError(f"no ControlNet {repo_id} on the Hugging Face hub (or it is private: log in with "
-                          "`hf auth login`)") from None
-    except LocalEntryNotFoundError:
-        raise EngineError(f"the ControlNet {repo_id} is not downloaded yet and the Hugging Face hub cannot be "
-                          "reached (offline?)") from None
-    except HfHubHTTPError as exc:
-        raise EngineError(f"downloading {repo_id} failed: {short_error(exc)}") from None
-    return Path(path)
+    return fetch_snapshot(repo_id, DOWNLOAD_PATTERNS, progress, "ControlNet")
 
 
 # -- what a ControlNet is, without loading it ----------------------------------------------------------------

@@ -449,25 +449,31 @@ def _is_shipped_vocabulary(files: dict[str, _TokenizerFile], pad: str) -> bool:
 
 def download_repo(repo_id: str, progress: Progress) -> Path:
     """Fetch the diffusers-format files of `repo_id` into the HF cache (or find them there offline)."""
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    tqdm_class = progress_tqdm(progress, repo_id)
-    try:
-        path = huggingface_hub.snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS, tqdm_class=tqdm_class)
-    except RepositoryNotFoundError:
-        raise EngineError(f"no model {repo_id} on the Hugging Face hub (or it is private: log in with "
-                          "`hf auth login`)") from None
-    except LocalEntryNotFoundError:
-        raise EngineError(f"{repo_id} is not downloaded yet and the Hugging Face hub cannot be reached "
-                          "(offline?)") from None
-    except HfHubHTTPError as exc:
-        raise EngineError(f"downloading {repo_id} failed: {short_error(exc)}") from None
-    folder = Path(path)
+    folder = fetch_snapshot(repo_id, DOWNLOAD_PATTERNS, progress, "model")
     if not (folder / "unet").is_dir():
         raise EngineError(f"{repo_id} is not a diffusers-format Stable Diffusion model (no unet folder); "
                           "download its .safetensors file and add that instead")
     return folder
+
+
+def fetch_snapshot(repo_id: str, patterns: list[str], progress: Progress, what: str) -> Path:
+    """The files of `repo_id` matching `patterns`, from the HF cache or downloaded into it; `what` ("model",
+    "ControlNet") names it in the one line a failure gives."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        path = huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns,
+                                                 tqdm_class=progress_tqdm(progress, repo_id))
+    except RepositoryNotFoundError:
+        raise EngineError(f"no {what} {repo_id} on the Hugging Face hub (or it is private: log in with "
+                          "`hf auth login`)") from None
+    except LocalEntryNotFoundError:
+        raise EngineError(f"{'' if what == 'model' else f'the {what} '}{repo_id} is not downloaded yet and the "
+                          "Hugging Face hub cannot be reached (offline?)") from None
+    except HfHubHTTPError as exc:
+        raise EngineError(f"downloading {repo_id} failed: {short_error(exc)}") from None
+    return Path(path)
 
 
 def progress_tqdm(progress: Progress, repo_id: str):
