@@ -59,6 +59,7 @@ SCHEMA: dict[str, Setting] = {s.key: s for s in (
     Setting("panel/variants", int, 3, 1, 8),
     Setting("panel/feather", int, 8, 0, 63),
     Setting("panel/advanced", bool, False, label="Advanced settings shown"),
+    Setting("panel/keep_structure", bool, False, label="Keep structure"),
     Setting("brush/size", int, 64, 1, 2048, label="brush size"),
     Setting("brush/softness", float, 0.3, 0.0, 1.0, label="brush softness"),
     Setting("window/geometry", bytes, b"", max_length=4096, label="window position"),

@@ -7,6 +7,8 @@ from typing import Callable
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QMenu
 
+from app.core.control_layers import CONTROL_KINDS, KIND_LABELS
+
 EXPAND_PRESETS = (  # label, fraction, sides
     ("Expand all sides by 25%", 0.25, "lrtb"), ("Expand all sides by 50%", 0.5, "lrtb"),
     ("Expand left and right by 25%", 0.25, "lr"), ("Expand left and right by 50%", 0.5, "lr"),
@@ -15,7 +17,8 @@ EXPAND_PRESETS = (  # label, fraction, sides
     ("Expand top by 50%", 0.5, "t"), ("Expand bottom by 50%", 0.5, "b"),
 )
 ASPECT_PRESETS = ((1, 1), (4, 3), (3, 2), (16, 9), (21, 9), (3, 4), (2, 3), (9, 16))
-TOOL_ACTIONS = (("brush", "Mask &Brush", "B"), ("eraser", "&Eraser", "E"),
+TOOL_ACTIONS = (("brush", "Mask &Brush (or draw on a selected control layer)", "B"),
+                ("eraser", "&Eraser (of the mask, or of a control layer's drawing)", "E"),
                 ("rect", "&Rectangle Select", "M"), ("lasso", "&Lasso Select", "L"),
                 ("wand", "Magic &Wand (Shift adds, Alt subtracts)", "W"),
                 ("object", "Select &Object (drag a box round it)", "O"))
@@ -79,6 +82,8 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     for tool, text, key in TOOL_ACTIONS:
         action = make(f"tool_{tool}", text, key)
         action.setCheckable(True)
+        if tool in ("brush", "eraser"):            # the toolbar keeps their short names
+            action.setIconText(text.split(" (")[0].replace("&", ""))
         action.triggered.connect(lambda _checked=False, t=tool: set_tool(t))
         group.addAction(action)
         mask_menu.addAction(action)
@@ -95,6 +100,16 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     layer_menu.addAction(make("delete_layer", "&Delete Layer"))
     layer_menu.addAction(make("merge_down", "&Merge Down", "Ctrl+E"))
     layer_menu.addAction(make("flatten", "&Flatten Image"))
+    layer_menu.addSeparator()
+    add_control = handlers.get("add_control_layer", lambda _kind: None)
+    scribble = make("add_scribble_layer", "New &Scribble Control Layer (draw on it with the Brush)", "Ctrl+Shift+N")
+    scribble.triggered.connect(lambda _checked=False: add_control("scribble"))
+    layer_menu.addAction(scribble)
+    control_menu: QMenu = layer_menu.addMenu("Add &Control Layer")
+    for kind in CONTROL_KINDS:
+        action = make(f"add_control_{kind}", f"{KIND_LABELS[kind]} Control Layer")
+        action.triggered.connect(lambda _checked=False, k=kind: add_control(k))
+        control_menu.addAction(action)
 
     canvas_menu = menu_bar.addMenu("&Canvas")
     for label, fraction, sides in EXPAND_PRESETS:
@@ -124,6 +139,8 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     models_menu = menu_bar.addMenu("M&odels")
     models_menu.addAction(make("add_model", "&Add Model…", needs_document=False))
     models_menu.addAction(make("remove_model", "&Remove Selected Model", needs_document=False))
+    models_menu.addSeparator()
+    models_menu.addAction(make("add_controlnet", "Add &ControlNet…", needs_document=False))
 
     view_menu = menu_bar.addMenu("&View")
     view_menu.addAction(make("zoom_in", "Zoom &In", QKeySequence.StandardKey.ZoomIn))
@@ -131,5 +148,5 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     view_menu.addAction(make("zoom_fit", "&Fit to Window", "Ctrl+0"))
     view_menu.addAction(make("zoom_100", "&Actual Pixels (100%)", "Ctrl+1"))
     actions.menus.update(file=file_menu, edit=edit_menu, mask=mask_menu, layer=layer_menu, canvas=canvas_menu,
-                         generate=generate_menu, models=models_menu, view=view_menu)
+                         generate=generate_menu, models=models_menu, view=view_menu, control=control_menu)
     return actions

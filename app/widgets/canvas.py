@@ -1,4 +1,5 @@
-"""The editing canvas: shows the document, its mask and the canvas rectangle, and runs the mask tools.
+"""The editing canvas: shows the document, its mask, its control layers and the canvas rectangle, and runs the
+mask tools; on a control layer that is drawn on, the brush and the eraser paint that layer instead of the mask.
 
 Widget coordinates = image coordinates * zoom + offset. The document image and the mask overlay are
 cached as QImages that wrap numpy buffers (no copy); the overlay is refreshed only where the mask changed.
@@ -9,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRect, QRectF, QSize, QSizeF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QCursor, QImage, QPainter, QPainterPath, QPen, QPolygonF
+from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QCursor, QImage, QPainter
 from PySide6.QtWidgets import QWidget
 
 from app.core.changes import MaskPatchChange
@@ -18,6 +19,7 @@ from app.core.geometry import Rect
 from app.editor.editor_state import EditorState
 from app.widgets import canvas_drawing as drawing
 from app.widgets import canvas_tools as tools
+from app.widgets.control_commands import ControlStroke
 from app.widgets.mip_cache import MipCache
 from app.widgets.qt_image import qimage_from_array
 
@@ -47,6 +49,7 @@ class _Gesture:
     start_zoom: float = 1.0
     fit: bool = False              # the view was fitted when the edge drag began
     modifiers: object = None       # the keys held when it began (Select object: how the result combines)
+    control: ControlStroke | None = None     # a stroke on a control layer (not on the mask)
 
 
 class CanvasView(QWidget):
@@ -90,6 +93,7 @@ class CanvasView(QWidget):
         self._space = False
         self._gesture: _Gesture | None = None
         self._checker = drawing.checker_brush()
+        self._controls = drawing.ControlOverlays()
 
         state.document_replaced.connect(self._on_document_replaced)
         state.image_changed.connect(self._on_image_changed)
@@ -216,7 +220,8 @@ class CanvasView(QWidget):
 
     # -- state signals ----------------------------------------------------------------------------
     def _on_document_replaced(self) -> None:
-        self._gesture = None
+        self._controls.set_preview(None)
+        self._sync_controls()
         self._rebuild_image()
         self._rebuild_overlay()
         self.fit()
@@ -225,7 +230,7 @@ class CanvasView(QWidget):
     def _on_image_changed(self) -> None:
         doc = self.state.document
         old_size = self._image_size
-        self._gesture = None
+        self._sync_controls()
         self._rebuild_image()
         # A layer edit leaves the mask alone, and the overlay of a 4096² mask takes a third of a second to
         # redo: only a mask that is another array now (undo of an Accept that cleared it, an Expand) needs it.
@@ -234,6 +239,17 @@ class CanvasView(QWidget):
             self._ants.invalidate()
         if doc is not None and old_size != (doc.width, doc.height):
             self.fit()
+        self.update()
+
+    def _sync_controls(self) -> None:
+        """The control overlays made anew for the document's layers; a stroke in progress is dropped."""
+        g, self._gesture = self._gesture, None
+        drawn_on = g.control.layer_id if g is not None and g.control is not None else 0
+        self._controls.sync(self.state.document.layers.layers if self.state.document is not None else (), drawn_on)
+
+    def set_control_preview(self, image: np.ndarray | None) -> None:
+        """Show `image` (the image's size) over the image at CONTROL_PREVIEW_OPACITY; None hides it."""
+        self._controls.set_preview(image)
         self.update()
 
     def _on_canvas_changed(self) -> None:
@@ -300,12 +316,10 @@ class CanvasView(QWidget):
         p.setRenderHint(QPainter.SmoothPixmapTransform, exact and self._zoom < 2.0)
         p.drawImage(target, image)
         p.setRenderHint(QPainter.SmoothPixmapTransform, self._zoom < 2.0)
-        if not candidate and not canvas.contains_rect(doc.image_rect):
-            outside = QPainterPath()
-            outside.addRect(image_w)
-            inside = QPainterPath()
-            inside.addRect(canvas_w)
-            p.fillPath(outside.subtracted(inside), QColor(0, 0, 0, 130))
+        if not candidate:
+            if not canvas.contains_rect(doc.image_rect):
+                drawing.darken_outside(p, image_w, canvas_w)
+            self._controls.paint(p, self.image_rect_to_widget, image_w)
         if self._overlay is not None and not candidate:
             p.drawImage(image_w, self._overlay[1])
         # Over a variant only the ants show the mask (a stroke painted meanwhile too, once it ends), so the
@@ -314,7 +328,7 @@ class CanvasView(QWidget):
         if not candidate and self._preview is not None and self.state.preview is not None:
             p.drawImage(self.image_rect_to_widget(self._preview[2]), self._preview[1])
         drawing.paint_canvas_frame(p, canvas_w)
-        self._paint_gesture(p, canvas)
+        drawing.paint_gesture(p, self, self._gesture, canvas)
         self._paint_brush_cursor(p)
         p.end()
 
@@ -323,23 +337,6 @@ class CanvasView(QWidget):
         shown = self._ants.paint(p, doc.mask, not stroking, self._zoom, self._offset)
         if shown != self._ants_timer.isActive():
             self._ants_timer.start() if shown else self._ants_timer.stop()
-
-    def _paint_gesture(self, p: QPainter, canvas: Rect) -> None:
-        g = self._gesture
-        if g is None:
-            return
-        p.setBrush(Qt.NoBrush)
-        pen = QPen(QColor(80, 160, 255) if g.subtract else QColor(255, 255, 255), 1, Qt.DashLine)
-        if g.kind in ("rect", "object"):
-            r = tools.rect_from_points(g.start_image, g.last_image)
-            p.setPen(pen)
-            p.drawRect(self.image_rect_to_widget(r))
-        elif g.kind == "lasso" and len(g.points) > 1:
-            p.setPen(pen)
-            p.drawPolyline(QPolygonF([self.image_to_widget(pt) for pt in g.points + [g.points[0]]]))
-        elif g.kind == "edge":
-            drawing.paint_size_label(p, f"{canvas.w} x {canvas.h}", self.image_rect_to_widget(canvas),
-                                     self.font(), QSizeF(self.size()))
 
     def _brush_cursor_visible(self) -> bool:
         g = self._gesture
@@ -413,8 +410,9 @@ class CanvasView(QWidget):
                                      start_offset=QPointF(self._offset), start_zoom=self._zoom,
                                      fit=self._auto_fit)
         elif tool in ("brush", "eraser"):
-            self._gesture = _Gesture("stroke", button, pos, img, img, before=doc.begin_mask_edit(),
-                                     erase=tool == "eraser")
+            control = ControlStroke.on_layer(doc, self.state.active_layer)
+            self._gesture = _Gesture("stroke", button, pos, img, img, erase=tool == "eraser", control=control,
+                                     before=doc.begin_mask_edit() if control is None else None)
             self._stroke_to(img)
         elif tool in ("rect", "lasso"):
             subtract = bool(event.modifiers() & (Qt.ShiftModifier | Qt.AltModifier))
@@ -475,8 +473,11 @@ class CanvasView(QWidget):
             img = self.widget_to_image(event.position())
             if g.kind == "stroke":
                 self._stroke_to(img, g)
-                label = "Erase" if g.erase else "Brush stroke"
-                self.state.push_applied(MaskPatchChange.capture(doc, g.dirty, g.before, label))
+                if g.control is not None:
+                    self._controls.finish(g.control, self.state)
+                else:
+                    label = "Erase" if g.erase else "Brush stroke"
+                    self.state.push_applied(MaskPatchChange.capture(doc, g.dirty, g.before, label))
             elif g.kind == "edge":
                 self.state.set_canvas(g.canvas)
                 if g.fit:
@@ -507,12 +508,17 @@ class CanvasView(QWidget):
     def _stroke_to(self, img: tuple[float, float], g: _Gesture | None = None) -> None:
         g = g or self._gesture
         doc = self.state.document
-        dirty = tools.paint_segment(doc.editable_mask(), g.last_image, img, self.state.brush_size,
-                                    self.state.brush_softness, g.erase)
+        size, softness = self.state.brush_size, self.state.brush_softness
+        if g.control is not None:                      # a control layer's drawing, shown as it is painted
+            dirty = self._controls.stroke(g.control, doc.layers, g.last_image, img, size, softness, g.erase)
+            if not dirty.is_empty():
+                self.update(self._widget_update_rect(dirty))
+        else:
+            dirty = tools.paint_segment(doc.editable_mask(), g.last_image, img, size, softness, g.erase)
+            if not dirty.is_empty():
+                g.dirty = g.dirty.union(dirty)
+                self._refresh_overlay(dirty)
         g.last_image = img
-        if not dirty.is_empty():
-            g.dirty = g.dirty.union(dirty)
-            self._refresh_overlay(dirty)
 
     def _apply_selection(self, g: _Gesture, img: tuple[float, float]) -> None:
         doc = self.state.document
@@ -532,7 +538,9 @@ class CanvasView(QWidget):
         """Abandon the drag in progress (Escape): a live stroke is painted back out, nothing is recorded."""
         g, self._gesture = self._gesture, None
         doc = self.state.document
-        if g is not None and g.kind == "stroke" and doc is not None and not g.dirty.is_empty():
+        if g is not None and g.control is not None and doc is not None:
+            self._controls.sync(doc.layers.layers, g.control.layer_id)
+        elif g is not None and g.kind == "stroke" and doc is not None and not g.dirty.is_empty():
             rows, cols = g.dirty.slices()
             doc.editable_mask()[rows, cols] = g.before[rows, cols]
             self._refresh_overlay(g.dirty)

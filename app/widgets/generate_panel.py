@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QAbstractSlider, QCheckBox, QComboBox, QDoubleSpi
 
 from app.core.styles import Style
 from app.editor.job_builder import RESTYLE_STRENGTH, JobSettings
-from app.editor.model_library import ModelEntry
+from app.editor.model_library import ModelEntry, controlnet_for
 from app.editor.stored_settings import SCHEMA, value_range
 from app.engine.classic import ENGINE_IDS as CLASSIC_ENGINES
 from app.engine.classic import RESTYLE_NEEDS_DIFFUSION
@@ -30,6 +30,7 @@ CLASSIC_IGNORES = ("Not used by the classic engine: it continues the surrounding
 CLASSIC_PROMPT = ("The classic engine reads no prompt: it continues the surroundings. Pick a diffusion model "
                   "in Model to describe what to paint.")
 PROMPT_HINT = "Describe what to paint. Empty: continue the surroundings."
+KEEP_STRUCTURE_TIP = "Restyle keeps the composition with a canny ControlNet, so strength 0.8 still keeps the layout"
 
 
 def _named(widget: QWidget, name: str, accessible: str) -> QWidget:
@@ -66,7 +67,7 @@ class ValueSlider(QSlider):
             self.value_label.setText(self._text.format(self.value()))
 
 
-class _ElidingCombo(QComboBox):
+class ElidingCombo(QComboBox):
     """A picker as narrow as PICKER_CHARS that shows a longer current name elided in the middle (the list
     elides its entries the same way; each entry's tooltip has it in full)."""
 
@@ -109,7 +110,7 @@ class GeneratePanel(QWidget):
         self.negative_edit.setPlaceholderText("What to avoid (optional)")
         self.negative_edit.setTabChangesFocus(True)
         self.negative_edit.setFixedHeight(50)
-        self.style_combo = _named(_ElidingCombo(), "styleCombo", "Style")
+        self.style_combo = _named(ElidingCombo(), "styleCombo", "Style")
         self._styles = {style.name: style for style in styles}
         for style in styles:
             self.style_combo.addItem(style.name)
@@ -126,7 +127,7 @@ class GeneratePanel(QWidget):
                                               "no style (its prompt, LoRA and settings are blended in by this)")
         self.style_strength_label = self.style_strength_slider.value_label
         self.style_combo.currentTextChanged.connect(self._style_chosen)
-        self.model_combo = _named(_ElidingCombo(), "modelCombo", "Model")
+        self.model_combo = _named(ElidingCombo(), "modelCombo", "Model")
         self.model_combo.setToolTip(MODEL_TIP)
         self._configs: dict[str, str] = {}         # library location -> its config folder
         self._model_index = 0                       # the last real choice, restored after "Add model…"
@@ -161,6 +162,13 @@ class GeneratePanel(QWidget):
         self.feather_spin.setRange(*value_range("panel/feather"))
         self.feather_spin.setValue(8)
         self.feather_spin.setSuffix(" px")
+        self.keep_structure_check = _named(QCheckBox("Keep structure"), "keepStructureCheck", "Keep structure")
+        self.keep_structure_check.setToolTip(KEEP_STRUCTURE_TIP)
+        self.keep_structure_check.toggled.connect(self._keep_structure_toggled)
+        self._controlnets: list[ModelEntry] = []    # the library's, for Keep structure's default
+        self._families: dict[str, str] = {}         # library location -> its family ("sd1", "sdxl", ...)
+        self._keep_structure_chosen = False         # the user set Keep structure: no default overrides it
+        self._defaulting = False
         self.advanced_toggle = _named(QToolButton(), "advancedToggle", "Advanced settings")
         self.advanced_toggle.setText("Advanced")
         self.advanced_toggle.setCheckable(True)
@@ -193,7 +201,8 @@ class GeneratePanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel_requested)
         self.finish_button.clicked.connect(self.finish_requested)
         self._unused_by_classic = (self.style_combo, self.style_strength_slider, self.steps_spin,
-                                   self.guidance_spin, self.strength_spin, self.restyle_strength_spin)
+                                   self.guidance_spin, self.strength_spin, self.restyle_strength_spin,
+                                   self.keep_structure_check)
         self._tooltips = {widget: widget.toolTip() for widget in
                           (*self._unused_by_classic, self.restyle_button, self.prompt_edit)}
         self._classic: bool | None = None           # whether the chosen engine is the classic one
@@ -218,6 +227,7 @@ class GeneratePanel(QWidget):
         form.addRow("Model", self.model_combo)
         form.addRow("Variants", self.variants_spin)
         form.addRow("Restyle strength", self.restyle_strength_spin)
+        form.addRow("", self.keep_structure_check)
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.seed_spin, 1)
         seed_row.addWidget(self.random_seed_check)
@@ -318,11 +328,12 @@ class GeneratePanel(QWidget):
         for engine_id, label in engines:
             combo.addItem(label, engine_id)
             combo.setItemData(combo.count() - 1, label, Qt.ItemDataRole.ToolTipRole)
-        self._configs = {}
+        self._configs, self._families = {}, {}
         for entry in models:
             combo.addItem(entry.label, entry.location)
             combo.setItemData(combo.count() - 1, f"{entry.label}\n{entry.location}", Qt.ItemDataRole.ToolTipRole)
             self._configs[entry.location] = entry.config
+            self._families[entry.location] = entry.family
         combo.insertSeparator(combo.count())
         combo.addItem("Add model…", ADD_MODEL)
         index = combo.findData(wanted) if wanted else -1
@@ -330,6 +341,33 @@ class GeneratePanel(QWidget):
         combo.setCurrentIndex(self._model_index)
         combo.blockSignals(False)
         self._apply_capabilities()
+        self._default_keep_structure()
+
+    # -- Keep structure ------------------------------------------------------------------------------------
+    def model_family(self) -> str:
+        """The family of the chosen model when it is one the user added ("" for an engine or unknown)."""
+        return self._families.get(self.selected_model(), "")
+
+    def set_controlnets(self, controlnets: Sequence[ModelEntry]) -> None:
+        """The library's ControlNets: Keep structure is on by default when one is a canny ControlNet of the
+        chosen model's family (until the user sets it)."""
+        self._controlnets = list(controlnets)
+        self._default_keep_structure()
+
+    def _default_keep_structure(self) -> None:
+        if self._keep_structure_chosen:
+            return
+        family = self.model_family()
+        self._defaulting = True
+        try:
+            self.keep_structure_check.setChecked(bool(family) and controlnet_for(self._controlnets, family,
+                                                                                 "canny") is not None)
+        finally:
+            self._defaulting = False
+
+    def _keep_structure_toggled(self, _on: bool) -> None:
+        if not self._defaulting:
+            self._keep_structure_chosen = True
 
     def selected_model(self) -> str:
         """The id or location of the chosen engine or model ("" when the picker is empty)."""
@@ -350,6 +388,7 @@ class GeneratePanel(QWidget):
         elif index >= 0:
             self._model_index = index
             self._apply_capabilities()
+            self._default_keep_structure()
 
     def set_progress(self, step: int, total: int) -> None:
         self.progress_bar.setMaximum(max(total, 1))
@@ -391,6 +430,7 @@ class GeneratePanel(QWidget):
             seed=None if self.random_seed_check.isChecked() else self.seed_spin.value(),
             variants=self.variants_spin.value(),
             feather=self.feather_spin.value(),
+            keep_structure=self.keep_structure_check.isChecked(),
         )
 
     # -- persistence: app/editor/stored_settings.py reads the values back typed and within these widgets' ranges ---
@@ -404,6 +444,8 @@ class GeneratePanel(QWidget):
                 "seed": self.seed_spin.value(),
                 "random_seed": self.random_seed_check.isChecked(), "variants": self.variants_spin.value(),
                 "feather": self.feather_spin.value(), "advanced": self.advanced_toggle.isChecked()}
+        if self._keep_structure_chosen:               # only the user's own choice: else the default decides
+            values["keep_structure"] = self.keep_structure_check.isChecked()
         return {key: value for key, value in values.items() if f"panel/{key}" in SCHEMA}
 
     def restore_values(self, values: dict[str, object]) -> None:
@@ -429,3 +471,6 @@ class GeneratePanel(QWidget):
             self.random_seed_check.setChecked(values["random_seed"])
         if "advanced" in values:
             self.advanced_toggle.setChecked(values["advanced"])
+        if "keep_structure" in values:                     # a remembered choice is the user's
+            self.keep_structure_check.setChecked(values["keep_structure"])
+            self._keep_structure_chosen = True

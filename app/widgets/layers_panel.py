@@ -1,5 +1,7 @@
 """The Layers dock: the stack top first with thumbnails and eye toggles, drag to reorder, opacity, rename,
-delete, merge down and flatten; for a generative layer, its variants to switch between with one click.
+delete, merge down and flatten; for a generative layer, its variants to switch between with one click; "Add
+control layer" with a menu of the ControlNet kinds (control layers are tagged in the list and drawn in the
+canvas's control tint; the Control panel under the list shows the selected one's settings).
 
 A thin view of EditorState: every change goes through its layer methods, so each is one undo step.
 """
@@ -7,11 +9,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QIcon, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton,
-                               QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMenu,
+                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from app.core.control_layers import CONTROL_KINDS, KIND_LABELS
 from app.core.geometry import Rect
 from app.core.layers import Layer, LayerStack, composite_rgba
 from app.editor.editor_state import EditorState
@@ -20,9 +23,16 @@ from app.widgets.qt_image import to_qimage
 THUMB = 48
 VARIANT_THUMB = 72
 _CHECKER = 8
+CONTROL_TAG = "[control]"
+CONTROL_INK = (0, 220, 255)            # the canvas's control tint (canvas_drawing.CONTROL_TINT)
+CONTROL_PAPER = (34, 44, 52)
+LIST_ROWS = 4                          # the list's least height, in rows; 2 while the Control panel shows
+NO_MERGE = "Control layers guide generation: they cannot be merged"
 
 
 class LayersPanel(QWidget):
+    add_control_requested = Signal(str)   # a control kind ("scribble", "canny", ...) from the Add menu
+
     def __init__(self, state: EditorState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("layersPanel")
@@ -34,7 +44,8 @@ class LayersPanel(QWidget):
         self.list.setObjectName("layersList")
         self.list.setAccessibleName("Layers")
         self.list.setIconSize(QSize(THUMB, THUMB))
-        self.list.setMinimumHeight(4 * (THUMB + 6))
+        self.list.setMinimumHeight(LIST_ROWS * (THUMB + 6))
+        self._has_details = False
         self.list.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
         self.list.setDefaultDropAction(Qt.DropAction.MoveAction)
         self.list.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
@@ -57,6 +68,19 @@ class LayersPanel(QWidget):
                                          "Merge the selected layer into the one below", self._merge)
         self.flatten_button = self._button("Flatten", "flattenButton", "Merge every visible layer into one",
                                            self.state.flatten)
+        self.add_control_button = QPushButton("Add control layer")
+        self.add_control_button.setObjectName("addControlLayerButton")
+        self.add_control_button.setAccessibleName("Add control layer")
+        self.add_control_button.setToolTip("A layer that guides Fill, Expand and Restyle through a ControlNet: "
+                                           "draw a scribble on it, import a map, or make it from the image")
+        self.control_menu = QMenu(self.add_control_button)
+        self.control_menu.setObjectName("addControlLayerMenu")
+        for kind in CONTROL_KINDS:
+            action = self.control_menu.addAction(KIND_LABELS[kind])
+            action.setObjectName(f"addControl_{kind}")
+            action.setData(kind)
+            action.triggered.connect(lambda _checked=False, k=kind: self.add_control_requested.emit(k))
+        self.add_control_button.setMenu(self.control_menu)
 
         self.variants = QListWidget()
         self.variants.setObjectName("layerVariants")
@@ -83,8 +107,10 @@ class LayersPanel(QWidget):
         layout.addWidget(self.list, 1)
         layout.addLayout(opacity_row)
         layout.addLayout(buttons)
+        layout.addWidget(self.add_control_button)
         layout.addWidget(self.variants_label)
         layout.addWidget(self.variants)
+        self._details = layout
 
         # Several signals may come from one change: rebuild once, after them.
         self._refresh_timer = QTimer(self)
@@ -94,6 +120,12 @@ class LayersPanel(QWidget):
         for signal in (state.image_changed, state.document_replaced, state.active_layer_changed):
             signal.connect(self._refresh_timer.start)
         self.refresh()
+
+    def add_details(self, widget: QWidget) -> None:
+        """Put `widget` (the Control panel) under the list and its buttons; while it shows, the list may shrink
+        to two rows, so that the dock does not take the Generate panel's room."""
+        self._details.addWidget(widget)
+        self._has_details = True
 
     def _button(self, text: str, name: str, tip: str, slot) -> QPushButton:
         button = QPushButton(text)
@@ -134,8 +166,14 @@ class LayersPanel(QWidget):
         count = len(self.state.document.layers) if self.state.document is not None else 0
         self.opacity.setEnabled(layer is not None)
         self.delete_button.setEnabled(layer is not None and count > 1)
+        self.add_control_button.setEnabled(self.state.document is not None)
+        compact = self._has_details and layer is not None and layer.control is not None
+        self.list.setMinimumHeight((2 if compact else LIST_ROWS) * (THUMB + 6))
         index = None if layer is None else self.state.document.layers.index_of(layer.id)
-        self.merge_button.setEnabled(layer is not None and bool(index))
+        below = self.state.document.layers.layers[index - 1] if index else None
+        controls = below is not None and (layer.control is not None or below.control is not None)
+        self.merge_button.setEnabled(bool(index) and not controls)
+        self.merge_button.setToolTip(NO_MERGE if controls else "Merge the selected layer into the one below")
         self._show_variants(layer)
 
     def _show_variants(self, layer: Layer | None) -> None:
@@ -161,12 +199,27 @@ class LayersPanel(QWidget):
     @staticmethod
     def _title(layer: Layer) -> str:
         text = layer.name
+        if layer.control is not None:
+            text += f"  {CONTROL_TAG}"
         if layer.opacity < 1.0:
             text += f"  ({round(layer.opacity * 100)} %)"
         return text
 
     @staticmethod
+    def _edited_name(text: str, layer: Layer) -> str:
+        """The name typed over a title, without the tag and the opacity _title added (if they were left)."""
+        suffix = LayersPanel._title(layer)[len(layer.name):]
+        text = text.strip()
+        if suffix.strip() and text.endswith(suffix.strip()):
+            text = text[:-len(suffix.strip())].strip()
+        return text
+
+    @staticmethod
     def _tooltip(layer: Layer) -> str:
+        if layer.control is not None:
+            model = layer.control.model or "none picked yet"
+            return (f"Control layer ({layer.control.label}): guides generation through a ControlNet and is never "
+                    f"part of the image\nControlNet: {model}")
         kind = "Generative layer" if layer.generation else "Layer"
         text = f"{kind}: {layer.rect.w}x{layer.rect.h} at ({layer.x}, {layer.y})"
         if layer.generation is not None:
@@ -181,7 +234,8 @@ class LayersPanel(QWidget):
         key = (id(layer.pixels), "layer")
         icon = self._thumbs.get(key)
         if icon is None:
-            icon = QIcon(QPixmap.fromImage(to_qimage(thumbnail(layer.pixels, THUMB))))
+            small = thumbnail(layer.pixels, THUMB, control=layer.control is not None)
+            icon = QIcon(QPixmap.fromImage(to_qimage(small)))
             self._thumbs[key] = icon
             self._keep(layer.pixels)
         return icon
@@ -235,7 +289,7 @@ class LayersPanel(QWidget):
         if visible != layer.visible:
             self.state.set_layer_visible(layer_id, visible)
         elif item.text() != self._title(layer):
-            name = item.text().strip()
+            name = self._edited_name(item.text(), layer)
             if name and name != layer.name:
                 self.state.rename_layer(layer_id, name)
             else:
@@ -269,13 +323,16 @@ class LayersPanel(QWidget):
             self.state.select_variant(layer.id, row)
 
 
-def thumbnail(pixels: np.ndarray, side: int) -> np.ndarray:
-    """At most side x side, area-averaged, over a checkerboard where it is transparent."""
+def thumbnail(pixels: np.ndarray, side: int, control: bool = False) -> np.ndarray:
+    """At most side x side, area-averaged, over a checkerboard where it is transparent; a control layer's
+    drawing in the control tint on a dark ground, framed in it."""
     height, width = pixels.shape[:2]
     scale = min(1.0, side / max(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     step = max(1, int(1 / scale) // 4)                # every n-th pixel first: a 4096² layer is 64 MB
     small = cv2.resize(np.ascontiguousarray(pixels[::step, ::step]), size, interpolation=cv2.INTER_AREA)
+    if control:
+        return _control_thumbnail(small)
     if small.shape[2] == 3:
         return small
     rows, cols = np.indices(small.shape[:2])
@@ -283,3 +340,15 @@ def thumbnail(pixels: np.ndarray, side: int) -> np.ndarray:
     alpha = small[..., 3:4].astype(np.float32) / 255
     out = small[..., :3].astype(np.float32) * alpha + board[..., None] * (1 - alpha)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _control_thumbnail(small: np.ndarray) -> np.ndarray:
+    if small.shape[2] == 4 and int(small[..., 3].min()) < 255:
+        alpha = small[..., 3:4].astype(np.float32) / 255
+        ink = np.array(CONTROL_INK, np.float32) * alpha + np.array(CONTROL_PAPER, np.float32) * (1 - alpha)
+        out = np.clip(np.rint(ink), 0, 255).astype(np.uint8)
+    else:
+        out = np.ascontiguousarray(small[..., :3])
+    out[[0, -1], :] = CONTROL_INK
+    out[:, [0, -1]] = CONTROL_INK
+    return out

@@ -28,6 +28,7 @@ from app.editor.stored_settings import SettingsStore, checked_values, migrate_qt
 from app.widgets.actions import build_actions
 from app.widgets.add_model_dialog import AddModelDialog
 from app.widgets.canvas import CanvasView
+from app.widgets.control_panel import install_control_layers
 from app.widgets.file_commands import FileCommands
 from app.widgets.generate_panel import GeneratePanel, ValueSlider
 from app.widgets.help_dialogs import build_help_menu
@@ -91,6 +92,7 @@ class MainWindow(QMainWindow):
         self.startup_notes = [*settings.problems, *styles.problems, *self.library.problems]
         styles = styles.styles
         self.session = GenerationSession(self.state, styles, self.registry, self)
+        self.session.library = self.library
         self.recovery = RecoveryStore(recovery_root if recovery_root is not None else default_recovery_root())
         self.files = FileCommands(self)
         self.selection = SelectionCommands(self.state, self)
@@ -119,6 +121,7 @@ class MainWindow(QMainWindow):
         layers_dock.setWidget(self.layers_panel)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, layers_dock)
         self.layers_dock = layers_dock
+        self.controls = install_control_layers(self)       # the Control panel, Add control layer, Add ControlNet
         self.action_set = build_actions(
             self, self._handlers(), self.state.history.stack.createUndoAction(self, "&Undo"),
             self.state.history.stack.createRedoAction(self, "&Redo"), self.state.set_tool,
@@ -163,7 +166,7 @@ class MainWindow(QMainWindow):
         f, s = self.files, self.state
         return {"open": f.open_dialog, "save": f.save, "save_as": f.save_as_dialog, "export": f.export_dialog,
                 "quit": self.close, "copy": f.copy, "paste": f.paste,
-                "delete_layer": self._delete_layer, "merge_down": self._merge_down, "flatten": s.flatten,
+                "delete_layer": self._delete_layer, "merge_down": self.controls.merge_down, "flatten": s.flatten,
                 "keep_all": self._accept_keeping_all,
                 "discard": self.session.discard, "finish": self.session.finish_early,
                 "clear_mask": self.state.clear_mask,
@@ -173,7 +176,9 @@ class MainWindow(QMainWindow):
                 "fill": self.fill, "expand": self.expand, "restyle": self.restyle, "cancel": self._escape,
                 "accept": self.accept_current, "zoom_in": c.zoom_in, "zoom_out": c.zoom_out,
                 "zoom_fit": c.fit, "zoom_100": c.zoom_100,
-                "add_model": self.add_model_dialog, "remove_model": self.remove_selected_model}
+                "add_model": self.add_model_dialog, "remove_model": self.remove_selected_model,
+                "add_controlnet": self.controls.add_controlnet_dialog,
+                "add_control_layer": self.controls.add_control_layer}
 
     def _build_toolbar(self) -> None:
         bar = QToolBar("Tools", self)
@@ -326,9 +331,6 @@ class MainWindow(QMainWindow):
 
     def _delete_layer(self) -> None:
         self.state.remove_layer(self.state.active_layer)
-
-    def _merge_down(self) -> None:
-        self.state.merge_down(self.state.active_layer)
 
     def _escape(self) -> None:
         if self.session.busy:

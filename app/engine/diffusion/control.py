@@ -255,7 +255,7 @@ CONTROL_NAME_HINTS = (("inpaint", "inpaint"), ("canny", "canny"), ("depth", "dep
 
 @dataclass(frozen=True)
 class ControlNetInfo:
-    family: str            # "sd1", "sd2" or "sdxl"
+    family: str            # "sd1", "sd2" or "sdxl"; "" for an unusual width (checked against the model on use)
     control: str           # the control kind its name says ("canny", ...), "" when it does not say
     kind: str              # "file", "folder" or "repo"
     location: str
@@ -264,7 +264,8 @@ class ControlNetInfo:
     def label(self) -> str:
         name = self.location if self.kind == "repo" else Path(self.location).name
         what = f" ({self.control})" if self.control else ""
-        return f"{name} — {FAMILY_NAMES[self.family]} ControlNet{what}"
+        family = FAMILY_NAMES.get(self.family, "unusual")
+        return f"{name} — {family} ControlNet{what}"
 
 
 def control_kind_of(name: str) -> str:
@@ -284,10 +285,7 @@ def inspect_controlnet(location: str) -> ControlNetInfo:
         config = controlnet_config(path, path.name)
         xl = config.get("addition_embed_type") == "text_time"
         width = _width(config.get("cross_attention_dim", 768))
-        family = "sdxl" if xl else {768: "sd1", 1024: "sd2"}.get(width)
-        if family is None:
-            raise EngineError(f"{path.name}: a ControlNet with cross-attention width {width} is of no supported "
-                              "family (SD 1.x, SD 2.x, SDXL)")
+        family = "sdxl" if xl else {768: "sd1", 1024: "sd2"}.get(width, "")
         return ControlNetInfo(family, control_kind_of(path.name), "folder", str(path.resolve()))
     if path.is_file():
         if path.suffix.lower() not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
@@ -299,7 +297,7 @@ def inspect_controlnet(location: str) -> ControlNetInfo:
         xl = any(key.endswith("add_embedding.linear_1.weight") or "label_emb" in key for key in tensors)
         width = next((info.shape[1] for key, info in sorted(tensors.items())
                       if key.endswith("attn2.to_k.weight") and len(info.shape) == 2), 768)
-        family = "sdxl" if xl else {768: "sd1", 1024: "sd2"}.get(width, "sd1")
+        family = "sdxl" if xl else {768: "sd1", 1024: "sd2"}.get(width, "")
         return ControlNetInfo(family, control_kind_of(path.name), "file", str(path.resolve()))
     if looks_like_repo_id(text):
         family = "sdxl" if "xl" in text.lower() else ("sd2" if "sd21" in text.lower() else "sd1")
