@@ -101,8 +101,8 @@ def test_control_images_follow_every_window_of_an_expand():
         np.testing.assert_array_equal(given, resize(np.ascontiguousarray(drawing[p.region.slices()]), p.size))
         edges = control_image(request.controls[1], plan, p)
         assert edges.shape == given.shape
-        known = resize(plan.known[p.region.slices()].astype(np.uint8), p.size) > 0
-        assert not edges[~known].any()            # the prefill is a guess: no edges are made from it
+        new = cv2.resize(p.hole, p.size, interpolation=cv2.INTER_NEAREST) >= 128
+        assert new.any() and not edges[new].any()     # the prefill is a guess: no edges are made from it
 
 
 def test_the_inpaint_control_marks_the_hole_of_each_pass():
@@ -210,3 +210,31 @@ def test_a_controlnet_repo_id_loads_from_the_hub_cache_and_one_not_there_is_one_
     assert result.kind == EventKind.ERROR
     assert result.message == ("the ControlNet tester/no-controlnet is not downloaded yet and the Hugging Face hub "
                               "cannot be reached (offline?)")
+
+
+def test_a_windowed_expand_with_controls_keeps_the_image_and_guides_every_window(tiny_models, tiny_controlnets,
+                                                                                   monkeypatch):
+    from app.engine.diffusion import engine as diffusion_engine
+    from app.engine.request import MaskOptions
+
+    image = photo(160, 120)
+    canvas = Rect(-160, -120, 480, 360)
+    sizes = []
+    original = diffusion_engine._active_controls
+
+    def recorded(request, work, p, nets, device, canvas_pixels):
+        active = original(request, work, p, nets, device, canvas_pixels)
+        sizes.append((p.size, [tuple(a.image.shape[2:]) for a in active]))
+        return active
+    monkeypatch.setattr(diffusion_engine, "_active_controls", recorded)
+    net = str(tiny_controlnets.path("sd15"))
+    request = GenerationRequest(JobKind.EXPAND, image, outpaint=OutpaintOptions(canvas),
+                                sampling=SamplingOptions(steps=2, seed=4), mask_options=MaskOptions(feather=4),
+                                controls=(ControlInput("canny", net), ControlInput("inpaint", net, weight=0.5)),
+                                **model_args(tiny_models, "sd15"))
+    out = _result(request)
+    assert out.shape == (360, 480, 3)
+    np.testing.assert_array_equal(out[120 + 4:240 - 4, 160 + 4:320 - 4], image[4:-4, 4:-4])
+    assert len(sizes) >= 4
+    for size, shapes in sizes:
+        assert all(shape == (size[1], size[0]) for shape in shapes)

@@ -134,3 +134,23 @@ def _plain_request():
 
     image = photo()
     return GenerationRequest(JobKind.FILL, image, box_mask(image.shape, Rect(10, 10, 20, 20)))
+
+
+def test_references_work_with_attention_slicing_and_an_out_of_memory_retry(tiny_models, references, monkeypatch):
+    from tests.test_diffusion_engine import MANAGER, _fail_unet_calls
+
+    adapter, _ = references["sd15"]
+    request = replace(fill_request(tiny_models, seed=4, variants=2), references=(ReferenceInput(REFERENCE, 0.8),),
+                      ip_adapter=str(adapter), memory_saving="on")
+    MANAGER.free()                                 # loaded afresh with the savers on
+    sliced, _ = run(request)
+    assert sliced.kind == EventKind.RESULT, sliced.message
+    model = MANAGER.current
+    before = {name: type(p).__name__ for name, p in model.unet.attn_processors.items()}
+    assert set(before.values()) == {"SlicedAttnProcessor"}          # as the memory savers left them
+    _fail_unet_calls(model, monkeypatch, failures=1)
+    retried, _ = run(replace(request, sampling=replace(request.sampling, variants=1)))   # -> the memory savers
+    assert retried.kind == EventKind.RESULT, retried.message
+    assert {name: type(p).__name__ for name, p in model.unet.attn_processors.items()} == before
+    assert model.unet.encoder_hid_proj is None
+    MANAGER.free()

@@ -2,7 +2,7 @@
 
 Every visible control layer becomes one ControlInput: its settings, and its pixels placed on the job's output
 area when its kind uses them (a scribble, an imported map); kinds made from the image carry no pixels. With
-"Keep structure" a Restyle with no control layer of its own is guided by a canny ControlNet (else a depth one)
+"Keep structure" a Restyle with no control layer of its own is guided by a canny ControlNet
 of the model's family from the library. A Fill or Expand with a base SD 1.x model uses the library's SD 1.x
 inpaint ControlNet when one is listed and no control layer is an inpaint one already.
 """
@@ -16,7 +16,6 @@ from app.core.geometry import Rect
 from app.editor.model_library import ModelEntry, controlnet_for
 from app.engine.request import ControlInput
 
-STRUCTURE_KINDS = ("canny", "depth")
 
 
 def layer_controls(doc: Document, output: Rect, restyle: bool = False) -> tuple[ControlInput, ...]:
@@ -42,9 +41,8 @@ def layer_controls(doc: Document, output: Rect, restyle: bool = False) -> tuple[
     return tuple(controls)
 
 
-def structure_control(controlnets: list[ModelEntry], family: str, weight: float = 1.0) -> ControlInput | None:
-    """What keeps a Restyle's composition: a canny (else depth) ControlNet of `family`, made from the image.
-    Depth needs an annotator, so only canny is used without one."""
+def structure_control(controlnets: list[ModelEntry], family: str | None, weight: float = 1.0) -> ControlInput | None:
+    """What keeps a Restyle's composition: a canny ControlNet of `family` (None: of any), made from the image."""
     entry = controlnet_for(controlnets, family, "canny")
     return None if entry is None else ControlInput("canny", entry.location, None, weight, 0.0, 1.0)
 

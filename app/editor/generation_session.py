@@ -76,8 +76,9 @@ class GenerationSession(QObject):
         entry = self.library.find(settings.model) if self.library is not None else None
         controlnets = self.library.controlnets() if self.library is not None else []
         family = entry.family if entry is not None else ""
-        if restyle and settings.keep_structure and not controls and family:
-            structure = structure_control(controlnets, family)
+        if restyle and settings.keep_structure and not controls:
+            # A model of unknown family (a repo id) takes any canny ControlNet; the engine says if it is foreign.
+            structure = structure_control(controlnets, family or None)
             if structure is None:
                 raise ValueError("Keep structure needs a canny ControlNet for this model's family: add one in "
                                  "Models > Add ControlNet…, or switch Keep structure off")

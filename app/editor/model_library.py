@@ -74,9 +74,10 @@ def describe_controlnet(location: str) -> ModelEntry:
     return ModelEntry(info.location, info.label, f"controlnet-{info.kind}", "", info.family, info.control)
 
 
-def controlnet_for(entries: list[ModelEntry], family: str, control: str) -> ModelEntry | None:
-    """The first listed ControlNet of `family` made for `control` (canny, depth, inpaint ...)."""
-    return next((e for e in entries if e.is_controlnet and e.family == family and e.control == control), None)
+def controlnet_for(entries: list[ModelEntry], family: str | None, control: str) -> ModelEntry | None:
+    """The first listed ControlNet of `family` (None: of any) made for `control` (canny, depth, inpaint ...)."""
+    return next((e for e in entries if e.is_controlnet and family in (None, e.family) and e.control == control),
+                None)
 
 
 class ModelLibrary:
@@ -229,8 +230,10 @@ def _entry_from(item: object) -> ModelEntry | None:
     if not all(isinstance(v, str) and len(v) <= MAX_TEXT and "\0" not in v and writable_text(v)
                for v in values.values()):
         return None
-    if not values["location"].strip() or values["kind"] not in KINDS or values["family"] not in FAMILIES:
+    if not values["location"].strip() or values["kind"] not in KINDS:
         return None
+    if values["family"] not in FAMILIES:
+        values["family"] = ""            # a family a later version knows: unknown here, checked when used
     return ModelEntry(values["location"], values["label"] or values["location"], values["kind"], values["config"],
                       values["family"], values["control"][:40])
 

@@ -4,8 +4,9 @@ the size the model runs at, so they follow the work region (every window of an E
 A control the user made (a scribble, an imported depth or pose map) is cropped and scaled, then normalised
 (lines white on black). One made from the job's own pixels is made per pass from the plan's base (the
 image, or the prefilled canvas of an Expand) at the model's size: canny edges, depth from an annotator,
-the image itself for tile, the image with its hole marked for inpaint. On an Expand, edge kinds see no
-edges in the new area (its prefill is a guess, not structure).
+the image itself for tile, the image with its hole marked for inpaint. A window of an Expand reads what the
+windows before it made (of the first variant, for all of them); edge kinds see no edges in the new area
+not generated yet (its prefill is a guess, not structure).
 """
 from __future__ import annotations
 
@@ -19,19 +20,22 @@ from app.engine.request import ControlInput, GenerationRequest
 EDGE_KINDS = ("canny", "scribble", "lineart", "softedge")
 
 
-def pass_control_images(request: GenerationRequest, plan: JobPlan, p: Pass, device: str = "cpu") -> list[np.ndarray]:
+def pass_control_images(request: GenerationRequest, plan: JobPlan, p: Pass, device: str = "cpu",
+                        canvas: np.ndarray | None = None) -> list[np.ndarray]:
     """One control image per request.controls for pass `p`: uint8 H x W x 3 at p.size, or for inpaint
-    float32 in [0, 1] with -1 where the pass generates."""
-    return [control_image(control, plan, p, device) for control in request.controls]
+    float32 in [0, 1] with -1 where the pass generates. Kinds made from the image read `canvas` (what the
+    earlier windows of an Expand made; default the plan's base)."""
+    return [control_image(control, plan, p, device, canvas) for control in request.controls]
 
 
-def control_image(control: ControlInput, plan: JobPlan, p: Pass, device: str = "cpu") -> np.ndarray:
+def control_image(control: ControlInput, plan: JobPlan, p: Pass, device: str = "cpu",
+                  canvas: np.ndarray | None = None) -> np.ndarray:
     width, height = p.size
     if control.image is not None:
         crop = np.ascontiguousarray(control.image[p.region.slices()])
         scaled = resize(crop, (width, height))
         return annotators.make_control_image(control.kind, scaled, blur=control.blur, imported=True)
-    pixels = np.ascontiguousarray(plan.pass_pixels(plan.base, p))
+    pixels = np.ascontiguousarray(plan.pass_pixels(plan.base if canvas is None else canvas, p))
     hole = cv2.resize(p.hole, (width, height), interpolation=cv2.INTER_NEAREST)
     annotator = None
     if control.kind in ("depth", "normal"):
@@ -42,8 +46,6 @@ def control_image(control: ControlInput, plan: JobPlan, p: Pass, device: str = "
         annotator = annotators.DepthAnnotator.load(control.annotator, device)
     image = annotators.make_control_image(control.kind, pixels, hole=hole, low=control.low_threshold,
                                           high=control.high_threshold, blur=control.blur, annotator=annotator)
-    if control.kind in EDGE_KINDS and plan.known is not None:
-        known = cv2.resize(plan.known[p.region.slices()].astype(np.uint8), (width, height),
-                           interpolation=cv2.INTER_NEAREST)
-        image = np.where(known[..., None] > 0, image, np.uint8(0))
+    if control.kind in EDGE_KINDS and plan.known is not None:       # an Expand: no edges from the prefill
+        image = np.where(hole[..., None] >= 128, np.uint8(0), image)
     return image

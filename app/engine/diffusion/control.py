@@ -87,6 +87,16 @@ def control_residuals(controls: list[ActiveControl], model_input, t, embeddings,
 
 # -- loading --------------------------------------------------------------------------------------------
 
+def load_controlnets(model, controls, progress: Progress | None = None) -> list:
+    """The ControlNet of each control, loaded beside the model; ControlNets an earlier job left that this one
+    does not use are dropped first, so only the job's own take memory."""
+    cache = model.extra.setdefault("controlnets", {})
+    wanted = {(c.model, c.model_config) for c in controls}
+    for key in [key for key in cache if key not in wanted]:
+        del cache[key]
+    return [load_controlnet(model, c.model, c.model_config, progress) for c in controls]
+
+
 def load_controlnet(model, location: str, config: str = "", progress: Progress | None = None):
     """The ControlNet at `location` for `model` (loaded once per model: kept in model.extra), on the model's
     device and precision; EngineError in one line when it is missing, damaged or of another family."""
@@ -125,7 +135,7 @@ def _load(model, location: str, config: str, progress: Progress):
     path = Path(location).expanduser()
     dtype = model.plan.dtype
     if path.is_dir():
-        return _load_folder(path, dtype, progress)
+        return _load_folder(path, model, progress)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
@@ -143,17 +153,18 @@ def _load(model, location: str, config: str, progress: Progress):
             raise EngineError(f"the ControlNet {path.name} does not fit the config {folder.name}: "
                               f"{short_error(exc, 100)}") from None
     if looks_like_repo_id(location):
-        return _load_folder(_download(location, progress), dtype, progress, location)
+        return _load_folder(_download(location, progress), model, progress, location)
     raise EngineError(f"ControlNet not found: {location}")
 
 
-def _load_folder(folder: Path, dtype, progress: Progress, name: str = ""):
+def _load_folder(folder: Path, model, progress: Progress, name: str = ""):
     import diffusers
 
+    dtype = model.plan.dtype
     name = name or folder.name
     if not (folder / "config.json").is_file():
         raise EngineError(f"{name} is not a diffusers ControlNet folder (no config.json)")
-    controlnet_config(folder, name)
+    check_family(controlnet_config(folder, name), model, name)          # before any weights are read
     weights = folder / "diffusion_pytorch_model.safetensors"
     index = folder / "diffusion_pytorch_model.safetensors.index.json"
     if not weights.is_file() and not index.is_file():
@@ -218,10 +229,10 @@ def _single_file_config(path: Path, config: str, model) -> Path:
 
 def check_family(config, model, shown: str) -> None:
     """EngineError when the ControlNet (its config) is not of `model`'s family."""
-    width = _width(config.cross_attention_dim if hasattr(config, "cross_attention_dim")
-                   else config.get("cross_attention_dim"))
+    value = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    width = _width(value("cross_attention_dim", 1280))
     expected = _width(model.unet.config.cross_attention_dim)
-    xl = (getattr(config, "addition_embed_type", None) == "text_time")
+    xl = value("addition_embed_type") == "text_time"
     if width != expected or xl != model.is_xl:
         what = "SDXL" if xl else _family_of_width(width)
         raise EngineError(f"the ControlNet {shown} is for {what}; the model {model.name} is "

@@ -17,7 +17,7 @@ import numpy as np
 
 from app.engine.control_plan import pass_control_images
 from app.engine.diffusion import ip_adapter, lora
-from app.engine.diffusion.control import ActiveControl, load_controlnet
+from app.engine.diffusion.control import ActiveControl, load_controlnets
 from app.engine.base import Emit, Engine, format_parameters
 from app.engine.events import CancelToken, Cancelled, EngineError, Variant
 from app.engine.job_plan import JobPlan, Overview, Pass, composite_pass, plan_job, resize
@@ -35,7 +35,10 @@ class DiffusionEngine(Engine):
         self.manager = manager or MODELS
 
     def close(self) -> None:
+        from app.engine import annotators
+
         self.manager.free()
+        annotators.free()
 
     def generate(self, request: GenerationRequest, job_id: int, emit: Emit,
                  cancel: CancelToken) -> tuple[Variant, ...]:
@@ -53,7 +56,7 @@ class DiffusionEngine(Engine):
         def loading(message: str, fraction: float) -> None:
             self.report(emit, cancel, job_id, 0, request.sampling.steps, message=message)
         model = self.manager.get(source, plan, loading)
-        nets = [load_controlnet(model, c.model, c.model_config, loading) for c in request.controls]
+        nets = load_controlnets(model, request.controls, loading)
         work = self._plan(request, model)
         sizes = sorted({p.size for p in work.passes})
         where = f"{len(work.passes)} windows of " if len(work.passes) > 1 else ""
@@ -157,7 +160,7 @@ class DiffusionEngine(Engine):
                          s.guidance, s.steps, s.strength, sampler.name, seeds, (width, height),
                          style.base_prompt, style.base_negative_prompt, style.strength,
                          pure_noise=request.kind == JobKind.FILL,
-                         controls=_active_controls(request, work, p, nets, model.plan.device),
+                         controls=_active_controls(request, work, p, nets, model.plan.device, canvases[0]),
                          image_embeds=list(embeds))
         x0, ran = run_denoise(model, job, lambda step, steps, x0: on_step(step, x0, preview, rect))
         images = latent_codec.decode(model, x0)
@@ -184,14 +187,16 @@ def _image_encoder(request: GenerationRequest) -> str:
     return str(adapter.parent / "image_encoder")
 
 
-def _active_controls(request: GenerationRequest, work: JobPlan, p: Pass, nets, device: str) -> list[ActiveControl]:
-    """The request's ControlNets for pass `p`, each with its control image made for the pass."""
+def _active_controls(request: GenerationRequest, work: JobPlan, p: Pass, nets, device: str,
+                     canvas: np.ndarray) -> list[ActiveControl]:
+    """The request's ControlNets for pass `p`, each with its control image made for the pass (from `canvas`
+    where made from the image), on the device once."""
     import torch
 
     active = []
-    for control, net, image in zip(request.controls, nets, pass_control_images(request, work, p, device)):
+    for control, net, image in zip(request.controls, nets, pass_control_images(request, work, p, device, canvas)):
         values = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
-        tensor = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))[None]
+        tensor = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))[None].to(device, net.dtype)
         active.append(ActiveControl(net, tensor, control.weight, control.start, control.end, control.guess_mode))
     return active
 
@@ -222,8 +227,11 @@ def _after_out_of_memory(exc: BaseException, model, batch: int, size: tuple[int,
         return 1
     if not model.extra.get("memory_savers"):
         log.warning("out of memory; retrying with attention slicing and VAE tiling")
-        for module in [model.unet, *model.extra.get("controlnets", {}).values()]:
+        # With reference images in, the UNet's processors are the IP-Adapter's: ip_adapter slices it after the job.
+        with_references = model.unet.encoder_hid_proj is not None
+        for module in ([] if with_references else [model.unet]) + list(model.extra.get("controlnets", {}).values()):
             module.set_attention_slice("auto")
+        model.extra["sliced"] = not with_references
         model.vae.enable_tiling()
         model.extra["memory_savers"] = True
         return 1

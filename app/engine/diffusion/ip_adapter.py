@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.engine.diffusion.model_files import read_checkpoint_tensors, short_error
+from app.engine.diffusion.model_files import (check_weight_dtypes, check_weight_sizes, read_checkpoint_tensors,
+                                             short_error)
 from app.engine.events import EngineError
 from app.engine.model_ids import looks_like_repo_id
 
@@ -57,10 +58,9 @@ def read_adapter(location: str, model) -> dict:
     tensors = read_checkpoint_tensors(path)
     if not any(k.startswith("image_proj.") for k in tensors) or not any(k.startswith("ip_adapter.") for k in tensors):
         raise EngineError(f"{path.name} is not an IP-Adapter (no image_proj and ip_adapter tensors)")
-    total = sum(int(np.prod(info.shape)) * 4 for info in tensors.values())
-    if total > MAX_ADAPTER_BYTES:
-        raise EngineError(f"{path.name} is {total:,} bytes of tensors; no IP-Adapter is larger than "
-                          f"{MAX_ADAPTER_BYTES:,}")
+    check_weight_dtypes(tensors, path.name, lambda key: "IP-Adapter")
+    check_weight_sizes(tensors, path.name, lambda key: "IP-Adapter", (MAX_ADAPTER_BYTES, MAX_ADAPTER_BYTES),
+                       "IP-Adapter")
     width = int(model.unet.config.cross_attention_dim)
     first = tensors.get("ip_adapter.1.to_k_ip.weight")
     if first is None or len(first.shape) != 2 or first.shape[1] != width:
@@ -112,6 +112,7 @@ def encode_reference(encoder, processor, image: np.ndarray, plus: bool, guided: 
     """One reference image's embeddings, shaped for the UNet's added_cond_kwargs["image_embeds"]."""
     import torch
 
+    device = encoder.device
     pixels = processor(images=image[..., :3], return_tensors="pt").pixel_values.to(device=device, dtype=encoder.dtype)
     if plus:
         embeds = encoder(pixels, output_hidden_states=True).hidden_states[-2]
@@ -138,42 +139,57 @@ def applied(model, adapter: str, encoder_location: str, references, guided: bool
     try:
         embeds = _put_in(model, state, encoder, processor, references, guided)
     except BaseException:
-        _take_out(unet, saved, saved_type)
+        _take_out(model, saved, saved_type)
         raise
     try:
         yield embeds
     finally:
-        _take_out(unet, saved, saved_type)
+        _take_out(model, saved, saved_type)
 
 
 def _put_in(model, state: dict, encoder, processor, references, guided: bool) -> list:
     import torch
 
+    from app.engine.diffusion.denoise import on_device
+
     unet = model.unet
+    plus = "proj.weight" not in state["image_proj"]
+    projection = state["image_proj"].get("proj.weight" if not plus else "proj_in.weight")
+    width = int(encoder.config.projection_dim if not plus else encoder.config.hidden_size)
+    if projection is None or projection.ndim != 2 or projection.shape[-1] != width:
+        wanted = "an unknown width" if projection is None or projection.ndim != 2 else f"{projection.shape[-1]}"
+        raise EngineError(f"the image encoder gives {width}-wide embeddings; the IP-Adapter wants {wanted}: use "
+                          "the encoder it was trained with")
+    saved = dict(unet.attn_processors)
+    # diffusers rebuilds every processor without arguments (attention slicing's need one): load over the
+    # default ones, then give the self-attention layers theirs back.
+    unet.set_default_attn_processor()
     try:
         unet._load_ip_adapter_weights([state] * len(references), low_cpu_mem_usage=False)
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError, AttributeError) as exc:
         from app.engine.diffusion.devices import is_out_of_memory
 
         if is_out_of_memory(exc):
             raise
         raise EngineError(f"the IP-Adapter does not fit the model {model.name}: {short_error(exc, 120)}") from None
+    processors = dict(unet.attn_processors)
+    processors.update({name: saved[name] for name in processors if name.endswith("attn1.processor")})
+    unet.set_attn_processor(processors)
     unet.to("cpu" if model.plan.offload else model.plan.device, dtype=unet.dtype)
-    plus = "proj.weight" not in state["image_proj"]
-    wanted = state["image_proj"]["proj.weight"].shape[-1] if not plus else None
-    if wanted is not None and int(encoder.config.projection_dim) != wanted:
-        raise EngineError(f"the image encoder gives {encoder.config.projection_dim}-wide embeddings; the IP-Adapter "
-                          f"wants {wanted}: use the encoder it was trained with")
     _set_scales(unet, references, model.is_xl)
-    with torch.inference_mode():
+    with torch.inference_mode(), on_device(model, [encoder]):
         return [encode_reference(encoder, processor, r.image, plus, guided, model.plan.device).to(unet.dtype)
                 for r in references]
 
 
-def _take_out(unet, saved: dict, saved_type) -> None:
+def _take_out(model, saved: dict, saved_type) -> None:
+    unet = model.unet
     unet.encoder_hid_proj = None
     unet.config.encoder_hid_dim_type = saved_type
     unet.set_attn_processor(saved)
+    if model.extra.get("memory_savers") and not model.extra.get("sliced"):
+        unet.set_attention_slice("auto")          # switched on by an out-of-memory retry during the job
+        model.extra["sliced"] = True
 
 
 def _set_scales(unet, references, is_xl: bool) -> None:
