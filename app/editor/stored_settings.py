@@ -60,6 +60,8 @@ SCHEMA: dict[str, Setting] = {s.key: s for s in (
     Setting("panel/feather", int, 8, 0, 63),
     Setting("panel/advanced", bool, False, label="Advanced settings shown"),
     Setting("panel/keep_structure", bool, False, label="Keep structure"),
+    Setting("panel/ip_adapter", str, "", max_length=4096, label="IP-Adapter file"),
+    Setting("panel/image_encoder", str, "", max_length=4096, label="image encoder folder"),
     Setting("brush/size", int, 64, 1, 2048, label="brush size"),
     Setting("brush/softness", float, 0.3, 0.0, 1.0, label="brush softness"),
     Setting("window/geometry", bytes, b"", max_length=4096, label="window position"),

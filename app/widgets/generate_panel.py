@@ -11,8 +11,8 @@ from typing import Sequence
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtWidgets import (QAbstractSlider, QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame,
                                QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
-                               QSlider, QSpinBox, QStyle, QStyleOptionComboBox, QStylePainter, QToolButton,
-                               QVBoxLayout, QWidget)
+                               QMainWindow, QSlider, QSpinBox, QStyle, QStyleOptionComboBox, QStylePainter,
+                               QToolButton, QVBoxLayout, QWidget)
 
 from app.core.styles import Style
 from app.editor.job_builder import RESTYLE_STRENGTH, JobSettings
@@ -20,6 +20,7 @@ from app.editor.model_library import ModelEntry, controlnet_for
 from app.editor.stored_settings import SCHEMA, value_range
 from app.engine.classic import ENGINE_IDS as CLASSIC_ENGINES
 from app.engine.classic import RESTYLE_NEEDS_DIFFUSION
+from app.widgets.references_panel import ReferencesPanel
 
 ADD_MODEL = "::add-model"        # item data of the model picker's "Add model…" entry
 PANEL_CHARS = 40                 # the panel's preferred width, in average characters
@@ -209,6 +210,8 @@ class GeneratePanel(QWidget):
         self._job_classic = False                   # ... and whether the running job's was
         self._can_restyle = False
         self._busy = False
+        self.references_panel = ReferencesPanel()       # IP-Adapter reference images
+        self.references_panel.status.connect(self._reference_status)
         self._build_layout()
         self.set_models(engines, models)
         self.model_combo.currentIndexChanged.connect(self._model_chosen)
@@ -253,6 +256,7 @@ class GeneratePanel(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.advanced_toggle)
         layout.addWidget(self.advanced_frame)
+        layout.addWidget(self.references_panel)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addLayout(stop_row)
@@ -310,6 +314,7 @@ class GeneratePanel(QWidget):
             widget.setEnabled(not classic)
             widget.setToolTip(CLASSIC_IGNORES if classic else self._tooltips[widget])
         self._style_chosen(self.style_combo.currentText())
+        self.references_panel.set_classic(classic)
         self.restyle_button.setEnabled(self._can_restyle and not self._busy and not classic)
         self.restyle_button.setToolTip(RESTYLE_NEEDS_DIFFUSION if classic else self._tooltips[self.restyle_button])
         self.prompt_edit.setPlaceholderText(CLASSIC_PROMPT if classic else PROMPT_HINT)
@@ -415,7 +420,15 @@ class GeneratePanel(QWidget):
         self.status_label.setStyleSheet("color: #e06060;" if error else "")
         self.status_label.setText(text)
 
+    def _reference_status(self, text: str, error: bool) -> None:
+        """A line of the References section, here and in the window's status bar."""
+        self.set_status(text, error)
+        window = self.window()
+        if isinstance(window, QMainWindow):
+            window.statusBar().showMessage(text, 0 if error else 8000)
+
     def job_settings(self) -> JobSettings:
+        references = self.references_panel.references()     # none while they are left out (its note says why)
         return JobSettings(
             prompt=self.prompt_edit.toPlainText().strip(),
             negative_prompt=self.negative_edit.toPlainText().strip(),
@@ -431,6 +444,9 @@ class GeneratePanel(QWidget):
             variants=self.variants_spin.value(),
             feather=self.feather_spin.value(),
             keep_structure=self.keep_structure_check.isChecked(),
+            references=references,
+            ip_adapter=self.references_panel.adapter_path() if references else "",
+            image_encoder=self.references_panel.encoder_path() if references else "",
         )
 
     # -- persistence: app/editor/stored_settings.py reads the values back typed and within these widgets' ranges ---
@@ -443,7 +459,9 @@ class GeneratePanel(QWidget):
                 "strength": self.strength_spin.value(), "restyle_strength": self.restyle_strength_spin.value(),
                 "seed": self.seed_spin.value(),
                 "random_seed": self.random_seed_check.isChecked(), "variants": self.variants_spin.value(),
-                "feather": self.feather_spin.value(), "advanced": self.advanced_toggle.isChecked()}
+                "feather": self.feather_spin.value(), "advanced": self.advanced_toggle.isChecked(),
+                "ip_adapter": self.references_panel.adapter_path(),
+                "image_encoder": self.references_panel.encoder_path()}
         if self._keep_structure_chosen:               # only the user's own choice: else the default decides
             values["keep_structure"] = self.keep_structure_check.isChecked()
         return {key: value for key, value in values.items() if f"panel/{key}" in SCHEMA}
@@ -471,6 +489,10 @@ class GeneratePanel(QWidget):
             self.random_seed_check.setChecked(values["random_seed"])
         if "advanced" in values:
             self.advanced_toggle.setChecked(values["advanced"])
+        if "ip_adapter" in values:
+            self.references_panel.set_adapter_path(values["ip_adapter"])
+        if "image_encoder" in values:
+            self.references_panel.set_encoder_path(values["image_encoder"])
         if "keep_structure" in values:                     # a remembered choice is the user's
             self.keep_structure_check.setChecked(values["keep_structure"])
             self._keep_structure_chosen = True
