@@ -135,6 +135,8 @@ def test_keep_structure_and_the_inpaint_controlnet_come_from_the_library():
     assert structure_control(LIBRARY, "sd1").model == "/m/canny"
     assert structure_control(LIBRARY, "sdxl").model == "/m/canny-xl"
     assert structure_control(LIBRARY, "sd2") is None
+    unknown = [ModelEntry("/m/odd-canny", "odd", "controlnet-folder", "", "", "canny")]
+    assert structure_control(LIBRARY + unknown, "sd2").model == "/m/odd-canny"     # checked by the engine
     assert inpaint_control(LIBRARY, "sd1", inpaint_model=False).kind == "inpaint"
     assert inpaint_control(LIBRARY, "sd1", inpaint_model=True) is None
     assert inpaint_control(LIBRARY, "sdxl", inpaint_model=False) is None

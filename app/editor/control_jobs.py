@@ -43,7 +43,8 @@ def layer_controls(doc: Document, output: Rect, restyle: bool = False) -> tuple[
 
 def structure_control(controlnets: list[ModelEntry], family: str | None, weight: float = 1.0) -> ControlInput | None:
     """What keeps a Restyle's composition: a canny ControlNet of `family` (None: of any), made from the image."""
-    entry = controlnet_for(controlnets, family, "canny")
+    entry = controlnet_for(controlnets, family, "canny") or controlnet_for(    # else one of unknown family,
+        [e for e in controlnets if not e.family], None, "canny")              # which the engine checks on use
     return None if entry is None else ControlInput("canny", entry.location, None, weight, 0.0, 1.0)
 
 

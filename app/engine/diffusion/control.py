@@ -275,8 +275,8 @@ class ControlNetInfo:
     def label(self) -> str:
         name = self.location if self.kind == "repo" else Path(self.location).name
         what = f" ({self.control})" if self.control else ""
-        family = FAMILY_NAMES.get(self.family, "unusual")
-        return f"{name} — {family} ControlNet{what}"
+        family = f"{FAMILY_NAMES[self.family]} " if self.family in FAMILY_NAMES else ""
+        return f"{name} — {family}ControlNet{what}"
 
 
 def control_kind_of(name: str) -> str:
