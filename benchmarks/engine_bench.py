@@ -142,7 +142,7 @@ def breakdown(runner, request, cuda: bool) -> dict:
 
     make_preview = latent_codec.make_preview
     patches = [(latent_codec, "encode", "VAE encode"), (latent_codec, "decode", "VAE decode"),
-               (denoise, "encode_prompts", "text encoding"), (DiffusionEngine, "_plan", "work-region planning"),
+               (denoise, "encode_prompts", "text encoding"), (diffusion_engine, "plan_job", "work-region planning"),
                (diffusion_engine, "composite_pass", "scale back, colour drift, composite")]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
     for owner, attr, name in patches:

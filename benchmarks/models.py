@@ -10,7 +10,13 @@ Random weights make noise, not pictures; every step costs what the architecture 
   sd15  the real SD 1.5 inpainting architecture (resources/models/sd15-inpaint), native 512 px.
   sdxl  the real SDXL inpainting architecture (resources/models/sdxl-inpaint), native 1024 px.
 
+ControlNets for them (controlnet_folder, benchmarks 9-10), random weights as well, saved as diffusers
+ControlNet folders: tiny from tests/control_factory.py; mid ControlNetModel.from_unet of the mid UNet;
+sd15 / sdxl the shipped configs resources/models/controlnet-sd15 / controlnet-sdxl. diffusers starts a
+ControlNet's zero convolutions at zero; here they are drawn afresh, so its residuals are not zero.
+
     python benchmarks/models.py mid sd15      # build (or find) one and print its folder
+    python benchmarks/models.py mid sd15 --controlnet
 """
 from __future__ import annotations
 
@@ -57,6 +63,13 @@ MID_VAE = dict(
     block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=16,
 )
 SCALING = {"sd15": 0.18215, "sdxl": 0.13025}
+# The mid ControlNets: ControlNetModel.from_unet of the mid UNet (its encoder and middle block; 4-channel
+# latents in, as real ControlNets take beside an inpainting UNet too), with the control-image embedding
+# narrowed as the UNet is (real: (16, 32, 96, 256) for a 320-wide UNet). A forward then costs 0.35x the mid
+# SD UNet's in FLOPs (0.37x for SDXL), as the real SD 1.5 pair does (0.35x; real SDXL 0.45x), at 512 px,
+# counted with torch.utils.flop_counter.
+MID_CONTROL_EMBEDDING = (4, 8, 16, 32)
+CONTROLNET_CONFIGS = {"sd15": "controlnet-sd15", "sdxl": "controlnet-sdxl"}
 
 
 def native_size(size: str, family: str) -> int:
@@ -169,6 +182,78 @@ def _build_mid(family: str, torch) -> dict:
     return components
 
 
+def describe_controlnet(size: str, family: str) -> str:
+    """One line naming exactly what the (size, family) ControlNet is."""
+    if size == "tiny":
+        return f"tiny {family} ControlNet (tests/control_factory.py, embedding (4, 8, 16, 16))"
+    if size == "mid":
+        unet = MID_SD15_UNET if family == "sd15" else MID_SDXL_UNET
+        return (f"mid {family} ControlNet (ControlNetModel.from_unet of the mid UNet: encoder "
+                f"{tuple(unet['block_out_channels'])} + middle block, 4-channel latents in, control embedding "
+                f"{MID_CONTROL_EMBEDDING}, zero convs re-randomised)")
+    return (f"{family} ControlNet, real size (resources/models/{CONTROLNET_CONFIGS[family]}), zero convs "
+            f"re-randomised")
+
+
+def controlnet_folder(size: str, family: str, cache: Path = CACHE, dtype: str = "float32",
+                      log=print) -> Path:
+    """The diffusers ControlNet folder (config.json + safetensors) of (size, family), built the first time."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    folder = Path(cache) / f"{size}-{family}-controlnet{suffix}"
+    stamp = folder / "benchmark_model.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("version") == VERSION:
+        return folder
+    import torch
+
+    start = time.perf_counter()
+    log(f"building {size} {family} ControlNet in {folder} ...")
+    net = build_controlnet(size, family)
+    if dtype != "float32":
+        net.to(getattr(torch, dtype))
+    if folder.exists():
+        shutil.rmtree(folder)
+    net.save_pretrained(folder, safe_serialization=True)
+    stamp.write_text(json.dumps({"version": VERSION, "size": size, "family": family, "dtype": dtype,
+                                 "description": describe_controlnet(size, family)}, indent=2))
+    log(f"  built in {time.perf_counter() - start:.0f} s")
+    return folder
+
+
+def build_controlnet(size: str, family: str):
+    """A fresh random ControlNet that fits the (size, family) UNet, its zero convolutions not zero."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    if size == "tiny":
+        from tests.control_factory import build_controlnet as build_tiny
+
+        return build_tiny(family, seed=0)          # every weight drawn afresh already
+    torch.manual_seed(0)
+    if size == "mid":
+        unet = UNet2DConditionModel(**(MID_SD15_UNET if family == "sd15" else MID_SDXL_UNET))    # the model's
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=MID_CONTROL_EMBEDDING)
+        # The inpainting UNet takes 9 channels (latents, mask, masked image); a ControlNet takes the latents.
+        inpaint_in = net.conv_in
+        net.conv_in = torch.nn.Conv2d(4, inpaint_in.out_channels, inpaint_in.kernel_size,
+                                      padding=inpaint_in.padding)
+        with torch.no_grad():
+            net.conv_in.weight.copy_(inpaint_in.weight[:, :4])
+            net.conv_in.bias.copy_(inpaint_in.bias)
+        net.register_to_config(in_channels=4)
+    else:
+        from app.engine.diffusion.model_files import CONFIG_ROOT
+
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            config = ControlNetModel.load_config(CONFIG_ROOT / CONTROLNET_CONFIGS[family])
+            net = ControlNetModel.from_config(config)
+    torch.manual_seed(1)
+    for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+        conv.reset_parameters()                  # diffusers' zero_module: a ControlNet that changes nothing
+    return net.eval()
+
+
 def main() -> None:
     import argparse
 
@@ -177,8 +262,10 @@ def main() -> None:
     parser.add_argument("family", choices=("sd15", "sdxl"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--controlnet", action="store_true", help="the ControlNet of (size, family) instead")
     args = parser.parse_args()
-    print(model_folder(args.size, args.family, args.cache, args.dtype))
+    build_folder = controlnet_folder if args.controlnet else model_folder
+    print(build_folder(args.size, args.family, args.cache, args.dtype))
 
 
 if __name__ == "__main__":

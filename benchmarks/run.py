@@ -2,7 +2,7 @@
 
 The one command (from the project folder, with the project's environment):
 
-    python benchmarks/run.py                      # the default run: mid-size models on the CPU, ~10 min
+    python benchmarks/run.py                      # the default run: mid-size models on the CPU, ~16 min
     python benchmarks/run.py --size sd15 --device cuda [--compile] [--channels-last]
     python benchmarks/run.py --size sdxl --device cuda
     python benchmarks/run.py --report-only        # rebuild BENCHMARKS.md from benchmarks/results/*.json
@@ -17,6 +17,10 @@ It runs, each in its own child process (python -m benchmarks.<module>):
                             2048^2 and 4096^2 documents
   6   startup_bench         process start to the window painted, torch not imported
   7   memory_bench          peak RSS and undo history after 50 accepted fills on a 4096^2 document
+  9   control_bench         a Fill guided by one ControlNet (a scribble): the engine against diffusers'
+                            StableDiffusion(XL)ControlNetInpaintPipeline on the same folders
+  10  control_bench         seconds per step with one ControlNet / without, for the engine and for
+                            diffusers (informational, no target)
 
 and writes benchmarks/results/<date>-<machine>.json, then regenerates the tables in BENCHMARKS.md from
 every results file (benchmarks/report.py). Models are random-weight diffusers folders built on first use
@@ -36,10 +40,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, machine, machine_label, run_child  # noqa: E402
-from benchmarks.models import FAMILIES, SIZES, describe, model_folder  # noqa: E402
+from benchmarks.models import FAMILIES, SIZES, controlnet_folder, describe, model_folder  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("engine", "scaling", "ui", "startup", "memory")
+PARTS = ("engine", "scaling", "ui", "startup", "memory", "control")
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -49,7 +53,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("--precision", default="auto", help="the engine's precision (auto: fp16 on GPUs)")
     parser.add_argument("--runs", type=int, default=5, help="measured runs per variant (medians; at least 5)")
-    parser.add_argument("--steps", type=int, default=25, help="steps of the fills in benchmarks 1-4")
+    parser.add_argument("--steps", type=int, default=25, help="steps of the fills in benchmarks 1-4 and 9-10")
     parser.add_argument("--expand-steps", type=int, default=None,
                         help="steps of the Expand cases of benchmark 4 (default: 6 on the CPU, --steps on GPUs)")
     parser.add_argument("--ui-steps", type=int, default=8, help="steps of the fills in benchmark 5")
@@ -91,6 +95,8 @@ def main(argv=None) -> int:
     families = FAMILIES[args.size]
     for family in families:                 # build the models up front, outside every timing
         model_folder(args.size, family, dtype=model_dtype)
+        if "control" in args.only:
+            controlnet_folder(args.size, family, dtype=model_dtype)
 
     out = {"date": when.strftime("%Y-%m-%d"), "time_utc": when.strftime("%H:%M"), "machine": info,
            "label": label, "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -119,6 +125,11 @@ def main(argv=None) -> int:
         jobs.append(("startup", "startup_bench", ["--runs", str(args.runs)]))
     if "memory" in args.only:
         jobs.append(("memory", "memory_bench", ["--fills", "50", "--document", "4096"]))
+    if "control" in args.only:
+        for family in families:
+            jobs.append((f"control_{family}", "control_bench",
+                         [*common, "--family", family, "--steps", str(args.steps), "--runs", str(args.runs),
+                          *tuning]))
 
     for name, module, child_args in jobs:
         print(f"== {name}: python -m benchmarks.{module} {' '.join(child_args)}", flush=True)
@@ -164,7 +175,9 @@ def _merged(earlier: dict, now: dict) -> dict:
 
 
 def _figure_line(figure: dict) -> str:
-    verdict = "pass" if figure["passed"] else "MISS"
+    verdict = "info" if figure["passed"] is None else "pass" if figure["passed"] else "MISS"
+    if "ratio" in figure and figure["target"] is None:
+        return f"[{verdict}] {figure['name']}: {figure['ratio']:.3f}x (no target)"
     if "ratio" in figure:
         return f"[{verdict}] {figure['name']}: {figure['ratio']:.3f}x (target <= {figure['target']}x)"
     return f"[{verdict}] {figure['name']}: {figure['value']} {figure.get('unit', '')} (target <= {figure['target']})"

@@ -187,3 +187,17 @@ def test_two_controlnets_sum_their_residuals_as_diffusers_multi_controlnet(loade
     with torch.inference_mode():
         ours, _ = run_denoise(model, job, lambda *a: False)
     torch.testing.assert_close(ours, theirs, **TOLERANCE)
+
+
+def test_a_control_image_is_embedded_once_per_run_not_on_every_step(loaded, controlnets, monkeypatch):
+    model, net = loaded("sd15", False), controlnets["sd15"]
+    calls = []
+    embedding = type(net.controlnet_cond_embedding)
+    original = embedding.forward
+    monkeypatch.setattr(embedding, "forward", lambda self, cond: calls.append(cond.shape[0]) or original(self, cond))
+    image, control = _image(13), _image(14)
+    with torch.inference_mode():
+        init = _encode(model, image)
+    _ours(model, net, control, init=init)
+    assert calls == [1]                                      # one image, once, for all steps and both halves
+    assert "forward" not in vars(net.controlnet_cond_embedding)     # the module is as it was afterwards

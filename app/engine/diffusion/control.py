@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -47,12 +48,42 @@ class ActiveControl:
     start: float
     end: float
     guess_mode: bool = False
+    dtype: Any = None           # the net's (diffusers finds it by walking every module: read it once)
+
+    def __post_init__(self) -> None:
+        if self.dtype is None:
+            self.dtype = self.net.dtype
 
     def scale_at(self, index: int, count: int) -> float:
         """The conditioning scale at step `index` of `count`: the weight inside [start, end], else 0 (as
         diffusers' controlnet_keep)."""
         outside = index / count < self.start or (index + 1) / count > self.end
         return 0.0 if outside else self.weight
+
+
+@contextmanager
+def embeddings_made_once(controls: list[ActiveControl]):
+    """Within it, each ControlNet embeds a control image once, not on every step: the embedding depends on
+    the image alone, and the image is one image expanded over the batch (rows identical by construction)."""
+    wrapped = []
+    for net in {id(c.net): c.net for c in controls}.values():
+        module = net.controlnet_cond_embedding
+        original, made = module.forward, {}
+
+        def forward(cond, original=original, made=made):
+            if cond.shape[0] > 1 and cond.stride(0) != 0:
+                return original(cond)                          # distinct rows: nothing to share
+            key = (cond.data_ptr(), cond.dtype, cond.device, tuple(cond.shape[1:]))
+            if key not in made:
+                made[key] = original(cond[:1])
+            return made[key].expand(cond.shape[0], *made[key].shape[1:])
+        module.forward = forward
+        wrapped.append(module)
+    try:
+        yield
+    finally:
+        for module in wrapped:
+            del module.forward                                  # the class's own again
 
 
 def control_residuals(controls: list[ActiveControl], model_input, t, embeddings, added, batch: int,
@@ -71,8 +102,9 @@ def control_residuals(controls: list[ActiveControl], model_input, t, embeddings,
         sample = model_input[batch:] if half else model_input
         hidden = embeddings[batch:] if half else embeddings
         extra = None if added is None else {k: (v[batch:] if half else v) for k, v in added.items()}
-        image = control.image.to(device=sample.device, dtype=control.net.dtype).expand(sample.shape[0], -1, -1, -1)
-        d, m = control.net(sample.to(control.net.dtype), t, encoder_hidden_states=hidden, controlnet_cond=image,
+        dtype = control.dtype
+        image = control.image.to(device=sample.device, dtype=dtype).expand(sample.shape[0], -1, -1, -1)
+        d, m = control.net(sample.to(dtype), t, encoder_hidden_states=hidden, controlnet_cond=image,
                            conditioning_scale=scale, guess_mode=guess, added_cond_kwargs=extra, return_dict=False)
         if half:
             d = [torch.cat([torch.zeros_like(r), r]) for r in d]

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from app.engine.diffusion.control import control_residuals
+from app.engine.diffusion.control import control_residuals, embeddings_made_once
 from app.engine.diffusion.samplers import find_sampler, make_scheduler
 from app.engine.diffusion.text_encoding import TextConditioning, blend, encode_prompts, invalid_values, zeros_like
 
@@ -106,7 +106,7 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
 
     x0 = init
     nets = [control.net for control in job.controls]
-    with on_device(model, [model.unet, *nets]):
+    with on_device(model, [model.unet, *nets]), embeddings_made_once(job.controls):
         for index, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
