@@ -123,7 +123,6 @@ def breakdown(runner, request, cuda: bool) -> dict:
 
     from app.engine.diffusion import denoise, latent_codec
     from app.engine.diffusion import engine as diffusion_engine
-    from app.engine.diffusion.engine import DiffusionEngine
 
     spent, calls = collections.defaultdict(float), collections.defaultdict(int)
     sync = torch.cuda.synchronize if cuda else (lambda: None)

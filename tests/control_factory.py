@@ -250,3 +250,17 @@ __all__ = [
     "controlnet_ldm_key", "example_inputs", "ldm_state_dict", "randomize", "save_controlnet_folder",
     "save_controlnet_single_file", "tiny_controlnets_fixture",
 ]
+
+
+def build_union_controlnet(seed: int = 0, modes: int = 8):
+    """A tiny random SDXL union ControlNet (diffusers ControlNetUnionModel) fitting the tiny SDXL UNet: its
+    condition transformer as wide as the UNet's first block, `modes` control types."""
+    from diffusers import ControlNetUnionModel
+
+    unet = _unet("sdxl", False)
+    shaped = ControlNetUnionModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 16, 16),
+                                            load_weights_from_unet=False)
+    config = {key: value for key, value in shaped.config.items() if not key.startswith("_")}
+    width = unet.config.block_out_channels[0]
+    config.update(num_trans_channel=width, num_trans_head=4, num_proj_channel=width, num_control_type=modes)
+    return randomize(ControlNetUnionModel(**config), seed).eval()

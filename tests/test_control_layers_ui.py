@@ -12,7 +12,6 @@ from PySide6.QtWidgets import QFileDialog
 from app import MainWindow
 from app.core.control_layers import CONTROL_KINDS, ControlSettings
 from app.core.layers import Layer
-from app.editor import stored_settings
 from app.editor.model_library import ModelEntry, ModelLibrary
 from app.widgets.control_commands import AddControlNetDialog
 from app.widgets.control_panel import ADD_CONTROLNET

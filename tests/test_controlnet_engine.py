@@ -128,7 +128,7 @@ def test_a_controlnet_of_another_family_is_one_clear_line(tiny_models, tiny_cont
     ("missing", "ControlNet not found"),
     ("garbage", "controlnet.safetensors"),
     ("pickled folder", "never unpickled"),
-    ("union", "union"),
+    ("union", "could not load the ControlNet union"),           # a union config over plain weights
     ("not a controlnet", "is not a ControlNet"),
 ])
 def test_a_bad_controlnet_is_one_clear_line_and_the_image_is_untouched(tmp_path, tiny_models, tiny_controlnets,
@@ -197,7 +197,7 @@ def test_a_control_image_of_the_wrong_size_is_refused():
 
 
 def test_a_controlnet_repo_id_loads_from_the_hub_cache_and_one_not_there_is_one_line(tiny_models, tiny_controlnets,
-                                                                                     offline_hub):
+                                                                                     offline_hub):  # noqa: F811
     from tests.test_model_sources import install_in_hub_cache
 
     install_in_hub_cache(offline_hub, "tester/tiny-controlnet", tiny_controlnets.path("sd15"))
@@ -238,3 +238,19 @@ def test_a_windowed_expand_with_controls_keeps_the_image_and_guides_every_window
     assert len(sizes) >= 4
     for size, shapes in sizes:
         assert all(shape == (size[1], size[0]) for shape in shapes)
+
+
+def test_an_sdxl_union_controlnet_folder_guides_a_fill_and_its_single_file_is_one_line(tiny_models, tmp_path):
+    from tests.control_factory import build_union_controlnet, save_controlnet_folder
+
+    net = build_union_controlnet(seed=2)
+    folder = save_controlnet_folder(net, tmp_path / "tiny-union")
+    request = fill_request(tiny_models, **model_args(tiny_models, "sdxl", inpaint=False))
+    guided = _result(_with_controls(request, ControlInput("canny", str(folder))))
+    plain = _result(request)
+    mask = request.mask > 0
+    assert not np.array_equal(guided[mask], plain[mask])
+    single = tmp_path / "union.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(single))
+    result, _ = run(_with_controls(request, ControlInput("canny", str(single), model_config=str(folder))))
+    assert result.kind == EventKind.ERROR and "is a union ControlNet: add its diffusers folder" in result.message

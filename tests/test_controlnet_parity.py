@@ -201,3 +201,29 @@ def test_a_control_image_is_embedded_once_per_run_not_on_every_step(loaded, cont
     _ours(model, net, control, init=init)
     assert calls == [1]                                      # one image, once, for all steps and both halves
     assert "forward" not in vars(net.controlnet_cond_embedding)     # the module is as it was afterwards
+
+
+def test_an_sdxl_union_controlnet_equals_diffusers_union_inpaint_pipeline(loaded):
+    from diffusers import StableDiffusionXLControlNetUnionInpaintPipeline
+
+    from app.engine.diffusion.control import union_mode_for
+    from tests.control_factory import build_union_controlnet
+
+    model, net = loaded("sdxl", False), build_union_controlnet(seed=4)
+    image, mask, init, cells, _ = _inpaint_inputs(model)
+    control = _image(15)
+    mode = union_mode_for(net, "canny")
+    with torch.inference_mode():
+        theirs = _pipeline(StableDiffusionXLControlNetUnionInpaintPipeline, model, net)(
+            PROMPT, image=image, mask_image=mask, control_image=[control], control_mode=[mode], height=SIZE,
+            width=SIZE, num_inference_steps=STEPS, guidance_scale=6.0, negative_prompt=NEGATIVE, strength=1.0,
+            controlnet_conditioning_scale=0.9, generator=torch.Generator().manual_seed(SEED),
+            output_type="latent").images
+    controls = [ActiveControl(net, control, 0.9, 0.0, 1.0, union_mode=mode)]
+    job = DenoiseJob(init, cells, None, PROMPT, NEGATIVE, 6.0, STEPS, 1.0, "euler", [SEED], (SIZE, SIZE),
+                     pure_noise=True, controls=controls)
+    with torch.inference_mode():
+        ours, _ = run_denoise(model, job, lambda *a: False)
+    torch.testing.assert_close(ours, theirs, **TOLERANCE)
+    with pytest.raises(Exception, match="no inpaint mode"):
+        union_mode_for(build_union_controlnet(modes=6), "inpaint")

@@ -4,6 +4,7 @@ A ControlNet comes as a diffusers folder (config.json + diffusion_pytorch_model.
 (the original `control_model.*` layout of SD 1.x files, or diffusers names as most SDXL files have), loaded
 with the config shipped for the model's family in resources/models/controlnet-*, or a Hugging Face repo id.
 It must be of the model's family: its cross-attention width and its added conditioning match the UNet's.
+An SDXL union ControlNet (ControlNetUnionModel, a folder or repo id) runs each control in its kind's mode.
 
 In the loop every active ControlNet sees the UNet's (4-channel, scaled) latents, the text embeddings and its
 control image, and its down- and mid-block residuals are summed and added to the UNet's, as diffusers'
@@ -37,6 +38,12 @@ SHIPPED_CONFIGS = {"sd1": "controlnet-sd15", "sdxl": "controlnet-sdxl"}
 DOWNLOAD_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors",
                      "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model-*.safetensors"]
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+CLASSES = ("ControlNetModel", "ControlNetUnionModel")
+# A union ControlNet's mode for each kind (xinsir/controlnet-union-sdxl-1.0 and its promax, as diffusers'
+# union pipelines number them: openpose, depth, hed/pidi/scribble, canny/lineart/mlsd, normal, segment, tile,
+# repaint).
+UNION_MODES = {"pose": 0, "depth": 1, "scribble": 2, "softedge": 2, "canny": 3, "lineart": 3, "normal": 4,
+               "tile": 6, "inpaint": 7}
 
 
 @dataclass
@@ -49,6 +56,7 @@ class ActiveControl:
     end: float
     guess_mode: bool = False
     dtype: Any = None           # the net's (diffusers finds it by walking every module: read it once)
+    union_mode: int | None = None   # a union ControlNet: the mode of this control's kind
 
     def __post_init__(self) -> None:
         if self.dtype is None:
@@ -86,6 +94,17 @@ def embeddings_made_once(controls: list[ActiveControl]):
             del module.forward                                  # the class's own again
 
 
+def union_mode_for(net, kind: str) -> int | None:
+    """The mode a union ControlNet runs a `kind` control in (None for a plain ControlNet); EngineError when
+    it has none for that kind."""
+    if type(net).__name__ != "ControlNetUnionModel":
+        return None
+    mode = UNION_MODES.get(kind)
+    if mode is None or mode >= int(net.config.num_control_type):
+        raise EngineError(f"this union ControlNet has no {kind} mode")
+    return mode
+
+
 def control_residuals(controls: list[ActiveControl], model_input, t, embeddings, added, batch: int,
                       guided: bool, index: int, count: int):
     """(down residuals, mid residual) of every ControlNet active at this step, summed; (None, None) when
@@ -104,8 +123,17 @@ def control_residuals(controls: list[ActiveControl], model_input, t, embeddings,
         extra = None if added is None else {k: (v[batch:] if half else v) for k, v in added.items()}
         dtype = control.dtype
         image = control.image.to(device=sample.device, dtype=dtype).expand(sample.shape[0], -1, -1, -1)
-        d, m = control.net(sample.to(dtype), t, encoder_hidden_states=hidden, controlnet_cond=image,
-                           conditioning_scale=scale, guess_mode=guess, added_cond_kwargs=extra, return_dict=False)
+        if control.union_mode is None:
+            d, m = control.net(sample.to(dtype), t, encoder_hidden_states=hidden, controlnet_cond=image,
+                               conditioning_scale=scale, guess_mode=guess, added_cond_kwargs=extra,
+                               return_dict=False)
+        else:
+            kinds = torch.zeros((sample.shape[0], control.net.config.num_control_type), dtype=hidden.dtype,
+                                device=sample.device)
+            kinds[:, control.union_mode] = 1
+            d, m = control.net(sample.to(dtype), t, encoder_hidden_states=hidden, controlnet_cond=[image],
+                               control_type=kinds, control_type_idx=[control.union_mode], conditioning_scale=scale,
+                               guess_mode=guess, added_cond_kwargs=extra, return_dict=False)
         if half:
             d = [torch.cat([torch.zeros_like(r), r]) for r in d]
             m = torch.cat([torch.zeros_like(m), m])
@@ -196,7 +224,8 @@ def _load_folder(folder: Path, model, progress: Progress, name: str = ""):
     name = name or folder.name
     if not (folder / "config.json").is_file():
         raise EngineError(f"{name} is not a diffusers ControlNet folder (no config.json)")
-    check_family(controlnet_config(folder, name), model, name)          # before any weights are read
+    config = controlnet_config(folder, name)
+    check_family(config, model, name)                                  # before any weights are read
     weights = folder / "diffusion_pytorch_model.safetensors"
     index = folder / "diffusion_pytorch_model.safetensors.index.json"
     if not weights.is_file() and not index.is_file():
@@ -210,18 +239,16 @@ def _load_folder(folder: Path, model, progress: Progress, name: str = ""):
         check_weight_sizes(tensors, name, lambda key: "ControlNet", (MAX_CONTROLNET_BYTES, MAX_CONTROLNET_BYTES),
                            "ControlNet")
     progress(f"loading the ControlNet {name}", -1)
-    return diffusers.ControlNetModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True,
-                                                     use_safetensors=True)
+    kind = getattr(diffusers, config.get("_class_name", "ControlNetModel"))     # one of CLASSES, checked
+    return kind.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
 
 
 def controlnet_config(folder: Path, name: str) -> dict:
     """The ControlNet config.json of `folder`, read within bounds and checked; EngineError otherwise."""
     config = read_json(folder / "config.json", MAX_CONFIG_BYTES)
     kind = config.get("_class_name", "ControlNetModel")
-    if kind != "ControlNetModel":
-        what = "a ControlNet union model (not supported yet)" if kind == "ControlNetUnionModel" else \
-            f"a {kind!s:.60}, not a ControlNet"
-        raise EngineError(f"{name} is {what}")
+    if kind not in CLASSES:
+        raise EngineError(f"{name} is a {kind!s:.60}, not a ControlNet")
     check_part_config("unet", config, f"{name}/config.json")
     embedding = config.get("conditioning_embedding_out_channels", [16, 32, 96, 256])
     if not (isinstance(embedding, list) and 1 <= len(embedding) <= 8
@@ -242,6 +269,9 @@ def _single_file_config(path: Path, config: str, model) -> Path:
                        "ControlNet")
     if not any("controlnet_cond_embedding" in key or "input_hint_block" in key for key in tensors):
         raise EngineError(f"{path.name} is not a ControlNet (it has no control-image embedding)")
+    if any(key.endswith("task_embedding") for key in tensors):
+        raise EngineError(f"{path.name} is a union ControlNet: add its diffusers folder (or repo id), which "
+                          "says how it is built")
     width = next((info.shape[1] for key, info in sorted(tensors.items())
                   if key.endswith("attn2.to_k.weight") and len(info.shape) == 2), None)
     expected = int(_width(model.unet.config.cross_attention_dim))

@@ -17,7 +17,7 @@ import numpy as np
 
 from app.engine.control_plan import pass_control_images
 from app.engine.diffusion import ip_adapter, lora
-from app.engine.diffusion.control import ActiveControl, load_controlnets
+from app.engine.diffusion.control import ActiveControl, load_controlnets, union_mode_for
 from app.engine.base import Emit, Engine, format_parameters
 from app.engine.events import CancelToken, Cancelled, EngineError, Variant
 from app.engine.job_plan import JobPlan, Overview, Pass, composite_pass, plan_job, resize
@@ -197,7 +197,8 @@ def _active_controls(request: GenerationRequest, work: JobPlan, p: Pass, nets, d
     for control, net, image in zip(request.controls, nets, pass_control_images(request, work, p, device, canvas)):
         values = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
         tensor = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))[None].to(device, net.dtype)
-        active.append(ActiveControl(net, tensor, control.weight, control.start, control.end, control.guess_mode))
+        active.append(ActiveControl(net, tensor, control.weight, control.start, control.end, control.guess_mode,
+                                    union_mode=union_mode_for(net, control.kind)))
     return active
 
 
