@@ -366,3 +366,25 @@ def test_describe_annotator_folder(depth_model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AnnotatorError, match="no config.json"):
         describe_annotator_folder(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("make", [annotators.lines_of, annotators.soft_edges_of])
+def test_line_art_and_soft_edges_of_a_photo_follow_its_outlines_and_leave_flat_areas_black(make):
+    image = np.full((96, 128, 3), 200, np.uint8)
+    image[30:70, 40:90] = 40                                  # a dark box on a light ground
+    out = make(image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert (out[..., 0] == out[..., 1]).all()                 # grey, white on black
+    border = out[28:33, 45:85, 0].max(), out[67:72, 45:85, 0].max()
+    assert min(border) > 100                                  # strong along the outline
+    assert out[:10, :10].max() == 0 and out[45:55, 60:70].max() < 30     # nothing on flat areas
+    assert make(np.full((37, 53, 3), 90, np.uint8)).max() == 0
+
+
+def test_line_art_and_soft_edges_made_from_the_image_or_imported():
+    image = np.full((64, 64, 3), 220, np.uint8)
+    image[20:44, 20:44] = 30
+    np.testing.assert_array_equal(annotators.make_control_image("lineart", image), annotators.lines_of(image))
+    np.testing.assert_array_equal(annotators.make_control_image("softedge", image), annotators.soft_edges_of(image))
+    np.testing.assert_array_equal(annotators.make_control_image("lineart", image, imported=True),
+                                  annotators.lineart(image))

@@ -16,7 +16,7 @@ import numpy as np
 from app.core.geometry import Rect
 
 CONTROL_KINDS = ("canny", "scribble", "lineart", "softedge", "depth", "normal", "pose", "tile", "inpaint")
-MADE_FROM_THE_IMAGE = ("canny", "depth", "normal", "tile", "inpaint")
+MADE_FROM_THE_IMAGE = ("canny", "lineart", "softedge", "depth", "normal", "tile", "inpaint")
 DRAWN_KINDS = ("scribble", "lineart", "softedge")        # the pen draws on these
 KIND_LABELS = {"canny": "Canny edges", "scribble": "Scribble", "lineart": "Line art", "softedge": "Soft edge",
                "depth": "Depth", "normal": "Normal map", "pose": "Pose", "tile": "Tile / blur",

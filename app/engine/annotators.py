@@ -48,8 +48,10 @@ class ControlKind:
 KINDS: dict[str, ControlKind] = {kind.name: kind for kind in (
     ControlKind("canny", True, False, True, "edges found with OpenCV Canny (low/high thresholds)"),
     ControlKind("scribble", False, False, True, "a drawing on a control layer or an imported one: white lines"),
-    ControlKind("lineart", False, False, True, "an imported line drawing, grey levels kept (lineart())"),
-    ControlKind("softedge", False, False, True, "an imported soft-edge (HED/PiDiNet) map, normalised by lineart()"),
+    ControlKind("lineart", True, False, True, "line art of the image (difference of Gaussians, OpenCV), or a "
+                "drawing, grey levels kept (lineart())"),
+    ControlKind("softedge", True, False, True, "soft edges of the image (blurred multi-scale gradients, OpenCV), "
+                "or an imported soft-edge (HED/PiDiNet) map"),
     ControlKind("depth", True, True, True, "a depth-estimation model's depth (near = bright) or a depth image"),
     ControlKind("normal", True, True, True, "normals from the depth model's depth, or an imported normal map"),
     ControlKind("pose", False, False, True, "an imported OpenPose skeleton image (no pose annotator ships)"),
@@ -158,6 +160,42 @@ def lineart(drawing) -> np.ndarray:
     """Like scribble (same polarity handling) but keeping grey levels: anti-aliased line art and soft edges
     become white-on-black with their soft edges intact."""
     return _grey3(np.rint(_ink(drawing) * 255).astype(np.uint8))
+
+
+def lines_of(rgb) -> np.ndarray:
+    """Line art of a photo, white lines on black: an extended difference of Gaussians (XDoG) of the grey
+    image, its ink soft-thresholded, so outlines and strong texture stay and flat areas go. Not a learned
+    line-art annotator: it follows edges, not an artist's choice of lines."""
+    import cv2
+
+    grey = cv2.cvtColor(_pixels(rgb)[..., :3], cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    scale = max(grey.shape) / 512
+    fine = cv2.GaussianBlur(grey, (0, 0), 0.8 * max(scale, 0.5))
+    coarse = cv2.GaussianBlur(grey, (0, 0), 1.6 * max(scale, 0.5))
+    difference = fine - 0.98 * coarse            # below 0 on the dark side of every edge, about 0 on flat areas
+    ink = np.clip(-np.tanh(40.0 * (difference + 0.005)), 0.0, 1.0)
+    return _grey3(np.rint(ink * 255).astype(np.uint8))
+
+
+def soft_edges_of(rgb) -> np.ndarray:
+    """Soft edges of a photo, white on black: gradient magnitudes at three scales, summed, normalised and
+    blurred, as HED/PiDiNet maps look (thick, soft, confident on outlines). Made with OpenCV, not a learned
+    edge detector."""
+    import cv2
+
+    grey = cv2.cvtColor(_pixels(rgb)[..., :3], cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    scale = max(grey.shape) / 512
+    total = np.zeros_like(grey)
+    for sigma in (1.0, 2.0, 4.0):
+        smooth = cv2.GaussianBlur(grey, (0, 0), sigma * max(scale, 0.5))
+        gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
+        total += np.sqrt(gx * gx + gy * gy)
+    peak = float(np.percentile(total, 99.5))
+    if peak <= 1e-6:
+        return _grey3(np.zeros(grey.shape, np.uint8))
+    edges = cv2.GaussianBlur(np.clip(total / peak, 0, 1), (0, 0), 1.0 * max(scale, 0.5)) ** 0.8
+    return _grey3(np.rint(np.clip(edges, 0, 1) * 255).astype(np.uint8))
 
 
 def tile(rgb, blur: float = 0.0) -> np.ndarray:
@@ -482,12 +520,15 @@ def make_control_image(kind: str, rgb, *, hole=None, low: int = 100, high: int =
 
     `rgb` is the job's own pixels, or with imported=True a control image the user gave: depth, normal and
     pose images then pass through as RGB, canny/lineart/softedge maps are normalised by lineart(). A scribble
-    is always a drawing (scribble()); lineart/softedge always go through lineart(); pose is imported only.
+    is always a drawing (scribble()); lineart/softedge made from the image are lines_of() / soft_edges_of(),
+    imported ones go through lineart(); pose is imported only.
     inpaint returns float32 (inpaint_condition), the rest uint8 H x W x 3."""
     if kind not in KINDS:
         raise AnnotatorError(f"unknown control kind '{kind}'; choose one of: {', '.join(KINDS)}")
     if kind == "scribble":
         return scribble(rgb)
+    if kind in ("lineart", "softedge") and not imported:
+        return lines_of(rgb) if kind == "lineart" else soft_edges_of(rgb)
     if kind in ("lineart", "softedge") or (kind == "canny" and imported):
         return lineart(rgb)
     if kind == "pose" or (imported and kind in ("depth", "normal")):

@@ -96,7 +96,7 @@ class OutpaintOptions:
 
 
 CONTROL_KINDS = ("canny", "scribble", "lineart", "softedge", "depth", "normal", "pose", "tile", "inpaint")
-MADE_FROM_THE_IMAGE = ("canny", "depth", "normal", "tile", "inpaint")   # kinds that need no image of their own
+MADE_FROM_THE_IMAGE = ("canny", "lineart", "softedge", "depth", "normal", "tile", "inpaint")   # kinds that need no image of their own
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QVBoxLayout, QWidget)
 
-from app.core.control_layers import KIND_LABELS, MADE_FROM_THE_IMAGE, ControlSettings, empty_control_pixels, \
-    placed_control_image
+from app.core.control_layers import DRAWN_KINDS, KIND_LABELS, MADE_FROM_THE_IMAGE, ControlSettings, \
+    empty_control_pixels, placed_control_image
 from app.core.geometry import Rect
 from app.core.imageio import ImageLoadError, load_image
 from app.core.layers import Layer
@@ -334,7 +334,8 @@ class ControlCommands(QObject):
         """A `kind` control layer on top with the ControlNet that fits it best, selected."""
         window = self.window
         model = controlnet_choice(window.library.controlnets(), self.model_family(), kind)
-        settings = ControlSettings(kind, model=model)
+        # Line art and soft edge start as drawings (the pen draws on them); "Made from the image" switches.
+        settings = ControlSettings(kind, model=model, from_image=not (kind in DRAWN_KINDS and kind in MADE_FROM_THE_IMAGE))
         if not window.state.add_control_layer(settings):
             return False
         how = ("draw on it with the Brush (B), erase with the Eraser (E), or import an image"
