@@ -16,6 +16,7 @@ from app.core.openraster import load_project, save_project
 from app.core.recovery import RecoveryStore, load, take_snapshot
 from app.editor.control_jobs import inpaint_control, layer_controls, structure_control
 from app.editor.model_library import ModelEntry
+from app.engine.request import ControlInput
 
 RNG = np.random.default_rng(5)
 IMAGE = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
@@ -99,6 +100,8 @@ def test_visible_control_layers_become_the_jobs_controls():
     assert (control.kind, control.model, control.weight, control.start, control.end) == \
         ("scribble", "some/controlnet", 0.7, 0.1, 0.9)
     np.testing.assert_array_equal(control.image[..., 3], _strokes()[..., 3])
+    placed = placed_control_image(_strokes(), 0, 0, doc.image_rect)
+    assert ControlInput("scribble", "m", placed).image is placed          # the request keeps it: no second copy
     canvas = Rect(-10, 0, 80, 40)
     (expanded,) = layer_controls(doc, canvas)
     assert expanded.image.shape == (40, 80, 4) and not expanded.image[:, :10].any()

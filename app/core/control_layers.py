@@ -91,11 +91,12 @@ def empty_control_pixels(width: int, height: int) -> np.ndarray:
 
 def placed_control_image(pixels: np.ndarray, x: int, y: int, output: Rect) -> np.ndarray:
     """A control layer's pixels on the job's output area (document coordinates): RGBA, transparent (which
-    guides nothing) where the layer does not reach."""
+    guides nothing) where the layer does not reach. Read-only, so a request takes it without a copy."""
     out = np.zeros((output.h, output.w, 4), np.uint8)
     layer = Rect(x, y, int(pixels.shape[1]), int(pixels.shape[0]))
     part = layer.intersect(output)
     if part.is_empty():
+        out.setflags(write=False)
         return out
     src = pixels[part.y - y:part.bottom - y, part.x - x:part.right - x]
     dst = out[part.y - output.y:part.bottom - output.y, part.x - output.x:part.right - output.x]
@@ -104,4 +105,5 @@ def placed_control_image(pixels: np.ndarray, x: int, y: int, output: Rect) -> np
     else:
         dst[..., :3] = src
         dst[..., 3] = 255
+    out.setflags(write=False)
     return out
