@@ -254,3 +254,19 @@ def test_an_sdxl_union_controlnet_folder_guides_a_fill_and_its_single_file_is_on
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(single))
     result, _ = run(_with_controls(request, ControlInput("canny", str(single), model_config=str(folder))))
     assert result.kind == EventKind.ERROR and "is a union ControlNet: add its diffusers folder" in result.message
+
+
+def test_controlnets_are_kept_across_a_job_without_any_and_dropped_for_other_ones(tiny_models, tiny_controlnets):
+    from tests.test_diffusion_engine import MANAGER
+
+    base = fill_request(tiny_models)
+    drawing = _scribble(base.image.shape)
+    folder = str(tiny_controlnets.path("sd15"))
+    _result(_with_controls(base, ControlInput("scribble", folder, drawing)))
+    net = MANAGER.current.extra["controlnets"][(folder, "")]
+    _result(base)                                                      # no ControlNet: kept, not reloaded
+    assert MANAGER.current.extra["controlnets"][(folder, "")] is net
+    single = str(tiny_controlnets.path("sd15", "single_file"))
+    _result(_with_controls(base, ControlInput("scribble", single, drawing,
+                                              model_config=str(tiny_controlnets.config_folder("sd15")))))
+    assert list(MANAGER.current.extra["controlnets"]) == [(single, str(tiny_controlnets.config_folder("sd15")))]

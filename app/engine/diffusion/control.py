@@ -148,11 +148,12 @@ def control_residuals(controls: list[ActiveControl], model_input, t, embeddings,
 # -- loading --------------------------------------------------------------------------------------------
 
 def load_controlnets(model, controls, progress: Progress | None = None) -> list:
-    """The ControlNet of each control, loaded beside the model; ControlNets an earlier job left that this one
-    does not use are dropped first, so only the job's own take memory."""
+    """The ControlNet of each control, loaded beside the model. A job with ControlNets first drops those an
+    earlier job left that it does not use, so only its own take memory; a job without any keeps them (a Fill
+    with and one without a ControlNet, one after the other, read it from disk once)."""
     cache = model.extra.setdefault("controlnets", {})
     wanted = {(c.model, c.model_config) for c in controls}
-    for key in [key for key in cache if key not in wanted]:
+    for key in [key for key in cache if controls and key not in wanted]:
         del cache[key]
     return [load_controlnet(model, c.model, c.model_config, progress) for c in controls]
 
