@@ -31,7 +31,6 @@ run of each ControlNet variant, with timing hooks on the parts, says where the t
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import time
 
@@ -39,7 +38,8 @@ import numpy as np
 
 from benchmarks.common import (GUIDANCE, NEGATIVE, PROMPT, SAMPLER, box_mask, centred_rect, emit_result,
                                median, photo, ratio_entry, rotated, summary)
-from benchmarks.engine_bench import MASK_SHARE, EngineRunner, load_pipeline, step_seconds, tune
+from benchmarks.engine_bench import (MASK_SHARE, EngineRunner, breakdown, load_pipeline, pipeline_breakdown,
+                                     step_seconds, tune)
 from benchmarks.models import controlnet_folder, describe, describe_controlnet, model_folder, native_size
 
 VARIANTS = ("engine_control", "pipeline_control", "engine", "pipeline")
@@ -73,117 +73,21 @@ def info_entry(name: str, numerator: dict, denominator: dict, **extra) -> dict:
 
 
 def engine_parts(runner, request, net, cuda: bool) -> dict:
-    """engine_bench.breakdown's split of one engine job (an extra run with timing wrappers around the
-    engine's parts; ms with call counts), with the ControlNet's forward and the control images added.
-
-    Written out here rather than called: engine_bench.breakdown wraps DiffusionEngine._plan, now a
-    staticmethod, as a plain function, so the wrapped call gets the engine as an extra argument."""
-    import inspect
-
-    import torch
-
-    from app.engine.diffusion import denoise, latent_codec
+    """engine_bench.breakdown's split of one engine job, with the ControlNet's forward and the control
+    images added."""
     from app.engine.diffusion import engine as diffusion_engine
-    from app.engine.diffusion.engine import DiffusionEngine
 
-    spent, calls = collections.defaultdict(float), collections.defaultdict(int)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            sync()
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                sync()
-                spent[name] += time.perf_counter() - start
-                calls[name] += 1
-        return wrapper
-
-    make_preview = latent_codec.make_preview
-    patches = [(latent_codec, "encode", "VAE encode"), (latent_codec, "decode", "VAE decode"),
-               (denoise, "encode_prompts", "text encoding"), (DiffusionEngine, "_plan", "work-region planning"),
-               (diffusion_engine, "pass_control_images", CONTROL_IMAGE_PART),
-               (diffusion_engine, "composite_pass", "scale back, colour drift, composite")]
-    originals = [(owner, attr, inspect.getattr_static(owner, attr)) for owner, attr, _ in patches]
-    for (owner, attr, name), (_, _, raw) in zip(patches, originals):
-        wrapped = timed(name, getattr(owner, attr))
-        setattr(owner, attr, staticmethod(wrapped) if isinstance(raw, staticmethod) else wrapped)
-    latent_codec.make_preview = lambda *a: timed("previews", make_preview(*a))
-    handles = []
-    for module, name in ((runner.model.unet, "UNet"), (net, "ControlNet")):
-        handles += _forward_hooks(module, name, spent, calls, sync)
-    try:
-        total, _ = runner.run(request)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for owner, attr, original in originals:
-            setattr(owner, attr, original)
-        latent_codec.make_preview = make_preview
-    return _parts(spent, calls, total)
+    return breakdown(runner, request, cuda, [(diffusion_engine, "pass_control_images", CONTROL_IMAGE_PART)],
+                     [(net, "ControlNet")])
 
 
 def pipeline_parts(pipe, run, cuda: bool) -> dict:
     """engine_bench.pipeline_breakdown's split of one diffusers call, with the ControlNet's forward and
     prepare_control_image (the control image's resize and conversion) added when the pipeline has them."""
-    import torch
-
-    spent, calls = collections.defaultdict(float), collections.defaultdict(int)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    modules = [(pipe.unet, "UNet"), (pipe.vae.encoder, "VAE encode"), (pipe.vae.decoder, "VAE decode")]
-    modules += [(getattr(pipe, a), "text encoding") for a in ("text_encoder", "text_encoder_2")
-                if getattr(pipe, a, None) is not None]
-    if getattr(pipe, "controlnet", None) is not None:
-        modules.append((pipe.controlnet, "ControlNet"))
-    handles = []
-    for module, name in modules:
-        handles += _forward_hooks(module, name, spent, calls, sync)
-    prepare = getattr(pipe, "prepare_control_image", None)
-    if prepare is not None:
-        def timed_prepare(*args, **kwargs):
-            sync()
-            start = time.perf_counter()
-            try:
-                return prepare(*args, **kwargs)
-            finally:
-                sync()
-                spent[CONTROL_IMAGE_PART] += time.perf_counter() - start
-                calls[CONTROL_IMAGE_PART] += 1
-        pipe.prepare_control_image = timed_prepare              # an instance attribute, deleted below
-    start = time.perf_counter()
-    try:
-        run()
-    finally:
-        total = time.perf_counter() - start
-        for handle in handles:
-            handle.remove()
-        if prepare is not None:
-            del pipe.prepare_control_image
-    return _parts(spent, calls, total)
-
-
-def _forward_hooks(module, name: str, spent, calls, sync) -> list:
-    starts = {}
-
-    def before(module_, args) -> None:
-        sync()
-        starts[name] = time.perf_counter()
-
-    def after(module_, args, output) -> None:      # returns None: the output is left alone
-        sync()
-        spent[name] += time.perf_counter() - starts[name]
-        calls[name] += 1
-    return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-
-
-def _parts(spent, calls, total: float) -> dict:
-    """Parts nested in others are not counted twice: encode/decode run inside the pass, not inside these."""
-    parts = {name: {"ms": round(1000 * spent[name], 2), "calls": calls[name]} for name in spent}
-    parts["everything else"] = {"ms": round(1000 * (total - sum(spent.values())), 2), "calls": 1}
-    parts["total"] = {"ms": round(1000 * total, 2), "calls": 1}
-    return parts
+    net = getattr(pipe, "controlnet", None)
+    modules = [] if net is None else [(net, "ControlNet")]
+    methods = {"prepare_control_image": CONTROL_IMAGE_PART} if hasattr(pipe, "prepare_control_image") else {}
+    return pipeline_breakdown(pipe, run, cuda, modules, methods)
 
 
 def ratios(args) -> dict:

@@ -114,9 +114,10 @@ def tune(module, compile_: bool, channels_last: bool):
     return module
 
 
-def breakdown(runner, request, cuda: bool) -> dict:
+def breakdown(runner, request, cuda: bool, extra_patches=(), extra_modules=()) -> dict:
     """Where one engine job's time goes: an extra run with timing wrappers around the engine's parts
-    (synchronised on a GPU, so it is not one of the timed runs). Values are ms, with call counts."""
+    (synchronised on a GPU, so it is not one of the timed runs). Values are ms, with call counts.
+    `extra_patches`: more (owner, function name, part) to time; `extra_modules`: more (module, part)."""
     import collections
 
     import torch
@@ -128,37 +129,19 @@ def breakdown(runner, request, cuda: bool) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def timed(name, function):
-        def wrapper(*args, **kwargs):
-            sync()
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                sync()
-                spent[name] += time.perf_counter() - start
-                calls[name] += 1
-        return wrapper
+        return _timed_call(function, name, spent, calls, sync)
 
     make_preview = latent_codec.make_preview
     patches = [(latent_codec, "encode", "VAE encode"), (latent_codec, "decode", "VAE decode"),
                (denoise, "encode_prompts", "text encoding"), (diffusion_engine, "plan_job", "work-region planning"),
-               (diffusion_engine, "composite_pass", "scale back, colour drift, composite")]
+               (diffusion_engine, "composite_pass", "scale back, colour drift, composite"), *extra_patches]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
     for owner, attr, name in patches:
         setattr(owner, attr, timed(name, getattr(owner, attr)))
     latent_codec.make_preview = lambda *a: timed("previews", make_preview(*a))
-    unet = runner.model.unet          # with --compile the compiled wrapper: the hooks stay outside the graph
-    marks = {}
-
-    def before_unet(module, args) -> None:
-        sync()
-        marks["start"] = time.perf_counter()
-
-    def after_unet(module, args, output) -> None:      # returns None: the output is left alone
-        sync()
-        spent["UNet"] += time.perf_counter() - marks["start"]
-        calls["UNet"] += 1
-    handles = [unet.register_forward_pre_hook(before_unet), unet.register_forward_hook(after_unet)]
+    handles = []                      # with --compile the UNet is the compiled wrapper: hooks stay outside the graph
+    for module, name in ((runner.model.unet, "UNet"), *extra_modules):
+        handles += forward_hooks(module, name, spent, calls, sync)
     try:
         total, _ = runner.run(request)
     finally:
@@ -167,41 +150,26 @@ def breakdown(runner, request, cuda: bool) -> dict:
         for owner, attr, original in originals:
             setattr(owner, attr, original)
         latent_codec.make_preview = make_preview
-    # Parts nested in others are not counted twice: encode/decode run inside the pass, not inside these.
-    parts = {name: {"ms": round(1000 * spent[name], 2), "calls": calls[name]} for name in spent}
-    parts["everything else"] = {"ms": round(1000 * (total - sum(spent.values())), 2), "calls": 1}
-    parts["total"] = {"ms": round(1000 * total, 2), "calls": 1}
-    return parts
+    return _parts(spent, calls, total)
 
 
-def pipeline_breakdown(pipe, run, cuda: bool) -> dict:
-    """The same split for one diffusers pipeline call: VAE encode/decode, text encoders, UNet, the rest."""
+def pipeline_breakdown(pipe, run, cuda: bool, extra_modules=(), methods=None) -> dict:
+    """The same split for one diffusers pipeline call: VAE encode/decode, text encoders, UNet, the rest;
+    `extra_modules`: more (module, part); `methods`: the pipeline's own methods to time, name -> part."""
     import collections
 
     import torch
 
     spent, calls = collections.defaultdict(float), collections.defaultdict(int)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    handles, starts = [], {}
-
-    def hook(module, name: str) -> None:
-        def before(module_, args, kwargs=None) -> None:
-            sync()
-            starts[name] = time.perf_counter()
-
-        def after(module_, args, output) -> None:
-            sync()
-            spent[name] += time.perf_counter() - starts[name]
-            calls[name] += 1
-        handles.append(module.register_forward_pre_hook(before))
-        handles.append(module.register_forward_hook(after))
-
-    hook(pipe.unet, "UNet")
-    hook(pipe.vae.encoder, "VAE encode")
-    hook(pipe.vae.decoder, "VAE decode")
-    for attr in ("text_encoder", "text_encoder_2"):
-        if getattr(pipe, attr, None) is not None:
-            hook(getattr(pipe, attr), "text encoding")
+    modules = [(pipe.unet, "UNet"), (pipe.vae.encoder, "VAE encode"), (pipe.vae.decoder, "VAE decode")]
+    modules += [(getattr(pipe, a), "text encoding") for a in ("text_encoder", "text_encoder_2")
+                if getattr(pipe, a, None) is not None]
+    handles = []
+    for module, name in (*modules, *extra_modules):
+        handles += forward_hooks(module, name, spent, calls, sync)
+    for attr, name in (methods or {}).items():
+        setattr(pipe, attr, _timed_call(getattr(pipe, attr), name, spent, calls, sync))   # instance attributes
     start = time.perf_counter()
     try:
         run()
@@ -209,6 +177,41 @@ def pipeline_breakdown(pipe, run, cuda: bool) -> dict:
         total = time.perf_counter() - start
         for handle in handles:
             handle.remove()
+        for attr in methods or {}:
+            delattr(pipe, attr)
+    return _parts(spent, calls, total)
+
+
+def forward_hooks(module, name: str, spent, calls, sync) -> list:
+    """Hooks that add each forward of `module` to spent[name] / calls[name]; remove them when done."""
+    starts = {}
+
+    def before(module_, args) -> None:
+        sync()
+        starts[name] = time.perf_counter()
+
+    def after(module_, args, output) -> None:      # returns None: the output is left alone
+        sync()
+        spent[name] += time.perf_counter() - starts[name]
+        calls[name] += 1
+    return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+
+def _timed_call(function, name: str, spent, calls, sync):
+    def wrapper(*args, **kwargs):
+        sync()
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            sync()
+            spent[name] += time.perf_counter() - start
+            calls[name] += 1
+    return wrapper
+
+
+def _parts(spent, calls, total: float) -> dict:
+    """Parts nested in others are not counted twice: encode/decode run inside the pass, not inside these."""
     parts = {name: {"ms": round(1000 * spent[name], 2), "calls": calls[name]} for name in spent}
     parts["everything else"] = {"ms": round(1000 * (total - sum(spent.values())), 2), "calls": 1}
     parts["total"] = {"ms": round(1000 * total, 2), "calls": 1}
