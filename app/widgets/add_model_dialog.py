@@ -28,8 +28,8 @@ def _named(widget: QWidget, name: str, accessible: str) -> QWidget:
     return widget
 
 
-def _run_check(check: Callable[[str, str], object], location: str, config: str,
-               generation: int) -> tuple[int, object | None, str]:
+def run_check(check: Callable[[str, str], object], location: str, config: str,
+              generation: int, what: str = "model") -> tuple[int, object | None, str]:
     """On the worker thread: (generation, `check`'s entry or None, "" or the one line it refused with). Not a
     method of the dialog, whose last reference could then be this thread's (a Qt object must not be deleted
     here)."""
@@ -38,29 +38,37 @@ def _run_check(check: Callable[[str, str], object], location: str, config: str,
     except EngineError as exc:
         return generation, None, " ".join(str(exc).split())
     except Exception as exc:  # noqa: BLE001 - a bug must not take the dialog down: one line, logged
-        log.error("checking a model failed", exc_info=exc)
+        log.error("checking a %s failed", what, exc_info=exc)
         line = " ".join(str(exc).split())
-        return generation, None, f"Could not check the model: internal error ({type(exc).__name__}: {line})"
+        return generation, None, f"Could not check the {what}: internal error ({type(exc).__name__}: {line})"
 
 
 class AddModelDialog(QDialog):
+    WHAT = "model"                      # what is checked, in messages
+    TITLE = "Add model"
+    NAME = "addModelDialog"
+    INTRO = ("Pick a Stable Diffusion 1.x, 2.x or SDXL model: a single .safetensors file, a diffusers folder, or "
+             "type a Hugging Face repo id such as owner/name (downloaded on first use).")
+    FILE_FILTER = MODEL_FILE_FILTER
+    FOLDER_TITLE = "Choose a diffusers model folder"
+    WITH_CONFIG = True                  # the optional config folder row
+
     def __init__(self, start_dir: str, parent: QWidget | None = None,
                  check: Callable[[str, str], object] | None = None) -> None:
         super().__init__(parent)
         self.entry: object | None = None          # what `check` returned for the model accepted
         self._check = check
         self._generation = 0                       # the check whose outcome counts; an edit starts a new one
-        self.setObjectName("addModelDialog")
-        self.setAccessibleName("Add model")
-        self.setWindowTitle("Add model")
+        self.setObjectName(self.NAME)
+        self.setAccessibleName(self.TITLE)
+        self.setWindowTitle(self.TITLE)
         self.start_dir = start_dir
-        intro = QLabel("Pick a Stable Diffusion 1.x, 2.x or SDXL model: a single .safetensors file, a "
-                       "diffusers folder, or type a Hugging Face repo id such as owner/name (downloaded on "
-                       "first use).")
+        intro = QLabel(self.INTRO)
         intro.setWordWrap(True)
-        self.location_edit = _named(QLineEdit(), "modelLocationEdit", "Model file, folder or repo id")
+        what = self.WHAT[:1].upper() + self.WHAT[1:]          # "Model", "ControlNet"
+        self.location_edit = _named(QLineEdit(), "modelLocationEdit", f"{what} file, folder or repo id")
         self.location_edit.setPlaceholderText("owner/name, or choose a file or folder")
-        self.file_button = _named(QPushButton("File…"), "modelFileButton", "Choose a model file")
+        self.file_button = _named(QPushButton("File…"), "modelFileButton", f"Choose a {self.WHAT} file")
         self.folder_button = _named(QPushButton("Folder…"), "modelFolderButton", "Choose a diffusers folder")
         self.config_edit = _named(QLineEdit(), "modelConfigEdit", "Config folder")
         self.config_edit.setPlaceholderText("optional, single files only: a diffusers config folder")
@@ -71,7 +79,7 @@ class AddModelDialog(QDialog):
         self.ok_button = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
         self.ok_button.setObjectName("addModelOkButton")
         self.ok_button.setEnabled(False)
-        self.check_label = _named(QLabel(""), "addModelCheckLabel", "Model check")
+        self.check_label = _named(QLabel(""), "addModelCheckLabel", f"{what} check")
         self.check_label.setWordWrap(True)
         self.check_label.hide()
 
@@ -90,12 +98,18 @@ class AddModelDialog(QDialog):
         config_row = QHBoxLayout()
         config_row.addWidget(self.config_edit, 1)
         config_row.addWidget(self.config_button)
-        form = QFormLayout()
-        form.addRow("Model", location_row)
-        form.addRow("Config", config_row)
         layout = QVBoxLayout(self)
         layout.addWidget(intro)
-        layout.addLayout(form)
+        if self.WITH_CONFIG:
+            form = QFormLayout()
+            form.addRow("Model", location_row)
+            form.addRow("Config", config_row)
+            layout.addLayout(form)
+        else:
+            for widget in (self.config_edit, self.config_button):
+                widget.setParent(self)
+                widget.hide()
+            layout.addLayout(location_row)
         layout.addWidget(self.check_label)
         layout.addWidget(self.buttons)
         self.resize(620, self.sizeHint().height())
@@ -122,14 +136,14 @@ class AddModelDialog(QDialog):
         name = Path(self.location()).name or self.location()
         self._say(f"Checking {name}…", checking=True)
         self.ok_button.setEnabled(False)
-        call = BackgroundCall(_run_check, self._check, self.location(), self.config(), self._generation,
+        call = BackgroundCall(run_check, self._check, self.location(), self.config(), self._generation, self.WHAT,
                               parent=self)
         call.finished.connect(self._checked)
         call.start()
 
     def _checked(self, outcome: tuple[int, object | None, str] | None, error: Exception | None) -> None:
         if outcome is None:                        # _run_check itself failed
-            outcome = (self._generation, None, f"Could not check the model: internal error ({error!r})")
+            outcome = (self._generation, None, f"Could not check the {self.WHAT}: internal error ({error!r})")
         if outcome[0] != self._generation or not self.isVisible():
             return                                 # an earlier check, or the dialog was closed meanwhile
         _generation, entry, problem = outcome
@@ -155,12 +169,12 @@ class AddModelDialog(QDialog):
         self.check_label.setAccessibleDescription(text)
 
     def choose_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a model file", self.start_dir, MODEL_FILE_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, f"Choose a {self.WHAT} file", self.start_dir, self.FILE_FILTER)
         if path:
             self.location_edit.setText(path)
 
     def choose_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Choose a diffusers model folder", self.start_dir)
+        path = QFileDialog.getExistingDirectory(self, self.FOLDER_TITLE, self.start_dir)
         if path:
             self.location_edit.setText(path)
 

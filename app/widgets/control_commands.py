@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
-                               QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import QFileDialog, QWidget
 
 from app.core.control_layers import DRAWN_KINDS, KIND_LABELS, MADE_FROM_THE_IMAGE, ControlSettings, \
     empty_control_pixels, placed_control_image
@@ -29,6 +28,7 @@ from app.editor.background import BackgroundCall
 from app.editor.model_library import ModelEntry, describe_controlnet
 from app.engine.events import EngineError
 from app.widgets import canvas_tools as tools
+from app.widgets.add_model_dialog import AddModelDialog, run_check
 
 if TYPE_CHECKING:
     from app.widgets.main_window import MainWindow
@@ -187,122 +187,41 @@ def _find_annotators() -> list:
     return find_annotators()
 
 
-def _check_controlnet(text: str, generation: int) -> tuple[int, ModelEntry | None, str]:
-    """On the worker thread: (generation, the checked entry or None, "" or the one line it was refused with);
-    after the engine's background import, since two threads importing torch at once can fail."""
+def _describe_controlnet(text: str, config: str) -> ModelEntry:
+    """describe_controlnet for a worker thread: after the engine's background import, since two threads
+    importing torch at once can fail."""
     from app.engine import preload
 
     preload.wait_if_started()
-    try:
-        return generation, describe_controlnet(text), ""
-    except EngineError as exc:
-        return generation, None, " ".join(str(exc).split())
-    except Exception as exc:  # noqa: BLE001 - one line, logged
-        log.error("checking a ControlNet failed", exc_info=exc)
-        line = " ".join(str(exc).split())[:200]
-        return generation, None, f"Could not check the ControlNet: internal error ({type(exc).__name__}: {line})"
+    return describe_controlnet(text)
 
 
 # -- adding a ControlNet ------------------------------------------------------------------------------------
 
-class AddControlNetDialog(QDialog):
+class AddControlNetDialog(AddModelDialog):
     """A ControlNet file, diffusers folder or repo id. OK checks it on a background thread: a refusal keeps the
-    dialog open with its one line; an accepted one closes it, with `entry` holding what the check found."""
+    dialog open with its one line (in red); an accepted one closes it, with `entry` holding what the check found."""
+    WHAT = "ControlNet"
+    TITLE = "Add ControlNet"
+    NAME = "addControlNetDialog"
+    INTRO = ("Pick a ControlNet for SD 1.x, 2.x or SDXL: a .safetensors file, a diffusers folder, or type a "
+             "Hugging Face repo id such as lllyasviel/control_v11p_sd15_canny. Its name tells which kind of "
+             "control it is for.")
+    FILE_FILTER = CONTROLNET_FILTER
+    FOLDER_TITLE = "Choose a diffusers ControlNet folder"
+    WITH_CONFIG = False
 
     def __init__(self, start_dir: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.entry: ModelEntry | None = None
-        self.start_dir = start_dir
-        self._generation = 0
-        self.setObjectName("addControlNetDialog")
-        self.setAccessibleName("Add ControlNet")
-        self.setWindowTitle("Add ControlNet")
-        intro = QLabel("Pick a ControlNet for SD 1.x, 2.x or SDXL: a .safetensors file, a diffusers folder, or "
-                       "type a Hugging Face repo id such as lllyasviel/control_v11p_sd15_canny. Its name tells "
-                       "which kind of control it is for.")
-        intro.setWordWrap(True)
-        self.location_edit = QLineEdit()
-        self.location_edit.setObjectName("controlNetLocationEdit")
-        self.location_edit.setAccessibleName("ControlNet file, folder or repo id")
-        self.location_edit.setPlaceholderText("owner/name, or choose a file or folder")
-        self.file_button = QPushButton("File…")
-        self.file_button.setObjectName("controlNetFileButton")
-        self.folder_button = QPushButton("Folder…")
-        self.folder_button.setObjectName("controlNetFolderButton")
-        self.check_label = QLabel("")
-        self.check_label.setObjectName("addControlNetCheckLabel")
-        self.check_label.setWordWrap(True)
-        self.check_label.hide()
-        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        self.ok_button = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
-        self.ok_button.setObjectName("addControlNetOkButton")
-        self.ok_button.setEnabled(False)
-        self.file_button.clicked.connect(self.choose_file)
-        self.folder_button.clicked.connect(self.choose_folder)
-        self.location_edit.textChanged.connect(self._edited)
-        self.buttons.accepted.connect(self.accept)
-        self.buttons.rejected.connect(self.reject)
-        row = QHBoxLayout()
-        row.addWidget(self.location_edit, 1)
-        row.addWidget(self.file_button)
-        row.addWidget(self.folder_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(intro)
-        layout.addLayout(row)
-        layout.addWidget(self.check_label)
-        layout.addWidget(self.buttons)
+        super().__init__(start_dir, parent, check=_describe_controlnet)
         self.resize(600, self.sizeHint().height())
 
-    def location(self) -> str:
-        return self.location_edit.text().strip()
-
-    def problem(self) -> str:
-        """The line the last check refused the ControlNet with ("" when none did)."""
-        return self.check_label.text() if self.check_label.property("problem") else ""
-
     def accept(self) -> None:
-        if not self.location():
-            return
-        self._generation += 1
-        self._say(f"Checking {Path(self.location()).name or self.location()}…")
-        self.ok_button.setEnabled(False)
-        call = BackgroundCall(_check_controlnet, self.location(), self._generation, parent=self)
-        call.finished.connect(self._checked)
-        call.start()
+        if self.location():                 # Enter on an empty line adds nothing
+            super().accept()
 
-    def _checked(self, outcome, error: Exception | None) -> None:
-        if outcome is None:
-            outcome = (self._generation, None, f"Could not check the ControlNet: internal error ({error!r})")
-        generation, entry, problem = outcome
-        if generation != self._generation or not self.isVisible():
-            return
-        if problem:
-            self._say(problem, problem=True)
-            self.ok_button.setEnabled(bool(self.location()))
-            return
-        self.entry = entry
-        super().accept()
-
-    def _edited(self, *_args) -> None:
-        self._generation += 1
-        self._say("")
-        self.ok_button.setEnabled(bool(self.location()))
-
-    def _say(self, text: str, problem: bool = False) -> None:
-        self.check_label.setText(text)
-        self.check_label.setProperty("problem", problem)
+    def _say(self, text: str, checking: bool = False, problem: bool = False) -> None:
+        super()._say(text, checking, problem)
         self.check_label.setStyleSheet("color: #e06060;" if problem else "")
-        self.check_label.setVisible(bool(text))
-
-    def choose_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a ControlNet file", self.start_dir, CONTROLNET_FILTER)
-        if path:
-            self.location_edit.setText(path)
-
-    def choose_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Choose a diffusers ControlNet folder", self.start_dir)
-        if path:
-            self.location_edit.setText(path)
 
 
 # -- the commands -------------------------------------------------------------------------------------------
@@ -375,7 +294,7 @@ class ControlCommands(QObject):
         if existing is not None and existing.is_controlnet:
             self._controlnet_checked(existing, None, for_layer)
             return
-        call = BackgroundCall(_check_controlnet, text, 0, parent=self)
+        call = BackgroundCall(run_check, _describe_controlnet, text, "", 0, "ControlNet", parent=self)
         call.finished.connect(lambda outcome, error: self._outcome_checked(outcome, error, for_layer))
         self.status.emit(f"Checking {Path(text.strip()).name or text.strip()}…", False)
         call.start()
