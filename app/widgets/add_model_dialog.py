@@ -17,15 +17,12 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayo
 
 from app.editor.background import BackgroundCall
 from app.engine.events import EngineError
+from app.widgets.widget_tools import named as _named
 
 log = logging.getLogger(__name__)
 MODEL_FILE_FILTER = "Model files (*.safetensors *.ckpt *.pt *.bin);;All files (*)"
 
 
-def _named(widget: QWidget, name: str, accessible: str) -> QWidget:
-    widget.setObjectName(name)
-    widget.setAccessibleName(accessible)
-    return widget
 
 
 def run_check(check: Callable[[str, str], object], location: str, config: str,

@@ -13,7 +13,7 @@ import html
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -23,6 +23,7 @@ from app.editor.editor_state import EditorState
 from app.widgets.control_commands import FAMILY_NAMES, ControlCommands, ControlPreview, controlnet_choice, \
     has_drawing, preview_note
 from app.widgets.generate_panel import ElidingCombo, ValueSlider
+from app.widgets.widget_tools import named as _named, refresh_once_after
 
 if TYPE_CHECKING:
     from app.widgets.main_window import MainWindow
@@ -32,12 +33,6 @@ CHOOSE_FOLDER = "::choose-folder"        # ... and of the depth model picker's "
 NO_CONTROLNET = "Pick a ControlNet, or hide the layer."
 
 
-def _named(widget: QWidget, name: str, accessible: str, tip: str = "") -> QWidget:
-    widget.setObjectName(name)
-    widget.setAccessibleName(accessible)
-    if tip:
-        widget.setToolTip(tip)
-    return widget
 
 
 class ControlPanel(QGroupBox):
@@ -112,12 +107,8 @@ class ControlPanel(QGroupBox):
         commands.annotators_found.connect(self.refresh)
         self._build_layout()
 
-        self._refresh_timer = QTimer(self)
-        self._refresh_timer.setSingleShot(True)
-        self._refresh_timer.setInterval(0)
-        self._refresh_timer.timeout.connect(self.refresh)
-        for signal in (state.image_changed, state.document_replaced, state.active_layer_changed):
-            signal.connect(self._refresh_timer.start)
+        self._refresh_timer = refresh_once_after(
+            self, self.refresh, (state.image_changed, state.document_replaced, state.active_layer_changed))
         self.refresh()
 
     def _slider(self, text: str, low: int, high: int, name: str, accessible: str, tip: str) -> ValueSlider:

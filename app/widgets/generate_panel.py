@@ -21,6 +21,7 @@ from app.editor.stored_settings import SCHEMA, value_range
 from app.engine.classic import ENGINE_IDS as CLASSIC_ENGINES
 from app.engine.classic import RESTYLE_NEEDS_DIFFUSION
 from app.widgets.references_panel import ReferencesPanel
+from app.widgets.widget_tools import named as _named
 
 ADD_MODEL = "::add-model"        # item data of the model picker's "Add model…" entry
 PANEL_CHARS = 40                 # the panel's preferred width, in average characters
@@ -34,10 +35,6 @@ PROMPT_HINT = "Describe what to paint. Empty: continue the surroundings."
 KEEP_STRUCTURE_TIP = "Restyle keeps the composition with a canny ControlNet, so strength 0.8 still keeps the layout"
 
 
-def _named(widget: QWidget, name: str, accessible: str) -> QWidget:
-    widget.setObjectName(name)
-    widget.setAccessibleName(accessible)
-    return widget
 
 
 class ValueSlider(QSlider):

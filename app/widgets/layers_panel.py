@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMenu,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
@@ -19,6 +19,7 @@ from app.core.geometry import Rect
 from app.core.layers import Layer, LayerStack, composite_rgba
 from app.editor.editor_state import EditorState
 from app.widgets.qt_image import to_qimage
+from app.widgets.widget_tools import refresh_once_after
 
 THUMB = 48
 VARIANT_THUMB = 72
@@ -112,13 +113,8 @@ class LayersPanel(QWidget):
         layout.addWidget(self.variants)
         self._details = layout
 
-        # Several signals may come from one change: rebuild once, after them.
-        self._refresh_timer = QTimer(self)
-        self._refresh_timer.setSingleShot(True)
-        self._refresh_timer.setInterval(0)
-        self._refresh_timer.timeout.connect(self.refresh)
-        for signal in (state.image_changed, state.document_replaced, state.active_layer_changed):
-            signal.connect(self._refresh_timer.start)
+        self._refresh_timer = refresh_once_after(
+            self, self.refresh, (state.image_changed, state.document_replaced, state.active_layer_changed))
         self.refresh()
 
     def add_details(self, widget: QWidget) -> None:

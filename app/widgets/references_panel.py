@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QFrame, QGri
 from app.core.imageio import ImageLoadError, load_image
 from app.engine.request import ReferenceInput
 from app.widgets.qt_image import to_qimage
+from app.widgets.widget_tools import named as _named
 
 MAX_REFERENCES = 4
 MAX_SIDE = 1024            # kept at most this long a side: the image encoder sees 224 px anyway
@@ -41,12 +42,6 @@ CLASSIC = ("The classic fill uses no reference images, so they are left out. Pic
            "use them.")
 
 
-def _named(widget: QWidget, name: str, accessible: str, tip: str = "") -> QWidget:
-    widget.setObjectName(name)
-    widget.setAccessibleName(accessible)
-    if tip:
-        widget.setToolTip(tip)
-    return widget
 
 
 def reduced(pixels: np.ndarray, longest: int = MAX_SIDE) -> np.ndarray:
