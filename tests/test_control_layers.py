@@ -89,9 +89,24 @@ def test_recovery_keeps_control_layers(tmp_path):
 def test_placed_control_images_follow_the_output_area():
     pixels = np.full((4, 6, 3), 200, np.uint8)
     placed = placed_control_image(pixels, 2, 1, Rect(-3, 0, 12, 6))
-    assert placed.shape == (6, 12, 4)
-    assert (placed[1:5, 5:11, 3] == 255).all() and placed[..., 3].sum() == 255 * 24
-    assert (placed[1:5, 5:11, :3] == 200).all()
+    assert placed.shape == (6, 12, 3)                         # an RGB image stays RGB, its background around
+    assert (placed == 200).all()
+    pixels[1:3, 1:5] = 0
+    placed = placed_control_image(pixels, 2, 1, Rect(-3, 0, 12, 6))
+    assert (placed[2:4, 6:10] == 0).all() and (placed == 200).sum() == (72 - 8) * 3
+    strokes = placed_control_image(_strokes(), 0, 0, Rect(-10, 0, 80, 40))
+    assert strokes.shape == (40, 80, 4) and not strokes[:, :10].any()
+    np.testing.assert_array_equal(strokes[:, 10:70], _strokes())
+
+
+def test_an_imported_drawing_on_an_expand_canvas_stays_lines():
+    from app.engine import annotators
+
+    drawing = np.full((40, 60, 3), 255, np.uint8)              # dark lines on paper, imported into the layer
+    drawing[20:22, 5:55] = 0
+    placed = placed_control_image(drawing, 0, 0, Rect(-20, 0, 100, 40))
+    lines = annotators.make_control_image("scribble", placed, imported=True)
+    assert (lines[..., 0] > 0).sum() == 2 * 50                 # the line alone, not the whole drawing's area
 
 
 def test_visible_control_layers_become_the_jobs_controls():

@@ -90,20 +90,17 @@ def empty_control_pixels(width: int, height: int) -> np.ndarray:
 
 
 def placed_control_image(pixels: np.ndarray, x: int, y: int, output: Rect) -> np.ndarray:
-    """A control layer's pixels on the job's output area (document coordinates): RGBA, transparent (which
-    guides nothing) where the layer does not reach. Read-only, so a request takes it without a copy."""
-    out = np.zeros((output.h, output.w, 4), np.uint8)
+    """A control layer's pixels on the job's output area (document coordinates), with the layer's channels:
+    RGBA strokes transparent (which guides nothing) where the layer does not reach; an RGB image (an imported
+    drawing or map) its own background colour there (the paper of a drawing, the black of a depth or pose
+    map), so that nothing reads as a line or a shape. Read-only, so a request takes it without a copy."""
+    out = np.zeros((output.h, output.w, pixels.shape[2]), np.uint8)
+    if pixels.shape[2] == 3 and pixels.size:
+        out[...] = np.median(pixels[::8, ::8].reshape(-1, 3), axis=0).astype(np.uint8)
     layer = Rect(x, y, int(pixels.shape[1]), int(pixels.shape[0]))
     part = layer.intersect(output)
-    if part.is_empty():
-        out.setflags(write=False)
-        return out
-    src = pixels[part.y - y:part.bottom - y, part.x - x:part.right - x]
-    dst = out[part.y - output.y:part.bottom - output.y, part.x - output.x:part.right - output.x]
-    if src.shape[2] == 4:
-        dst[...] = src
-    else:
-        dst[..., :3] = src
-        dst[..., 3] = 255
+    if not part.is_empty():
+        out[part.y - output.y:part.bottom - output.y, part.x - output.x:part.right - output.x] = \
+            pixels[part.y - y:part.bottom - y, part.x - x:part.right - x]
     out.setflags(write=False)
     return out
