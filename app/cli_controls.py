@@ -3,11 +3,13 @@
 
     --control canny                      edges of the input, weight 1, all steps
     --control depth:0.6 --annotator DIR  a depth map of the input made with a depth-estimation model
+    --control pose --pose-model DIR --pose-detector DIR   the skeletons of the people in the input
     --control scribble:lines.png:0.9:0:0.8
     --controlnet lllyasviel/control_v11p_sd15_canny      one per --control, in the same order
 
 IMAGE (a path: it may itself hold colons) is the control image as it is; omitted, the control is made from
-the input (canny, depth, normal, tile, inpaint). It has the input's size, or on expand the canvas's.
+the input (canny, lineart, softedge, depth, normal, pose, tile, inpaint). It has the input's size, or on
+expand the canvas's.
 """
 from __future__ import annotations
 
@@ -36,6 +38,12 @@ def add_control_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator", default="", metavar="MODEL",
                    help="depth / normal controls made from the input: a transformers depth-estimation model "
                         "(a folder, or a repo id already downloaded, e.g. depth-anything/Depth-Anything-V2-Small-hf)")
+    p.add_argument("--pose-model", default="", metavar="MODEL",
+                   help="pose controls made from the input: a transformers VitPose model (a folder, or a repo id "
+                        "already downloaded, e.g. usyd-community/vitpose-base-simple)")
+    p.add_argument("--pose-detector", default="", metavar="MODEL",
+                   help="the person detector of --pose-model: a transformers object-detection model with a "
+                        "'person' class (e.g. PekingU/rtdetr_r50vd_coco_o365); omitted, the input is one person")
     p.add_argument("--reference", action="append", default=[], metavar="IMAGE[:SCALE[:KIND]]",
                    help="a reference image shown to the model through --ip-adapter (repeatable); SCALE 0..2 "
                         "(default 0.6); KIND: general|style|composition")
@@ -94,9 +102,15 @@ def controls_from_args(args: argparse.Namespace, image_shape: tuple[int, ...], o
         if image_path:
             path = Path(image_path)
             image = fit_control_image(load_image(path).pixels, image_shape, output, path.name)
+        annotator = args.pose_model if kind == "pose" else args.annotator
+        if not image_path and kind in ("depth", "normal", "pose") and not annotator.strip():
+            needs, option = ("a pose model (VitPose)", "--pose-model") if kind == "pose" else \
+                ("a depth-estimation model", "--annotator")
+            raise ControlUsageError(f"--control {kind}: made from the input, it needs {needs}: pass {option} "
+                                    f"MODEL, or give the {kind} image as --control {kind}:IMAGE")
         try:
             controls.append(ControlInput(kind, model, image, weight, start, end, low, high, args.tile_blur,
-                                         args.annotator, args.controlnet_config))
+                                         annotator, args.controlnet_config, detector=args.pose_detector))
         except ValueError as exc:
             raise ControlUsageError(f"--control {kind}: {exc}") from None
     return tuple(controls)

@@ -161,7 +161,7 @@ def test_every_kind_keeps_the_size(height, width):
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     hole = rng.integers(0, 256, (height, width), dtype=np.uint8)
     for kind in KINDS:
-        if kind in ("depth", "normal"):
+        if kind in ("depth", "normal", "pose"):
             result = make_control_image(kind, image, imported=True)
         else:
             result = make_control_image(kind, image, hole=hole)
@@ -175,8 +175,8 @@ def test_kinds_match_the_request_model():
 
     assert set(KINDS) == set(CONTROL_KINDS)
     assert {name for name, kind in KINDS.items() if kind.made_from_image} == set(MADE_FROM_THE_IMAGE)
-    assert {name for name, kind in KINDS.items() if kind.needs_annotator} == {"depth", "normal"}
-    assert not KINDS["pose"].made_from_image and not KINDS["inpaint"].importable
+    assert {name for name, kind in KINDS.items() if kind.needs_annotator} == {"depth", "normal", "pose"}
+    assert KINDS["pose"].importable and not KINDS["inpaint"].importable
 
 
 def test_make_control_image_dispatches_and_explains_what_is_missing():
@@ -184,13 +184,15 @@ def test_make_control_image_dispatches_and_explains_what_is_missing():
     np.testing.assert_array_equal(make_control_image("canny", image, low=50, high=150), canny(image, 50, 150))
     np.testing.assert_array_equal(make_control_image("tile", image, blur=1.5), tile(image, 1.5))
     pose = np.random.default_rng(6).integers(0, 256, (60, 80, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(make_control_image("pose", pose), pose)
+    np.testing.assert_array_equal(make_control_image("pose", pose, imported=True), pose)
     depth_image = pose[..., 0]
     np.testing.assert_array_equal(make_control_image("depth", depth_image, imported=True),
                                   np.dstack([depth_image] * 3))
     for kind in ("depth", "normal"):
         with pytest.raises(AnnotatorError, match=f"^{kind} needs a depth-estimation model.*--annotator"):
             make_control_image(kind, image)
+    with pytest.raises(AnnotatorError, match=r"^pose needs a pose model \(VitPose\) to make it"):
+        make_control_image("pose", image)
     with pytest.raises(AnnotatorError, match="hole"):
         make_control_image("inpaint", image)
     with pytest.raises(AnnotatorError, match="unknown control kind"):
@@ -244,7 +246,7 @@ def test_depth_annotator_makes_a_normalised_depth_the_input_size(depth_model):
 
 def test_a_second_load_comes_from_the_cache(depth_model, monkeypatch):
     first = DepthAnnotator.load(str(depth_model))
-    monkeypatch.setattr(annotators, "_load_model", lambda *args: pytest.fail("loaded twice"))
+    monkeypatch.setattr(annotators, "load_model", lambda *args: pytest.fail("loaded twice"))
     assert DepthAnnotator.load(str(depth_model)) is first
     annotators.free()
     with pytest.raises(pytest.fail.Exception, match="loaded twice"):
@@ -315,10 +317,12 @@ def test_one_line_errors_for_missing_damaged_and_undownloaded_models(depth_model
 
     import torch
 
-    def out_of_memory(*args):
+    import transformers
+
+    def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB\nmore detail")
 
-    monkeypatch.setattr(annotators, "_load_model", out_of_memory)
+    monkeypatch.setattr(transformers.AutoModelForDepthEstimation, "from_pretrained", out_of_memory)
     fails(str(depth_model), "^out of memory loading the depth model")
 
 
@@ -334,7 +338,7 @@ def _fake_repo(hub, repo_id, config, commit="0123456789abcdef0123456789abcdef012
     return snapshot
 
 
-def test_find_annotators_lists_only_depth_models(tmp_path):
+def test_find_annotators_lists_depth_pose_and_person_detection_models_only(tmp_path):
     hub = tmp_path / "hub"
     _fake_repo(hub, "depth-anything/Depth-Anything-V2-Small-hf",
                {"architectures": ["DepthAnythingForDepthEstimation"], "model_type": "depth_anything"})
@@ -345,9 +349,17 @@ def test_find_annotators_lists_only_depth_models(tmp_path):
     (huge / "config.json").write_text(json.dumps({"architectures": ["DPTForDepthEstimation"],
                                                   "padding": "x" * (1024 * 1024)}))
     (hub / "models--broken").mkdir()                            # a damaged entry is skipped
+    _fake_repo(hub, "usyd-community/vitpose-base-simple", {"architectures": ["VitPoseForPoseEstimation"],
+                                                           "model_type": "vitpose"})
+    _fake_repo(hub, "PekingU/rtdetr_r50vd_coco_o365", {"architectures": ["RTDetrForObjectDetection"],
+                                                       "id2label": {"0": "person", "1": "bicycle"}})
+    _fake_repo(hub, "someone/cat-detector", {"architectures": ["RTDetrForObjectDetection"],
+                                             "id2label": {"0": "cat"}})
     found = find_annotators(cache_dir=hub)
-    assert [info.repo_id for info in found] == ["depth-anything/Depth-Anything-V2-Small-hf", "Intel/dpt-hybrid-midas"]
-    assert all(info.kind == "depth" and (info.path / "config.json").is_file() for info in found)
+    assert [(info.repo_id, info.kind) for info in found] == [
+        ("depth-anything/Depth-Anything-V2-Small-hf", "depth"), ("Intel/dpt-hybrid-midas", "depth"),
+        ("PekingU/rtdetr_r50vd_coco_o365", "detector"), ("usyd-community/vitpose-base-simple", "pose")]
+    assert all((info.path / "config.json").is_file() for info in found)
 
 
 def test_find_annotators_tolerates_a_missing_or_odd_cache(tmp_path):

@@ -65,6 +65,28 @@ def test_fill_and_expand_with_controlnets(tiny_models, tiny_controlnets, photo, 
     np.testing.assert_array_equal(expanded[:, :120], photo[1][:, :120])
 
 
+def test_a_pose_made_from_the_input_with_a_pose_model_and_a_person_detector(  # noqa: F811
+        tiny_models, tiny_controlnets, photo, mask, tmp_path):  # noqa: F811
+    from tests.pose_factory import save_person_detector, save_pose_model
+
+    pose, people = save_pose_model(tmp_path / "vitpose"), save_person_detector(tmp_path / "people")
+    out = tmp_path / "posed.png"
+    common = ("fill", photo[0], "--mask", mask[0], "-o", out, "--model", tiny_models.path("sd15"), "--steps", "2",
+              "--device", "cpu", "--control", "pose:0.8", "--controlnet", tiny_controlnets.path("sd15"))
+    result = run(*common, "--pose-model", pose, "--pose-detector", people)
+    assert result.returncode == 0, result.stderr
+    filled = np.asarray(Image.open(out))
+    far = np.ones(mask[1].shape, bool)
+    far[30:70, 40:90] = False
+    np.testing.assert_array_equal(filled[far], photo[1][far])
+    out.unlink()
+    result = run(*common)                      # refused before any model loads
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip() == ("latent-canvas: error: --control pose: made from the input, it needs a pose "
+                                     "model (VitPose): pass --pose-model MODEL, or give the pose image as "
+                                     "--control pose:IMAGE")
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--control", "canny"], "give one --controlnet for each --control (1 --control, 0 --controlnet)"),
     (["--control", "scribble", "--controlnet", "x/y"], "a scribble control needs an image"),

@@ -63,6 +63,15 @@ def test_stored_control_settings_with_an_unknown_field_are_refused():
     assert ControlSettings.from_json(ControlSettings("depth", "x", annotator="a/b").to_json()).annotator == "a/b"
 
 
+def test_a_pose_layer_stored_before_poses_were_made_from_the_image_keeps_its_imported_image():
+    old = {"kind": "pose", "model": "x", "weight": 1.0, "start": 0.0, "end": 1.0, "low": 100, "high": 200,
+           "blur": 0.0, "annotator": "", "from_image": True}            # a record without "detector"
+    assert ControlSettings.from_json(old).uses_layer_pixels
+    made = ControlSettings("pose", "x", annotator="v/pose", detector="d/people")
+    back = ControlSettings.from_json(made.to_json())
+    assert back == made and not back.uses_layer_pixels
+
+
 def test_a_project_keeps_control_layers_and_other_readers_never_show_them(tmp_path):
     doc = _document()
     path = tmp_path / "guided.ora"

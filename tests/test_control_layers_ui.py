@@ -347,6 +347,57 @@ def test_a_depth_preview_runs_its_depth_model_off_the_ui_thread_and_a_bad_folder
     assert window.state.document.layers.get(layer.id).control.annotator == "someone/depth-small"
 
 
+def test_a_pose_layer_offers_pose_models_and_person_detectors_and_previews_off_the_ui_thread(
+        qtbot, settings, monkeypatch, grey_image, tmp_path):
+    import threading
+
+    from app.engine import annotators
+    from app.engine.pose_annotator import PoseAnnotator
+
+    loads = []
+
+    class FakePose:
+        def __call__(self, rgb):
+            loads.append(threading.current_thread())
+            return np.full((*rgb.shape[:2], 3), 40, np.uint8)
+
+    def load(source, detector="", device="cpu"):
+        loads.append((source, detector))
+        return FakePose()
+
+    monkeypatch.setattr(PoseAnnotator, "load", staticmethod(load))
+    window = shown_window(qtbot, settings, monkeypatch, grey_image)
+    panel = window.control_panel
+    layer = add_control(qtbot, window, "pose")
+    assert not layer.control.uses_layer_pixels                  # a new pose layer is made from the image
+    qtbot.waitUntil(lambda: window.controls.annotators is not None, timeout=5000)
+    window.controls.annotators = [annotators.AnnotatorInfo("someone/depth-small", "depth", tmp_path, 0),
+                                  annotators.AnnotatorInfo("usyd/vitpose", "pose", tmp_path, 0),
+                                  annotators.AnnotatorInfo("peking/rtdetr", "detector", tmp_path, 0)]
+    window.controls.annotators_found.emit()
+    qtbot.waitUntil(lambda: panel.annotator_combo.findData("usyd/vitpose") >= 0, timeout=2000)
+    combo = panel.annotator_combo
+    assert panel.form.labelForField(combo).text() == "Pose model" and combo.findData("someone/depth-small") < 0
+    assert not panel.detector_combo.isHidden() and panel.detector_combo.findData("peking/rtdetr") >= 0
+    panel.preview_check.setChecked(True)
+    assert "Pick a pose model" in panel.note_label.text()
+    combo.setCurrentIndex(combo.findData("usyd/vitpose"))
+    control = window.state.document.layers.get(layer.id).control
+    assert (control.annotator, control.detector) == ("usyd/vitpose", "peking/rtdetr")    # the detector at hand
+    qtbot.waitUntil(lambda: panel.preview.image is not None, timeout=5000)
+    assert panel.preview.image[5, 5].tolist() == [40, 40, 40]
+    assert ("usyd/vitpose", "peking/rtdetr") in loads and loads[-1] is not threading.main_thread()
+    detectors = panel.detector_combo
+    detectors.setCurrentIndex(detectors.findData(""))
+    assert window.state.document.layers.get(layer.id).control.detector == ""
+    undo(window)
+    assert window.state.document.layers.get(layer.id).control.detector == "peking/rtdetr"
+    panel.from_image_check.setChecked(False)                    # an imported skeleton: no models asked for
+    qtbot.waitUntil(lambda: panel.detector_combo.isHidden() and panel.annotator_combo.isHidden(), timeout=2000)
+    job = window.state.document.layers.get(layer.id).control
+    assert job.uses_layer_pixels and job.annotator == "usyd/vitpose"
+
+
 # -- Keep structure ---------------------------------------------------------------------------------------
 
 def test_keep_structure_is_on_with_a_canny_controlnet_of_the_family_and_reaches_the_restyle(qtbot, settings,

@@ -16,7 +16,7 @@ import numpy as np
 from app.core.geometry import Rect
 
 CONTROL_KINDS = ("canny", "scribble", "lineart", "softedge", "depth", "normal", "pose", "tile", "inpaint")
-MADE_FROM_THE_IMAGE = ("canny", "lineart", "softedge", "depth", "normal", "tile", "inpaint")
+MADE_FROM_THE_IMAGE = ("canny", "lineart", "softedge", "depth", "normal", "pose", "tile", "inpaint")
 DRAWN_KINDS = ("scribble", "lineart", "softedge")        # the pen draws on these
 KIND_LABELS = {"canny": "Canny edges", "scribble": "Scribble", "lineart": "Line art", "softedge": "Soft edge",
                "depth": "Depth", "normal": "Normal map", "pose": "Pose", "tile": "Tile / blur",
@@ -34,8 +34,9 @@ class ControlSettings:
     low: int = 100                # canny thresholds
     high: int = 200
     blur: float = 0.0             # tile
-    annotator: str = ""           # depth / normal made from the image: a depth-estimation model
+    annotator: str = ""           # made from the image: depth / normal a depth-estimation model, pose VitPose
     from_image: bool = True       # kinds that can: made from the job's pixels (False: from this layer's pixels)
+    detector: str = ""            # pose made from the image: a person detector ("" = the image is one person)
 
     def __post_init__(self) -> None:
         if self.kind not in CONTROL_KINDS:
@@ -54,7 +55,7 @@ class ControlSettings:
                 raise ValueError(f"canny {name} threshold must be a whole number from 0 to 1000, got {str(value)[:40]}")
         if self.low > self.high:
             raise ValueError(f"canny low threshold {self.low} is above the high one {self.high}")
-        for name in ("model", "annotator"):
+        for name in ("model", "annotator", "detector"):
             value = getattr(self, name)
             if not isinstance(value, str) or len(value) > MAX_MODEL_TEXT:
                 raise ValueError(f"control {name} must be text of at most {MAX_MODEL_TEXT} characters")
@@ -81,6 +82,8 @@ class ControlSettings:
         unknown = [key for key in value if key not in known]
         if unknown:
             raise ValueError(f"control settings have an unknown field {str(unknown[0])[:40]!r}")
+        if value.get("kind") == "pose" and "detector" not in value:
+            value = {**value, "from_image": False}   # stored before poses could be made: its image is imported
         return ControlSettings(**value)
 
 

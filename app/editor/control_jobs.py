@@ -37,7 +37,8 @@ def layer_controls(doc: Document, output: Rect, restyle: bool = False) -> tuple[
                 raise ValueError(f"the control layer '{layer.name}' is empty here: draw on it with the pen, "
                                  "import an image into it, or hide it")
         controls.append(ControlInput(settings.kind, settings.model, image, settings.weight, settings.start,
-                                     settings.end, settings.low, settings.high, settings.blur, settings.annotator))
+                                     settings.end, settings.low, settings.high, settings.blur, settings.annotator,
+                                     detector=settings.detector))
     return tuple(controls)
 
 

@@ -2,8 +2,9 @@
 
 Images are numpy uint8 arrays, H x W x 3 RGB (H x W x 4 RGBA where a function says so); every control image
 keeps its input's H x W. Canny, scribble, line art, tile, inpaint and normal-from-depth are plain numpy/OpenCV;
-depth runs a transformers depth-estimation model the user provides (a local folder or a repo id already in
-the Hugging Face cache: nothing is ever downloaded, only safetensors weights are read, no remote code runs).
+depth runs a transformers depth-estimation model the user provides, pose a VitPose model (pose_annotator.py),
+each a local folder or a repo id already in the Hugging Face cache: nothing is ever downloaded, only
+safetensors weights are read, no remote code runs.
 Importing this module is cheap: OpenCV, torch, transformers and huggingface_hub load when first needed.
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 1024 * 1024          # a config.json larger than this is no model config: skipped
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+MODEL_KINDS = {"depth": "depth-estimation model", "pose": "pose-estimation model (VitPose)",
+               "detector": "person detector (an object-detection model with a 'person' class)"}
 DEPTH_MODEL_TYPES = frozenset({"depth_anything", "prompt_depth_anything", "dpt", "glpn", "zoedepth", "depth_pro"})
 METRIC_MODEL_TYPES = frozenset({"glpn", "zoedepth", "depth_pro", "prompt_depth_anything"})
 NORMAL_REFERENCE_SIDE = 512             # normal_from_depth measures slopes per 1/512 of the image's long side
@@ -40,7 +43,7 @@ class AnnotatorError(EngineError):
 class ControlKind:
     name: str
     made_from_image: bool     # this module can make it from the job's own pixels ...
-    needs_annotator: bool     # ... and doing so needs a depth-estimation model
+    needs_annotator: bool     # ... and doing so needs a model: a depth-estimation one, or a pose one
     importable: bool          # the user may give the control image instead (drawn or a file)
     summary: str
 
@@ -54,7 +57,8 @@ KINDS: dict[str, ControlKind] = {kind.name: kind for kind in (
                 "or an imported soft-edge (HED/PiDiNet) map"),
     ControlKind("depth", True, True, True, "a depth-estimation model's depth (near = bright) or a depth image"),
     ControlKind("normal", True, True, True, "normals from the depth model's depth, or an imported normal map"),
-    ControlKind("pose", False, False, True, "an imported OpenPose skeleton image (no pose annotator ships)"),
+    ControlKind("pose", True, True, True, "OpenPose skeletons of the people in the image from a pose model "
+                "(VitPose, with a person detector or the whole image as one person), or an imported skeleton"),
     ControlKind("tile", True, False, True, "no preprocessor: the image itself, optionally blurred"),
     ControlKind("inpaint", True, False, False, "no preprocessor: the image with the hole marked -1"),
 )}
@@ -63,13 +67,13 @@ KINDS: dict[str, ControlKind] = {kind.name: kind for kind in (
 @dataclass(frozen=True)
 class AnnotatorInfo:
     repo_id: str              # "" for a local folder
-    kind: str                 # "depth"
+    kind: str                 # a MODEL_KINDS key: "depth", "pose" or "detector"
     path: Path                # the model folder (a cache snapshot for a repo)
     size_bytes: int
 
     @property
     def source(self) -> str:
-        """What to give DepthAnnotator.load: the repo id, else the folder."""
+        """What to give DepthAnnotator.load / PoseAnnotator.load: the repo id, else the folder."""
         return self.repo_id or str(self.path)
 
 
@@ -289,25 +293,48 @@ def _read_config(path: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def _architectures(config: dict) -> list[str]:
+    names = config.get("architectures")
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
 def _is_depth_config(config: dict) -> bool:
-    architectures = config.get("architectures")
-    if isinstance(architectures, list) and architectures:
-        return any(isinstance(name, str) and name.endswith("ForDepthEstimation") for name in architectures)
+    if _architectures(config):
+        return any(name.endswith("ForDepthEstimation") for name in _architectures(config))
     return config.get("model_type") in DEPTH_MODEL_TYPES
 
 
-def _check_folder(folder: Path, label: str) -> dict:
-    """The folder's config if it is a usable depth-estimation model folder, else AnnotatorError."""
+def _is_pose_config(config: dict) -> bool:
+    return config.get("model_type") == "vitpose" or "VitPoseForPoseEstimation" in _architectures(config)
+
+
+def _is_person_detector(config: dict) -> bool:
+    labels = config.get("id2label")
+    detects = any(name.endswith("ForObjectDetection") for name in _architectures(config))
+    return detects and isinstance(labels, dict) and any(str(label).strip().lower() == "person"
+                                                         for label in labels.values())
+
+
+def model_kind(config: dict) -> str | None:
+    """Which MODEL_KINDS model a transformers config.json describes, or None."""
+    for kind, test in (("depth", _is_depth_config), ("pose", _is_pose_config), ("detector", _is_person_detector)):
+        if test(config):
+            return kind
+    return None
+
+
+def check_folder(folder: Path, label: str, kind: str = "depth") -> dict:
+    """The folder's config if it is a usable model folder of `kind` (MODEL_KINDS), else AnnotatorError."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise AnnotatorError(f"{label} is not a transformers model folder: it has no config.json")
     config = _read_config(config_path)
     if config is None:
         raise AnnotatorError(f"{label} has an unreadable config.json (not JSON, or over 1 MB)")
-    if not _is_depth_config(config):
-        names = config.get("architectures")
-        described = str(names[0] if isinstance(names, list) and names else config.get("model_type") or "no type")
-        raise AnnotatorError(f"{label} is not a depth-estimation model (its config.json describes {described})")
+    if model_kind(config) != kind:
+        names = _architectures(config)
+        described = str(names[0] if names else config.get("model_type") or "no type")
+        raise AnnotatorError(f"{label} is not a {MODEL_KINDS[kind]} (its config.json describes {described})")
     if not any(folder.glob("*.safetensors")):
         pickled = sorted(path.name for path in folder.iterdir() if path.suffix.lower() in PICKLE_SUFFIXES)
         if pickled:
@@ -319,22 +346,24 @@ def _check_folder(folder: Path, label: str) -> dict:
     return config
 
 
-def _local_folder(path) -> Path:
+def _local_folder(path, kind: str = "depth") -> Path:
+    what = MODEL_KINDS[kind].split(" (")[0]
     folder = Path(path).expanduser()
     if not folder.exists():
-        raise AnnotatorError(f"no depth-estimation model folder at {folder}")
+        raise AnnotatorError(f"no {what} folder at {folder}")
     if not folder.is_dir():
-        raise AnnotatorError(f"{folder} is a file, not a depth-estimation model folder")
+        raise AnnotatorError(f"{folder} is a file, not a {what} folder")
     return folder.resolve()
 
 
-def _resolve(source: str, cache_dir=None) -> tuple[Path, str]:
+def resolve(source: str, cache_dir=None, kind: str = "depth") -> tuple[Path, str]:
     """(model folder, label) for a local folder or a repo id in the Hugging Face cache."""
     text = str(source).strip()
     if not text:
-        raise AnnotatorError("no depth-estimation model given: pass a model folder or a Hugging Face repo id")
+        raise AnnotatorError(f"no {MODEL_KINDS[kind].split(' (')[0]} given: pass a model folder or a Hugging "
+                             "Face repo id")
     if Path(text).expanduser().exists() or not _REPO_ID.fullmatch(text):
-        return _local_folder(text), text
+        return _local_folder(text, kind), text
     import huggingface_hub
 
     try:
@@ -345,9 +374,24 @@ def _resolve(source: str, cache_dir=None) -> tuple[Path, str]:
     return Path(folder), text
 
 
-_CACHE: OrderedDict[tuple[str, str], DepthAnnotator] = OrderedDict()
+_CACHE: OrderedDict[tuple[str, ...], object] = OrderedDict()
 _CACHE_SIZE = 1
 _LOCK = threading.Lock()
+
+
+def cached(key: tuple[str, ...], build):
+    """The annotator cached under `key` (its folders and device), else build() cached in its place: one
+    annotator model is kept at a time, the old one let go before the next loads."""
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+            gc.collect()
+        annotator = build()
+        _CACHE[key] = annotator
+        return annotator
 
 
 class DepthAnnotator:
@@ -369,43 +413,18 @@ class DepthAnnotator:
     def load(cls, source: str, device: str = "cpu", *, cache_dir=None) -> DepthAnnotator:
         """The model at `source` (a folder, or a repo id in the HF cache `cache_dir`, default the user's)
         on `device`, from the one-entry cache when it was the last one loaded."""
-        folder, label = _resolve(source, cache_dir)
-        key = (str(folder), device)
-        with _LOCK:
-            if key in _CACHE:
-                _CACHE.move_to_end(key)
-                return _CACHE[key]
-            while len(_CACHE) >= _CACHE_SIZE:      # let the old model go before loading the next
-                _CACHE.popitem(last=False)
-                gc.collect()
-            annotator = cls._load(folder, label, device)
-            _CACHE[key] = annotator
-            return annotator
+        folder, label = resolve(source, cache_dir)
+        return cached(("depth", str(folder), device), lambda: cls._load(folder, label, device))
 
     @classmethod
     def _load(cls, folder: Path, label: str, device: str) -> DepthAnnotator:
-        config = _check_folder(folder, label)
+        config = check_folder(folder, label)
         metric = (config.get("model_type") in METRIC_MODEL_TYPES
                   or config.get("depth_estimation_type") == "metric")
-        try:
-            from transformers import AutoImageProcessor
+        from transformers import AutoModelForDepthEstimation
 
-            processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True,
-                                                           trust_remote_code=False)
-        except Exception as exc:  # noqa: BLE001 - any failure is the user's file to fix: one line
-            raise AnnotatorError(f"{label} has an unusable preprocessor_config.json: {_one_line(exc)}") from exc
-        try:
-            model = _load_model(folder, label)
-        except AnnotatorError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise _failure(exc, f"the weights of {label} could not be loaded (damaged or incomplete file?)",
-                           f"loading the depth model {label} on {device}") from exc
-        try:
-            model = model.to(device).eval().requires_grad_(False)
-        except Exception as exc:  # noqa: BLE001 - no such device, a driver problem, out of memory
-            raise _failure(exc, f"cannot run the depth model {label} on {device}",
-                           f"loading the depth model {label} on {device}") from exc
+        processor = load_processor(folder, label)
+        model = load_model(folder, label, AutoModelForDepthEstimation, device, "the depth model")
         return cls(model, processor, device, label, metric)
 
     def depth(self, rgb) -> np.ndarray:
@@ -451,25 +470,41 @@ class DepthAnnotator:
         return depth[0, 0].cpu().numpy().astype(np.float64)
 
 
-def _load_model(folder: Path, label: str):
-    """The transformers depth model in `folder`: safetensors only, no remote code, weights that fit it."""
-    from transformers import AutoModelForDepthEstimation
+def load_processor(folder: Path, label: str):
+    """The folder's transformers image processor; one line when it is unusable."""
+    try:
+        from transformers import AutoImageProcessor
 
-    model, info = AutoModelForDepthEstimation.from_pretrained(
-        str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False,
-        output_loading_info=True)
+        return AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any failure is the user's file to fix: one line
+        raise AnnotatorError(f"{label} has an unusable preprocessor_config.json: {_one_line(exc)}") from exc
+
+
+def load_model(folder: Path, label: str, auto_class, device: str, what: str):
+    """The transformers model in `folder` through `auto_class`, on `device` for inference: safetensors only,
+    no remote code, weights that fit it; one line for anything else."""
+    doing = f"loading {what} {label} on {device}"
+    try:
+        model, info = auto_class.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
+                                                 trust_remote_code=False, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001
+        raise _failure(exc, f"the weights of {label} could not be loaded (damaged or incomplete file?)",
+                       doing) from exc
     missing = len(info.get("missing_keys") or ())
     if missing and missing * 2 >= len(model.state_dict()):
         raise AnnotatorError(f"the weights of {label} do not fit its config.json ({missing} tensors missing)")
     if missing:
         log.warning("%s: %d tensors missing from the weights, left as initialised", label, missing)
-    return model
+    try:
+        return model.to(device).eval().requires_grad_(False)
+    except Exception as exc:  # noqa: BLE001 - no such device, a driver problem, out of memory
+        raise _failure(exc, f"cannot run {what} {label} on {device}", doing) from exc
 
 
 def free() -> None:
-    """Drop the cached depth model and give its memory back."""
+    """Drop the cached annotator model and give its memory back."""
     with _LOCK:
-        devices = {device for _, device in _CACHE}
+        devices = {key[-1] for key in _CACHE}
         _CACHE.clear()
     if devices:
         from app.engine.diffusion.devices import free_device_memory
@@ -481,14 +516,15 @@ def free() -> None:
 # --------------------------------------------------------------------------------------------- discovery
 
 def find_annotators(cache_dir=None) -> list[AnnotatorInfo]:
-    """Depth-estimation models in the local Hugging Face cache (`cache_dir`, default the user's), by repo id.
-    A missing or damaged cache gives []; a damaged repo in it is skipped."""
+    """Depth-estimation, pose-estimation and person-detection models in the local Hugging Face cache
+    (`cache_dir`, default the user's), by repo id. A missing or damaged cache gives []; a damaged repo in it
+    is skipped."""
     try:
         import huggingface_hub
 
         cache = huggingface_hub.scan_cache_dir(cache_dir)
     except Exception as exc:  # noqa: BLE001 - CacheNotFound, a file instead of a folder, unreadable
-        log.info("no Hugging Face cache to search for depth models (%s)", type(exc).__name__)
+        log.info("no Hugging Face cache to search for annotator models (%s)", type(exc).__name__)
         return []
     found = []
     for repo in cache.repos:
@@ -499,29 +535,32 @@ def find_annotators(cache_dir=None) -> list[AnnotatorInfo]:
             config = _read_config(revision.snapshot_path / "config.json")
         except (OSError, ValueError):
             continue
-        if config is not None and _is_depth_config(config):
-            found.append(AnnotatorInfo(repo.repo_id, "depth", revision.snapshot_path, revision.size_on_disk))
+        kind = None if config is None else model_kind(config)
+        if kind is not None:
+            found.append(AnnotatorInfo(repo.repo_id, kind, revision.snapshot_path, revision.size_on_disk))
     return sorted(found, key=lambda info: info.repo_id.lower())
 
 
-def describe_annotator_folder(path) -> AnnotatorInfo:
-    """An AnnotatorInfo for a local depth-estimation model folder; AnnotatorError (one line) if it is none."""
-    folder = _local_folder(path)
-    _check_folder(folder, str(path))
+def describe_annotator_folder(path, kind: str = "depth") -> AnnotatorInfo:
+    """An AnnotatorInfo for a local model folder of `kind` (MODEL_KINDS); AnnotatorError (one line) if it is
+    none."""
+    folder = _local_folder(path, kind)
+    check_folder(folder, str(path), kind)
     size = sum(file.stat().st_size for file in folder.rglob("*") if file.is_file())
-    return AnnotatorInfo("", "depth", folder, size)
+    return AnnotatorInfo("", kind, folder, size)
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
 
 def make_control_image(kind: str, rgb, *, hole=None, low: int = 100, high: int = 200, blur: float = 0.0,
-                       annotator: DepthAnnotator | None = None, imported: bool = False) -> np.ndarray:
+                       annotator=None, imported: bool = False) -> np.ndarray:
     """The control image of `kind` (see KINDS) from `rgb`, the input's size.
 
     `rgb` is the job's own pixels, or with imported=True a control image the user gave: depth, normal and
     pose images then pass through as RGB, canny/lineart/softedge maps are normalised by lineart(). A scribble
     is always a drawing (scribble()); lineart/softedge made from the image are lines_of() / soft_edges_of(),
-    imported ones go through lineart(); pose is imported only.
+    imported ones go through lineart(). `annotator` makes depth and normal (a DepthAnnotator) or pose (a
+    PoseAnnotator) from the image.
     inpaint returns float32 (inpaint_condition), the rest uint8 H x W x 3."""
     if kind not in KINDS:
         raise AnnotatorError(f"unknown control kind '{kind}'; choose one of: {', '.join(KINDS)}")
@@ -531,7 +570,7 @@ def make_control_image(kind: str, rgb, *, hole=None, low: int = 100, high: int =
         return lines_of(rgb) if kind == "lineart" else soft_edges_of(rgb)
     if kind in ("lineart", "softedge") or (kind == "canny" and imported):
         return lineart(rgb)
-    if kind == "pose" or (imported and kind in ("depth", "normal")):
+    if imported and kind in ("depth", "normal", "pose"):
         return _imported(rgb)
     if kind == "canny":
         return canny(rgb, low, high)
@@ -545,8 +584,10 @@ def make_control_image(kind: str, rgb, *, hole=None, low: int = 100, high: int =
         return inpaint_condition(rgb, hole)
     if annotator is None:
         what = "its depth" if kind == "normal" else "it"
-        raise AnnotatorError(f"{kind} needs a depth-estimation model to make {what}: pick one in the control's "
-                             "annotator setting or pass --annotator (or give a ready-made image)")
-    if kind == "depth":
+        model, option = ("a pose model (VitPose)", "--pose-model") if kind == "pose" else \
+            ("a depth-estimation model", "--annotator")
+        raise AnnotatorError(f"{kind} needs {model} to make {what}: pick one in the control's annotator "
+                             f"setting or pass {option} (or give a ready-made image)")
+    if kind in ("depth", "pose"):
         return annotator(rgb)
     return normal_from_depth(annotator.depth(rgb))

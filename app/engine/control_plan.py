@@ -18,6 +18,7 @@ from app.engine.job_plan import JobPlan, Pass, resize
 from app.engine.request import ControlInput, GenerationRequest
 
 EDGE_KINDS = ("canny", "scribble", "lineart", "softedge")
+NOT_FROM_THE_PREFILL = (*EDGE_KINDS, "pose")     # no edges or people from an Expand's guessed new area
 
 
 def pass_control_images(request: GenerationRequest, plan: JobPlan, p: Pass, device: str = "cpu",
@@ -37,15 +38,26 @@ def control_image(control: ControlInput, plan: JobPlan, p: Pass, device: str = "
         return annotators.make_control_image(control.kind, scaled, blur=control.blur, imported=True)
     pixels = np.ascontiguousarray(plan.pass_pixels(plan.base if canvas is None else canvas, p))
     hole = cv2.resize(p.hole, (width, height), interpolation=cv2.INTER_NEAREST)
-    annotator = None
-    if control.kind in ("depth", "normal"):
-        if not control.annotator:
-            raise annotators.AnnotatorError(
-                f"a {control.kind} control made from the image needs a depth-estimation model: pick one for the "
-                "control layer (or pass --annotator), or give a depth image")
-        annotator = annotators.DepthAnnotator.load(control.annotator, device)
+    annotator = load_annotator(control.kind, control.annotator, control.detector, device)
     image = annotators.make_control_image(control.kind, pixels, hole=hole, low=control.low_threshold,
                                           high=control.high_threshold, blur=control.blur, annotator=annotator)
-    if control.kind in EDGE_KINDS and plan.known is not None:       # an Expand: no edges from the prefill
+    if control.kind in NOT_FROM_THE_PREFILL and plan.known is not None:    # an Expand: its prefill is a guess
         image = np.where(hole[..., None] >= 128, np.uint8(0), image)
     return image
+
+
+def load_annotator(kind: str, model: str, detector: str = "", device: str = "cpu"):
+    """The model that makes a `kind` control from the image: a DepthAnnotator for depth and normal, a
+    PoseAnnotator for pose, None for the rest; one line when the kind needs one and none is given."""
+    if kind not in ("depth", "normal", "pose"):
+        return None
+    if not str(model).strip():
+        needs, option, give = ("a pose model (VitPose)", "--pose-model", "a pose image") if kind == "pose" else \
+            ("a depth-estimation model", "--annotator", "a depth image")
+        raise annotators.AnnotatorError(f"a {kind} control made from the image needs {needs}: pick one for the "
+                                        f"control layer (or pass {option}), or give {give}")
+    if kind == "pose":
+        from app.engine.pose_annotator import PoseAnnotator
+
+        return PoseAnnotator.load(model, detector, device)
+    return annotators.DepthAnnotator.load(model, device)

@@ -96,14 +96,14 @@ class OutpaintOptions:
 
 
 CONTROL_KINDS = ("canny", "scribble", "lineart", "softedge", "depth", "normal", "pose", "tile", "inpaint")
-MADE_FROM_THE_IMAGE = ("canny", "lineart", "softedge", "depth", "normal", "tile", "inpaint")   # kinds that need no image of their own
+MADE_FROM_THE_IMAGE = ("canny", "lineart", "softedge", "depth", "normal", "pose", "tile", "inpaint")  # need no image
 
 
 @dataclass(frozen=True)
 class ControlInput:
     """One ControlNet guiding a job. `image` is the control image in output coordinates (the canvas for
     Expand) as the user made it (a scribble, an imported depth or pose map); None makes it from the job's
-    own pixels with the kind's preprocessor, pass by pass (canny, a depth annotator, tile, inpaint)."""
+    own pixels with the kind's preprocessor, pass by pass (canny, a depth or pose annotator, tile, inpaint)."""
     kind: str
     model: str                           # the ControlNet: a diffusers folder, a .safetensors file or a repo id
     image: np.ndarray | None = None      # H x W x 3 or 4 uint8, the size of the job's output
@@ -113,9 +113,10 @@ class ControlInput:
     low_threshold: int = 100             # canny
     high_threshold: int = 200
     blur: float = 0.0                    # tile: Gaussian sigma in px
-    annotator: str = ""                  # depth / normal: a depth-estimation model's folder or repo id
+    annotator: str = ""                  # depth / normal: a depth-estimation model; pose: a VitPose model
     model_config: str = ""               # single files: a diffusers ControlNet config folder (default: by family)
     guess_mode: bool = False             # the ControlNet sees no prompt; its residuals go to the conditional half
+    detector: str = ""                   # pose: a person detector ("" = the whole image is one person)
 
     def __post_init__(self) -> None:
         if self.kind not in CONTROL_KINDS:

@@ -137,6 +137,8 @@ def preview_note(settings: ControlSettings) -> str:
         return "An inpaint control is made from the mask when you Fill or Expand: there is nothing to preview."
     if settings.kind in ("depth", "normal") and not settings.uses_layer_pixels and not settings.annotator:
         return f"Pick a depth model to see the {settings.label.lower()} it makes, or import a map."
+    if settings.kind == "pose" and not settings.uses_layer_pixels and not settings.annotator:
+        return "Pick a pose model (VitPose) to see the skeletons it finds, or import a pose image."
     return ""
 
 
@@ -144,19 +146,19 @@ def control_preview(settings: ControlSettings, image: np.ndarray, layer: np.ndar
         -> np.ndarray | None:
     """The control image these settings give over the whole image (H x W x 3 uint8), as a job makes it: from
     `layer` (the control layer's pixels placed on the image) or from `image` (the composite). None when no
-    preview can be made (preview_note says why). Loads a depth model for depth / normal: for a worker thread."""
+    preview can be made (preview_note says why). Loads a depth or pose model: for a worker thread."""
     from app.engine import annotators
 
     if preview_note(settings):
         return None
     if settings.uses_layer_pixels:
         return annotators.make_control_image(settings.kind, layer, blur=settings.blur, imported=True)
-    annotator = None
-    if settings.kind in ("depth", "normal"):
-        from app.engine import preload
+    from app.engine import preload
+    from app.engine.control_plan import load_annotator
 
+    if settings.kind in ("depth", "normal", "pose"):
         preload.wait_if_started()
-        annotator = annotators.DepthAnnotator.load(settings.annotator, device)
+    annotator = load_annotator(settings.kind, settings.annotator, settings.detector, device)
     return annotators.make_control_image(settings.kind, image, low=settings.low, high=settings.high,
                                          blur=settings.blur, annotator=annotator)
 
@@ -236,7 +238,7 @@ class ControlCommands(QObject):
     def __init__(self, window: "MainWindow") -> None:
         super().__init__(window)
         self._window = weakref.ref(window)      # the window owns this object
-        self.annotators: list | None = None     # AnnotatorInfo of the cached depth models, once looked for
+        self.annotators: list | None = None     # AnnotatorInfo of the cached annotator models, once looked for
         self._looking = False
 
     @property
@@ -376,9 +378,10 @@ class ControlCommands(QObject):
         empty = empty_control_pixels(layer.rect.w, layer.rect.h)
         return self.window.state.set_layer_pixels(layer.id, empty, "Clear control drawing")
 
-    # -- depth models ----------------------------------------------------------------------------------------
+    # -- annotator models ------------------------------------------------------------------------------------
     def find_annotators(self) -> None:
-        """Look for depth models in the Hugging Face cache once, off the UI thread (`annotators_found`)."""
+        """Look for depth, pose and person-detection models in the HF cache once, off the UI thread
+        (`annotators_found`)."""
         if self.annotators is not None or self._looking:
             return
         self._looking = True
@@ -390,28 +393,31 @@ class ControlCommands(QObject):
         self._looking = False
         self.annotators = list(found or [])
         if error is not None:
-            log.info("looking for depth models failed: %s", error)
+            log.info("looking for annotator models failed: %s", error)
         self.annotators_found.emit()
 
-    def choose_annotator_folder(self, layer_id: int) -> bool:
-        """Pick a local depth-estimation model folder for the layer; one line when it is none."""
-        from app.engine.annotators import describe_annotator_folder
+    def choose_annotator_folder(self, layer_id: int, kind: str = "depth") -> bool:
+        """Pick a local model folder of `kind` (depth, pose or detector) for the layer; one line when it is
+        none. A detector goes to the layer's detector, the others to its annotator."""
+        from app.engine.annotators import MODEL_KINDS, describe_annotator_folder
 
         layer = self.control_layer(layer_id)
         if layer is None:
             return False
         start = self.window.settings.get("last_model_dir") or str(Path.home())
-        path = QFileDialog.getExistingDirectory(self.window, "Choose a depth-estimation model folder", start)
+        what = MODEL_KINDS[kind].split(" (")[0]
+        path = QFileDialog.getExistingDirectory(self.window, f"Choose a {what} folder", start)
         if not path:
             return False
         try:
-            info = describe_annotator_folder(path)
+            info = describe_annotator_folder(path, kind)
         except EngineError as exc:
             self.status.emit(" ".join(str(exc).split()), True)
             return False
         self.annotators = [*(self.annotators or []), info]
         self.annotators_found.emit()
-        return self.window.state.set_control_settings(layer.id, replace(layer.control, annotator=info.source))
+        field = "detector" if kind == "detector" else "annotator"
+        return self.window.state.set_control_settings(layer.id, replace(layer.control, **{field: info.source}))
 
 
 class ControlPreview(QObject):
@@ -453,7 +459,7 @@ class ControlPreview(QObject):
         if preview_note(settings):
             self._show(None)
             return
-        slow = settings.kind in ("depth", "normal") and not settings.uses_layer_pixels
+        slow = settings.kind in ("depth", "normal", "pose") and not settings.uses_layer_pixels
         if not slow and image.shape[0] * image.shape[1] <= self.OFF_THREAD_PIXELS:
             self._done(_make_preview(settings, image, layer, self._generation), None)
             return

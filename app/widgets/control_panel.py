@@ -1,6 +1,7 @@
 """The Control panel: the settings of the selected control layer, under the Layers dock's list, shown only while
 a control layer is selected: its kind, its ControlNet (or "Add ControlNet…"), how strongly and over which part
-of the steps it guides, the canny thresholds, the tile blur, the depth model, whether it is made from the image,
+of the steps it guides, the canny thresholds, the tile blur, the depth or pose model (and a pose's person
+detector), whether it is made from the image,
 Import image… and Clear drawing, and "Show control image", which draws what the ControlNet will see over the
 canvas.
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from app.widgets.main_window import MainWindow
 
 ADD_CONTROLNET = "::add-controlnet"      # item data of the ControlNet picker's "Add ControlNet…"
-CHOOSE_FOLDER = "::choose-folder"        # ... and of the depth model picker's "Choose folder…"
+CHOOSE_FOLDER = "::choose-folder"        # ... and of the annotator pickers' "Choose folder…"
 NO_CONTROLNET = "Pick a ControlNet, or hide the layer."
 
 
@@ -74,6 +75,9 @@ class ControlPanel(QGroupBox):
                                   "detail")
         self.annotator_combo = _named(ElidingCombo(), "annotatorCombo", "Depth model",
                                       "The depth-estimation model that makes the depth from the image")
+        self.detector_combo = _named(ElidingCombo(), "detectorCombo", "Person detector",
+                                     "The object-detection model that finds the people whose poses are estimated; "
+                                     "without one the whole image is taken as one person")
         self.from_image_check = _named(QCheckBox("Made from the image"), "controlFromImageCheck",
                                        "Made from the image", "On: made from the image each time you generate. "
                                        "Off: from this layer's pixels (draw on it or import a map)")
@@ -91,6 +95,7 @@ class ControlPanel(QGroupBox):
         self.kind_combo.currentIndexChanged.connect(self._kind_chosen)
         self.model_combo.currentIndexChanged.connect(self._model_chosen)
         self.annotator_combo.currentIndexChanged.connect(self._annotator_chosen)
+        self.detector_combo.currentIndexChanged.connect(self._detector_chosen)
         self.weight_slider.valueChanged.connect(self._weight_slid)
         self.weight_slider.sliderReleased.connect(self._weight_released)
         self.start_spin.valueChanged.connect(lambda v: self._steps(start=v / 100))
@@ -143,6 +148,7 @@ class ControlPanel(QGroupBox):
         self.form.addRow("Thresholds", self._thresholds_row)
         self.form.addRow("Blur", self.blur_spin)
         self.form.addRow("Depth model", self.annotator_combo)
+        self.form.addRow("People", self.detector_combo)
         self.form.addRow(self.from_image_check)
         buttons = QHBoxLayout()
         buttons.addWidget(self.import_button)
@@ -185,7 +191,12 @@ class ControlPanel(QGroupBox):
         made_from_image = not settings.uses_layer_pixels
         self.form.setRowVisible(self._thresholds_row, kind == "canny" and made_from_image)
         self.form.setRowVisible(self.blur_spin, kind == "tile")
-        self.form.setRowVisible(self.annotator_combo, kind in ("depth", "normal") and made_from_image)
+        self.form.setRowVisible(self.annotator_combo, kind in ("depth", "normal", "pose") and made_from_image)
+        self.form.setRowVisible(self.detector_combo, kind == "pose" and made_from_image)
+        label = self.form.labelForField(self.annotator_combo)
+        if label is not None:
+            label.setText("Pose model" if kind == "pose" else "Depth model")
+        self.annotator_combo.setAccessibleName("Pose model" if kind == "pose" else "Depth model")
         self.form.setRowVisible(self.from_image_check, kind in MADE_FROM_THE_IMAGE and kind != "inpaint")
         self.import_button.setEnabled(kind != "inpaint")
         self.clear_button.setEnabled(settings.uses_layer_pixels and has_drawing(layer.pixels))
@@ -230,20 +241,26 @@ class ControlPanel(QGroupBox):
                          "family")
 
     def _fill_annotators(self, settings: ControlSettings) -> None:
-        combo = self.annotator_combo
-        combo.clear()
-        combo.addItem("None (import a map)", "")
-        if settings.kind in ("depth", "normal"):
+        pose = settings.kind == "pose"
+        if settings.kind in ("depth", "normal", "pose"):
             self.commands.find_annotators()
+        self._fill_models_of(self.annotator_combo, "pose" if pose else "depth", settings.annotator,
+                             "None (import a pose image)" if pose else "None (import a map)")
+        self._fill_models_of(self.detector_combo, "detector", settings.detector, "None: the image is one person")
+
+    def _fill_models_of(self, combo: QComboBox, kind: str, current: str, none: str) -> None:
+        """The annotator models of `kind` found in the HF cache or chosen, "Choose folder…" last."""
+        combo.clear()
+        combo.addItem(none, "")
         for info in self.commands.annotators or ():
-            if combo.findData(info.source) < 0:
+            if info.kind == kind and combo.findData(info.source) < 0:
                 combo.addItem(info.repo_id or info.path.name, info.source)
                 combo.setItemData(combo.count() - 1, str(info.path), Qt.ItemDataRole.ToolTipRole)
-        if settings.annotator and combo.findData(settings.annotator) < 0:
-            combo.addItem(settings.annotator, settings.annotator)
+        if current and combo.findData(current) < 0:
+            combo.addItem(current, current)
         combo.insertSeparator(combo.count())
         combo.addItem("Choose folder…", CHOOSE_FOLDER)
-        combo.setCurrentIndex(max(combo.findData(settings.annotator), 0))
+        combo.setCurrentIndex(max(combo.findData(current), 0))
 
     # -- changes ----------------------------------------------------------------------------------------------
     def _commit(self, **changes) -> bool:
@@ -291,11 +308,27 @@ class ControlPanel(QGroupBox):
         if self._updating:
             return
         data = self.annotator_combo.itemData(index)
+        layer = self.layer()
+        pose = layer is not None and layer.control.kind == "pose"
         if data == CHOOSE_FOLDER:
             self._refresh_timer.start()
-            self.commands.choose_annotator_folder(self.state.active_layer)
+            self.commands.choose_annotator_folder(self.state.active_layer, "pose" if pose else "depth")
         elif isinstance(data, str):
-            self._commit(annotator=data)
+            detectors = [info for info in self.commands.annotators or () if info.kind == "detector"]
+            if pose and data and not layer.control.detector and detectors:
+                self._commit(annotator=data, detector=detectors[0].source)   # a detector at hand: use it
+            else:
+                self._commit(annotator=data)
+
+    def _detector_chosen(self, index: int) -> None:
+        if self._updating:
+            return
+        data = self.detector_combo.itemData(index)
+        if data == CHOOSE_FOLDER:
+            self._refresh_timer.start()
+            self.commands.choose_annotator_folder(self.state.active_layer, "detector")
+        elif isinstance(data, str):
+            self._commit(detector=data)
 
     def _weight_slid(self, _value: int) -> None:
         if not self.weight_slider.isSliderDown():       # keys, wheel, clicks; a drag counts once, on release
