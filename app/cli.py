@@ -28,7 +28,8 @@ from app.core.imageio import ImageLoadError, ImageSaveError, load_image, load_ma
 from app.core.styles import StyleError, read_styles
 from app.engine.events import CancelToken, EngineError, EngineEvent, EventKind
 from app.engine.registry import EngineRegistry
-from app.engine.request import MEMORY_SAVING, PRECISIONS, SamplingOptions
+from app.engine.model_ids import path_exists, server_model
+from app.engine.request import MEMORY_SAVING, PRECISIONS, SamplingOptions, ServerInput
 from app.engine.runner import run_job
 from app.editor.job_builder import (DEVICES, RESTYLE_STRENGTH, JobSettings, build_expand_request, build_fill_request,
                              build_restyle_request)
@@ -55,8 +56,11 @@ def _add_generation_options(p: argparse.ArgumentParser, strength: float = 1.0, m
     p.add_argument("--style-strength", type=float, default=1.0, metavar="0..1",
                    help="how much of the style to use: 1 = all of it, 0 = none")
     p.add_argument("--model", default="classic",
-                   help="classic, classic-ns, a .safetensors/.ckpt file, a diffusers folder or a "
-                        "Hugging Face repo id")
+                   help="classic, classic-ns, a .safetensors/.ckpt file, a diffusers folder, a Hugging Face "
+                        "repo id, or CHECKPOINT@SERVER: a checkpoint on a ComfyUI server (HOST:PORT or URL)")
+    p.add_argument("--server", action="append", default=[], metavar="URL",
+                   help="a ComfyUI server to run on (repeatable: the variants spread over all that have the "
+                        "checkpoint); its token, if it needs one, in LATENT_CANVAS_SERVER_TOKEN")
     p.add_argument("--model-config", default="", metavar="DIR",
                    help="a diffusers config folder for a single-file model whose family is unusual")
     p.add_argument("--steps", type=int, default=25)
@@ -140,11 +144,34 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _settings(args: argparse.Namespace) -> JobSettings:
     strengths = dict(restyle_strength=args.strength) if args.command == "restyle" else dict(strength=args.strength)
+    servers = _servers(args)                  # first: a bare --model becomes CHECKPOINT@SERVER
     return JobSettings(prompt=args.prompt, negative_prompt=args.negative, style=args.style,
                        style_strength=args.style_strength, model=args.model, model_config=args.model_config,
                        steps=args.steps, guidance=args.guidance, seed=args.seed, variants=args.variants,
                        device=args.device, precision=args.precision, memory_saving=args.memory_saving,
-                       feather=getattr(args, "feather", JobSettings.feather), **strengths)
+                       feather=getattr(args, "feather", JobSettings.feather), servers=servers,
+                       **strengths)
+
+
+def _servers(args: argparse.Namespace) -> tuple[ServerInput, ...]:
+    """--server URLs (with the token of LATENT_CANVAS_SERVER_TOKEN); a bare --model then runs on the first."""
+    import os
+
+    from app.engine.comfy.client import Server, ServerError
+
+    token = os.environ.get("LATENT_CANVAS_SERVER_TOKEN", "")
+    servers = []
+    for text in args.server:
+        try:
+            servers.append(ServerInput(Server.parse(text).url, token))
+        except ServerError as exc:
+            raise UsageError(f"--server {text}: {exc}") from None
+    if servers and server_model(args.model) is None:
+        if args.model in ("classic", "classic-ns") or path_exists(args.model):
+            raise UsageError("--server runs a checkpoint of that server: give --model CHECKPOINT (as the server "
+                             "names it)")
+        args.model = f"{args.model}@{servers[0].url}"
+    return tuple(servers)
 
 
 class _ProgressPrinter:
@@ -165,7 +192,7 @@ class _ProgressPrinter:
 
 def _check_model(registry: EngineRegistry, model: str, config: str) -> None:
     """Fail before any loading when the model or its config folder is unusable (one line)."""
-    if model in registry:
+    if model in registry or server_model(model) is not None:
         if config:
             raise UsageError(f"--model-config only applies to a single model file, not to the {model} engine")
         return

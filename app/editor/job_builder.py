@@ -14,7 +14,7 @@ import numpy as np
 
 from app.core.geometry import Rect
 from app.core.styles import Style, find_style, unstyled
-from app.engine.request import (ControlInput, GenerationRequest, JobKind, MaskOptions, OutpaintOptions,
+from app.engine.request import (ControlInput, GenerationRequest, JobKind, MaskOptions, OutpaintOptions, ServerInput,
                                 ReferenceInput, SamplingOptions, StyleOptions)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -43,6 +43,7 @@ class JobSettings:
     references: tuple[ReferenceInput, ...] = ()   # IP-Adapter reference images
     ip_adapter: str = ""
     image_encoder: str = ""
+    servers: tuple[ServerInput, ...] = ()   # ComfyUI servers a "NAME@SERVER" model spreads its variants over
     keep_structure: bool = False   # Restyle: guided by a canny ControlNet of the model's family (the editor)
 
 
@@ -92,7 +93,8 @@ def _common(settings: JobSettings, styles: list[Style]) -> dict:
                 model_config=settings.model_config, device=settings.device, precision=settings.precision,
                 memory_saving=settings.memory_saving, sampling=sampling,
                 mask_options=MaskOptions(feather=settings.feather), controls=settings.controls,
-                references=settings.references, ip_adapter=settings.ip_adapter, image_encoder=settings.image_encoder)
+                references=settings.references, ip_adapter=settings.ip_adapter, image_encoder=settings.image_encoder,
+                servers=settings.servers)
 
 
 def build_fill_request(image: np.ndarray, mask: np.ndarray, settings: JobSettings,

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from app.core.safe_files import read_json_file, set_aside, writable_text, write_text_atomically
 from app.engine.events import EngineError
+from app.engine.model_ids import server_model
 from app.engine.diffusion.model_files import CheckpointInfo, inspect_folder, resolve_source
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("file", "folder", "repo")
+MODEL_KINDS = ("file", "folder", "repo", "server")       # server: "CHECKPOINT@SERVER" on a ComfyUI server
 CONTROLNET_KINDS = ("controlnet-file", "controlnet-folder", "controlnet-repo")   # older versions keep these as
 KINDS = MODEL_KINDS + CONTROLNET_KINDS                                           # "a newer kind", untouched
 FIELDS = ("location", "label", "kind", "config", "family", "control")
@@ -45,6 +46,9 @@ def describe_model(location: str, config: str = "") -> ModelEntry:
     """Check what `location` is without loading its weights; EngineError says in one line what is wrong."""
     if not location.strip():
         raise EngineError("no model given: pick a file or a folder, or type a Hugging Face repo id")
+    on_server = server_model(location.strip())
+    if on_server is not None:
+        return describe_server_model(location.strip(), *on_server)
     source = resolve_source(location, config.strip())
     if source.kind == "repo":
         if config.strip():
@@ -62,6 +66,23 @@ def describe_model(location: str, config: str = "") -> ModelEntry:
     info, checked = inspect_single_file(path, source.config)
     config_dir = str(checked.path) if source.config else ""
     return ModelEntry(str(path), f"{path.name} — {info.label}", "file", config_dir, info.family)
+
+
+def describe_server_model(location: str, checkpoint: str, server_text: str) -> ModelEntry:
+    """A checkpoint on a ComfyUI server, checked there: the server answers and lists it (one line if not)."""
+    from app.engine.comfy.client import ComfyClient, Server
+
+    server = Server.parse(server_text)
+    client = ComfyClient(server)
+    try:
+        client.system_stats()
+        checkpoints = client.checkpoints()
+    finally:
+        client.close()
+    if checkpoint not in checkpoints:
+        listed = ", ".join(checkpoints[:5]) + (" …" if len(checkpoints) > 5 else "") or "none"
+        raise EngineError(f"{server.name} has no checkpoint {checkpoint} (it has: {listed})")
+    return ModelEntry(f"{checkpoint}@{server.url}", f"{checkpoint} @ {server.name}", "server")
 
 
 def describe_controlnet(location: str) -> ModelEntry:
@@ -254,7 +275,7 @@ def _normalised(location: str) -> str:
 
     text = location.strip()
     path = Path(text).expanduser()
-    if looks_like_repo_id(text) and not path.exists():
+    if (looks_like_repo_id(text) or server_model(text) is not None) and not path.exists():
         return text
     try:
         return str(path.resolve())

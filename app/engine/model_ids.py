@@ -26,3 +26,19 @@ def path_exists(text: str) -> bool:
         return Path(text).expanduser().exists()
     except (OSError, ValueError):
         return False
+
+
+_SERVER = re.compile(r"(https?://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?(/[\w./-]*)?")
+
+
+def server_model(text: str) -> tuple[str, str] | None:
+    """(checkpoint name, server) of a model on a ComfyUI server, written "NAME@SERVER" (SERVER: a URL or
+    HOST:PORT, e.g. "sd15.safetensors@127.0.0.1:8188"); None for anything else, a local path with an @ too."""
+    name, at, server = text.rpartition("@")
+    if not at or not name.strip() or path_exists(text):
+        return None
+    server = server.strip()
+    match = _SERVER.fullmatch(server)
+    if match is None or not (match.group(1) or match.group(3) or server == "localhost"):
+        return None
+    return name.strip(), server

@@ -1,7 +1,8 @@
 """Which engines exist and how to build one from a model id (what `--model` and the model picker hold).
 
-Built-in engines are registered by id; any other id that names an existing file or folder, or looks like a
-Hugging Face repo id, gets a DiffusionEngine (imported only then, so torch loads only when needed)."""
+Built-in engines are registered by id; "NAME@SERVER" gets a ComfyEngine (a checkpoint on a ComfyUI server);
+any other id that names an existing file or folder, or looks like a Hugging Face repo id, gets a
+DiffusionEngine (imported only then, so torch loads only when needed)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Callable
 from app.engine.base import Engine
 from app.engine.classic import ClassicEngine
 from app.engine.events import EngineError
-from app.engine.model_ids import looks_like_path, looks_like_repo_id, path_exists
+from app.engine.model_ids import looks_like_path, looks_like_repo_id, path_exists, server_model
 
 DEFAULT_MODEL = "classic"
 EngineFactory = Callable[[], Engine]
@@ -57,6 +58,10 @@ class EngineRegistry:
         entry = self._entries.get(name)
         if entry is not None:
             return entry.factory()
+        if server_model(name) is not None:
+            from app.engine.comfy.engine import ComfyEngine
+
+            return ComfyEngine(name)
         if path_exists(name) or looks_like_repo_id(name):
             from app.engine.diffusion.engine import DiffusionEngine
 

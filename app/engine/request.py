@@ -167,6 +167,17 @@ class ReferenceInput:
 
 
 @dataclass(frozen=True)
+class ServerInput:
+    """A ComfyUI server a job may run on; its token is never written anywhere (not in repr either)."""
+    url: str                             # http(s)://host:port[/path] or host:port
+    token: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if not str(self.url).strip():
+            raise ValueError("a server needs an address")
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     kind: JobKind
     image: np.ndarray                     # H x W x 3 or 4, uint8, read-only
@@ -186,6 +197,7 @@ class GenerationRequest:
     references: tuple[ReferenceInput, ...] = ()
     ip_adapter: str = ""                  # the IP-Adapter .safetensors the references go through
     image_encoder: str = ""               # its CLIP vision encoder ("" = the image_encoder folder beside it)
+    servers: tuple[ServerInput, ...] = ()  # model "NAME@SERVER": more ComfyUI servers to spread variants over
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image)
@@ -226,6 +238,7 @@ class GenerationRequest:
             raise ValueError(f"unknown job kind {self.kind!r}")
         object.__setattr__(self, "controls", tuple(self.controls))
         object.__setattr__(self, "references", tuple(self.references))
+        object.__setattr__(self, "servers", tuple(self.servers))
         if self.references and not self.ip_adapter.strip():
             raise ValueError("reference images need an IP-Adapter model")
         if self.kind == JobKind.RESTYLE and any(c.kind == "inpaint" for c in self.controls):

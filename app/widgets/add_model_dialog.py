@@ -45,7 +45,8 @@ class AddModelDialog(QDialog):
     TITLE = "Add model"
     NAME = "addModelDialog"
     INTRO = ("Pick a Stable Diffusion 1.x, 2.x or SDXL model: a single .safetensors file, a diffusers folder, or "
-             "type a Hugging Face repo id such as owner/name (downloaded on first use).")
+             "type a Hugging Face repo id such as owner/name (downloaded on first use), or "
+             "CHECKPOINT@HOST:PORT for a checkpoint on a ComfyUI server.")
     FILE_FILTER = MODEL_FILE_FILTER
     FOLDER_TITLE = "Choose a diffusers model folder"
     WITH_CONFIG = True                  # the optional config folder row
