@@ -13,6 +13,7 @@ from app.engine import annotators
 from app.engine.annotators import AnnotatorError, describe_annotator_folder, find_annotators, make_control_image
 from app.engine.pose_annotator import COLOURS, MAX_PEOPLE, Person, PoseAnnotator, draw_pose, openpose_points
 from tests.pose_factory import save_person_detector, save_pose_model
+from tests.test_annotators import _Exploit
 
 COCO = {"nose": 0, "left_eye": 1, "right_eye": 2, "left_shoulder": 5, "right_shoulder": 6, "left_elbow": 7}
 
@@ -136,16 +137,6 @@ def _fails(match, *args, **kwargs):
     with pytest.raises(AnnotatorError, match=match) as caught:
         PoseAnnotator.load(*args, **kwargs)
     assert "\n" not in str(caught.value)
-
-
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
 
 
 def test_wrong_model_folders_get_one_line_each(pose_models, tmp_path):
