@@ -48,7 +48,7 @@ def describe_model(location: str, config: str = "") -> ModelEntry:
         raise EngineError("no model given: pick a file or a folder, or type a Hugging Face repo id")
     on_server = server_model(location.strip())
     if on_server is not None:
-        return describe_server_model(location.strip(), *on_server)
+        return describe_server_model(*on_server)
     source = resolve_source(location, config.strip())
     if source.kind == "repo":
         if config.strip():
@@ -68,7 +68,7 @@ def describe_model(location: str, config: str = "") -> ModelEntry:
     return ModelEntry(str(path), f"{path.name} — {info.label}", "file", config_dir, info.family)
 
 
-def describe_server_model(location: str, checkpoint: str, server_text: str) -> ModelEntry:
+def describe_server_model(checkpoint: str, server_text: str) -> ModelEntry:
     """A checkpoint on a ComfyUI server, checked there: the server answers and lists it (one line if not)."""
     from app.engine.comfy.client import ComfyClient, Server
 
@@ -76,12 +76,9 @@ def describe_server_model(location: str, checkpoint: str, server_text: str) -> M
     client = ComfyClient(server)
     try:
         client.system_stats()
-        checkpoints = client.checkpoints()
+        client.require_checkpoint(checkpoint)
     finally:
         client.close()
-    if checkpoint not in checkpoints:
-        listed = ", ".join(checkpoints[:5]) + (" …" if len(checkpoints) > 5 else "") or "none"
-        raise EngineError(f"{server.name} has no checkpoint {checkpoint} (it has: {listed})")
     return ModelEntry(f"{checkpoint}@{server.url}", f"{checkpoint} @ {server.name}", "server")
 
 

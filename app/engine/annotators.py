@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.engine.events import EngineError
+from app.engine.events import EngineError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -265,19 +265,13 @@ def normal_from_depth(depth_grey, strength: float = 1.0, background: float = 0.4
 
 # ------------------------------------------------------------------------------------- depth-estimation models
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
 def _failure(exc: BaseException, what: str, doing: str) -> AnnotatorError:
     """One line for an exception: out of memory (any torch backend) while `doing`, else `what`: its text."""
     from app.engine.diffusion.devices import is_out_of_memory
 
     if is_out_of_memory(exc):
         return AnnotatorError(f"out of memory {doing}: close other models, use a smaller image or the CPU")
-    return AnnotatorError(f"{what}: {_one_line(exc)}")
+    return AnnotatorError(f"{what}: {first_line(exc)}")
 
 
 def _read_config(path: Path) -> dict | None:
@@ -299,8 +293,9 @@ def _architectures(config: dict) -> list[str]:
 
 
 def _is_depth_config(config: dict) -> bool:
-    if _architectures(config):
-        return any(name.endswith("ForDepthEstimation") for name in _architectures(config))
+    names = _architectures(config)
+    if names:
+        return any(name.endswith("ForDepthEstimation") for name in names)
     return config.get("model_type") in DEPTH_MODEL_TYPES
 
 
@@ -477,7 +472,7 @@ def load_processor(folder: Path, label: str):
 
         return AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any failure is the user's file to fix: one line
-        raise AnnotatorError(f"{label} has an unusable preprocessor_config.json: {_one_line(exc)}") from exc
+        raise AnnotatorError(f"{label} has an unusable preprocessor_config.json: {first_line(exc)}") from exc
 
 
 def load_model(folder: Path, label: str, auto_class, device: str, what: str):

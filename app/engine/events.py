@@ -107,3 +107,10 @@ class CancelToken:
     def check(self) -> None:
         if self._event.is_set():
             raise Cancelled()
+
+
+def first_line(problem) -> str:
+    """An exception's (or any text's) first non-empty line, at most 200 characters: what a message quotes."""
+    lines = [line.strip() for line in str(problem).splitlines() if line.strip()]
+    text = lines[0] if lines else type(problem).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from app.engine.events import Cancelled, EngineError
+from app.engine.events import Cancelled, EngineError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class ComfyClient:
         except httpx.TimeoutException:
             raise ServerGone(f"{self.server.name} did not answer {path} in time") from None
         except httpx.HTTPError as exc:
-            raise ServerGone(f"cannot reach the ComfyUI server at {self.server.url} ({_one_line(exc)})") from None
+            raise ServerGone(f"cannot reach the ComfyUI server at {self.server.url} ({first_line(exc)})") from None
 
     def _json(self, method: str, path: str, **kwargs):
         status, body = self._request(method, path, **kwargs)
@@ -153,6 +153,13 @@ class ComfyClient:
 
     def checkpoints(self) -> list[str]:
         return self.choices("CheckpointLoaderSimple", "ckpt_name") or []
+
+    def require_checkpoint(self, name: str) -> None:
+        """ServerError naming what the server has, unless it lists the checkpoint `name`."""
+        checkpoints = self.checkpoints()
+        if name not in checkpoints:
+            listed = ", ".join(checkpoints[:5]) + (" …" if len(checkpoints) > 5 else "") or "none"
+            raise ServerError(f"{self.server.name} has no checkpoint {name} (it has: {listed})")
 
     def loras(self) -> list[str]:
         return self.choices("LoraLoader", "lora_name") or []
@@ -248,7 +255,7 @@ class ComfyClient:
             except Exception as exc:  # noqa: BLE001 - refused, reset, handshake failed, timed out
                 if attempt + 1 == attempts:
                     raise ServerGone(f"cannot open the progress channel of {self.server.name} "
-                                     f"({_one_line(exc)})") from None
+                                     f"({first_line(exc)})") from None
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
@@ -301,7 +308,7 @@ class ComfyClient:
                     on_step(value, total)
             elif kind == "execution_error":
                 raise ServerError(f"{self.server.name} failed in {str(data.get('node_type'))[:60]}: "
-                                  f"{_one_line(str(data.get('exception_message', 'no message')))}")
+                                  f"{first_line(str(data.get('exception_message', 'no message')))}")
             elif kind == "execution_interrupted":
                 raise ServerGone(f"the job was interrupted on {self.server.name} (by another client?)")
             elif kind == "execution_success" or (kind == "executing" and data.get("node") is None
@@ -373,11 +380,11 @@ def _refusal(body: bytes) -> str:
             first = errors[0]
             detail = first.get("details") or first.get("message") or ""
             if first.get("type") == "value_not_in_list":
-                return f"it has no {_one_line(str(detail))}"
-            return _one_line(f"{first.get('message', '')}: {detail}")
+                return f"it has no {first_line(str(detail))}"
+            return first_line(f"{first.get('message', '')}: {detail}")
     error = answer.get("error")
     if isinstance(error, dict):
-        return _one_line(str(error.get("message") or error.get("type") or "the workflow was refused"))
+        return first_line(str(error.get("message") or error.get("type") or "the workflow was refused"))
     return "the workflow was refused"
 
 
@@ -385,16 +392,10 @@ def _status_error(status: dict) -> str:
     for message in status.get("messages") or ():
         if isinstance(message, list) and len(message) == 2 and message[0] == "execution_error" \
                 and isinstance(message[1], dict):
-            return _one_line(str(message[1].get("exception_message", "an error")))
+            return first_line(str(message[1].get("exception_message", "an error")))
     return "an error"
 
 
 def _error_text(body: bytes) -> str:
     text = body[:300].decode("utf-8", "replace").strip()
-    return f": {_one_line(text)}" if text else ""
-
-
-def _one_line(text) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    line = lines[0] if lines else type(text).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
+    return f": {first_line(text)}" if text else ""

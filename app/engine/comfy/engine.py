@@ -26,6 +26,7 @@ from app.engine.base import Emit, Engine, format_parameters
 from app.engine.comfy.client import ComfyClient, Server, ServerError, ServerGone, decode_preview
 from app.engine.comfy.workflow import NEEDED_NODES, PassInputs, build_graph, result_images
 from app.engine.control_plan import pass_control_images
+from app.engine.diffusion.samplers import find_sampler
 from app.engine.events import CancelToken, Cancelled, Variant
 from app.engine.job_plan import JobPlan, Pass, composite_pass, plan_job
 from app.engine.model_ids import server_model
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 NATIVE_SIDE = 512             # SD 1.x / 2.x crops run at about 512², SDXL ones ("xl" in the name) at 1024²
 NATIVE_SIDE_XL = 1024
 MULTIPLE = 64                 # SD latents are 1/8 of the pixels and the UNet halves them three times
-SAMPLER_LABELS = {"dpmpp_2m_karras": "DPM++ 2M Karras", "dpmpp_2m": "DPM++ 2M", "euler_a": "Euler a",
-                  "euler": "Euler", "ddim": "DDIM", "unipc": "UniPC"}
 
 
 class ComfyEngine(Engine):
@@ -88,10 +87,7 @@ class ComfyEngine(Engine):
 
     def _inputs(self, client: ComfyClient, request: GenerationRequest) -> PassInputs:
         name = client.server.name
-        checkpoints = client.checkpoints()
-        if self.checkpoint not in checkpoints:
-            listed = ", ".join(checkpoints[:5]) + (" …" if len(checkpoints) > 5 else "") or "none"
-            raise ServerError(f"{name} has no checkpoint {self.checkpoint} (it has: {listed})")
+        client.require_checkpoint(self.checkpoint)
         for node in NEEDED_NODES:
             if not client.object_info(node):
                 raise ServerError(f"{name} lacks the node {node}: update ComfyUI there")
@@ -230,7 +226,7 @@ class _Run:
                 self._finished(ServerError(f"{client.server.name}: {type(exc).__name__}: {exc}"))
                 return
             parameters = format_parameters(self.request, seed, f"{self.engine.checkpoint} @ {client.server.name}",
-                                           sampler=SAMPLER_LABELS.get(self.request.sampling.sampler))
+                                           sampler=find_sampler(self.request.sampling.sampler).label)
             with self.lock:
                 self.results[seed] = Variant(canvas, seed, parameters)
             self._finished(None)

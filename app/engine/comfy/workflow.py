@@ -39,7 +39,10 @@ class PassInputs:
 
 
 def sampler_for(name: str) -> tuple[str, str]:
-    return SAMPLERS.get(name, SAMPLERS["dpmpp_2m_karras"])
+    """KSampler's names for one of ours (or an alias find_sampler knows); EngineError for an unknown one."""
+    from app.engine.diffusion.samplers import find_sampler
+
+    return SAMPLERS[find_sampler(name).name]
 
 
 def build_graph(request: GenerationRequest, inputs: PassInputs) -> dict:
