@@ -185,6 +185,8 @@ class _ProgressPrinter:
         if event.kind != EventKind.PROGRESS:
             return
         line = " ".join(event.message.split()) if event.step == 0 else f"step {event.step}/{event.total}"
+        if event.notice:
+            line = "note: " + " ".join(event.message.split())
         if line and line != self._last:
             self._last = line
             print(line, file=sys.stderr, flush=True)

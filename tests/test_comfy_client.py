@@ -295,3 +295,19 @@ def test_a_server_checkpoint_is_added_to_the_library_once_the_server_lists_it(st
     assert [e.location for e in ModelLibrary(tmp_path / "models.json").entries()] == [entry.location]
     with pytest.raises(EngineError, match=r"has no checkpoint other.safetensors \(it has: sd15.safetensors\)"):
         library.add(f"other.safetensors@{address}")
+
+
+def test_the_command_line_prints_notices_mid_job(capsys):
+    from app.cli import _ProgressPrinter
+    from app.engine.events import EngineEvent
+
+    printer = _ProgressPrinter()
+    for event in (EngineEvent.progress(1, 0, 6, message="connecting to a:1, b:2"),
+                  EngineEvent.progress(1, 1, 6, message="step 1/6 on b:2"),
+                  EngineEvent.progress(1, 1, 6, message="b:2 dropped the connection during the job: its variant "
+                                                        "runs again on another server", notice=True),
+                  EngineEvent.progress(1, 2, 6, message="coarse fill")):
+        printer(event)
+    assert capsys.readouterr().err.splitlines() == [
+        "connecting to a:1, b:2", "step 1/6",
+        "note: b:2 dropped the connection during the job: its variant runs again on another server", "step 2/6"]

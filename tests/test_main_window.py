@@ -570,3 +570,28 @@ def test_the_help_menu_lists_the_windows_shortcuts(qtbot, settings):
     commands = {row[1] for row in sheet.rows()}
     assert {"Merge Down", "Accept and Keep All Variants", "Export Image…", "Magic Wand (Shift adds, Alt subtracts)"} <= commands
     sheet.close()
+
+
+class NoticeEngine(ScriptedEngine):
+    """A ScriptedEngine that says mid-job, as a notice, that a server dropped, then reports plain steps."""
+
+    def generate(self, request, job_id, emit, cancel):
+        emit(EngineEvent.progress(job_id, 1, 4, message="gpu:8188 dropped the connection during the job: its "
+                                                        "variant runs again on another server", notice=True))
+        emit(EngineEvent.progress(job_id, 2, 4, message="step 2/4"))
+        return super().generate(request, job_id, emit, cancel)
+
+
+def test_a_notice_stays_in_the_status_until_the_variants_are_ready_and_is_repeated_there(qtbot, settings, photo):
+    window = make_window(qtbot, settings, NoticeEngine())
+    window.open_image(photo[0])
+    window.state.set_mask(np.full((48, 64), 255, np.uint8), "Paint")
+    statuses = []
+    window.session.status.connect(lambda text, error: statuses.append((text, error)))
+    run_fill(qtbot, window)
+    notice = "gpu:8188 dropped the connection during the job: its variant runs again on another server"
+    assert (notice, True) in statuses and ("step 2/4", False) not in statuses
+    assert window.panel.status_label.text() == f"2 variants ready: pick one, then Accept or Discard. {notice}."
+    window.session.discard()
+    run_fill(qtbot, window)                          # the next job starts without the last one's notices
+    assert window.panel.status_label.text().count(notice) == 1

@@ -14,6 +14,7 @@ from app.core.styles import Style
 from app.editor.control_jobs import inpaint_control, layer_controls, structure_control
 from app.editor.editor_state import EditorState
 from app.engine.events import EngineEvent, EventKind, Variant
+from app.engine.model_ids import server_model
 from app.engine.registry import EngineRegistry
 from app.engine.request import GenerationRequest
 from app.engine.worker import EngineController
@@ -38,7 +39,9 @@ class GenerationSession(QObject):
         self._focus: Rect | None = None    # what the variants' thumbnails show (focus())
         self.variants: tuple[Variant, ...] = ()
         self._busy = False
+        self._notices: list[str] = []          # the running job's notices (EngineEvent.notice)
         self.library = None                # a ModelLibrary: its ControlNets (Keep structure, inpaint ControlNet)
+        self.servers = None                # a ServerList: the servers a server model's variants spread over
 
     @property
     def busy(self) -> bool:
@@ -71,7 +74,8 @@ class GenerationSession(QObject):
 
     def _with_controls(self, settings: JobSettings, doc, output: Rect, restyle: bool = False) -> JobSettings:
         """`settings` with the document's control layers, and the library's ControlNets that apply: Keep
-        structure for a Restyle, the inpaint ControlNet for a Fill or Expand with a base SD 1.x model."""
+        structure for a Restyle, the inpaint ControlNet for a Fill or Expand with a base SD 1.x model; for a
+        model on a ComfyUI server, every server added (with its token)."""
         controls = list(layer_controls(doc, output, restyle))
         entry = self.library.find(settings.model) if self.library is not None else None
         controlnets = self.library.controlnets() if self.library is not None else []
@@ -87,7 +91,8 @@ class GenerationSession(QObject):
             inpaint = inpaint_control(controlnets, family, "inpainting" in entry.label.lower())
             if inpaint is not None:
                 controls.append(inpaint)
-        return replace(settings, controls=tuple(controls))
+        servers = self.servers.servers() if self.servers is not None and server_model(settings.model) else ()
+        return replace(settings, controls=tuple(controls), servers=servers)
 
     def _hold(self, doc):
         self._release()
@@ -111,6 +116,7 @@ class GenerationSession(QObject):
             self.status.emit(str(exc), True)
             return False
         self.request = request
+        self._notices = []
         self.controller.start(request)
         self._focus = self._focus_of(request)
         self._set_busy(True)
@@ -191,7 +197,10 @@ class GenerationSession(QObject):
             self.progress.emit(event.step, event.total)
             if event.preview is not None and event.preview_rect is not None:
                 self.state.set_preview(event.preview, event.preview_rect)
-            if event.message:
+            if event.notice:
+                self._notices.append(event.message)
+                self.status.emit(event.message, True)
+            elif event.message and not self._notices:     # a notice stays until the job ends
                 self.status.emit(event.message, False)
             return
         self.state.set_preview(None, None)
@@ -200,8 +209,9 @@ class GenerationSession(QObject):
             self.variants = event.variants
             self.variants_ready.emit(event.variants)
             count = len(event.variants)
+            notes = "".join(f" {note}." for note in self._notices)
             self.status.emit(f"{count} variant{'s' if count != 1 else ''} ready: pick one, then Accept "
-                             "or Discard.", False)
+                             f"or Discard.{notes}", bool(notes))
         elif event.kind == EventKind.CANCELLED:
             self._release()
             self.progress.emit(0, 1)

@@ -36,10 +36,10 @@ class Engine(abc.ABC):
 
     def report(self, emit: Emit, cancel: CancelToken, job_id: int, step: int, total: int,
                preview: np.ndarray | None = None, preview_rect: Rect | None = None,
-               message: str = "") -> None:
-        """Emit one PROGRESS event, then honour a pending cancel."""
+               message: str = "", notice: bool = False) -> None:
+        """Emit one PROGRESS event (a `notice`: the user must see its message), then honour a pending cancel."""
         cancel.check()
-        emit(EngineEvent.progress(job_id, step, total, preview, preview_rect, message))
+        emit(EngineEvent.progress(job_id, step, total, preview, preview_rect, message, notice))
         cancel.check()
 
 

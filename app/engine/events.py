@@ -55,11 +55,13 @@ class EngineEvent:
     preview_rect: Rect | None = None
     variants: tuple[Variant, ...] = field(default_factory=tuple)   # RESULT
     message: str = ""                                              # ERROR (one line) or status text
+    notice: bool = False         # PROGRESS: `message` is something the user must hear of (a server dropped)
 
     @staticmethod
     def progress(job_id: int, step: int, total: int, preview: np.ndarray | None = None,
-                 preview_rect: Rect | None = None, message: str = "") -> "EngineEvent":
-        return EngineEvent(EventKind.PROGRESS, job_id, step, total, preview, preview_rect, message=message)
+                 preview_rect: Rect | None = None, message: str = "", notice: bool = False) -> "EngineEvent":
+        return EngineEvent(EventKind.PROGRESS, job_id, step, total, preview, preview_rect, message=message,
+                           notice=notice)
 
     @staticmethod
     def result(job_id: int, variants: tuple[Variant, ...]) -> "EngineEvent":

@@ -141,6 +141,8 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     models_menu.addAction(make("remove_model", "&Remove Selected Model", needs_document=False))
     models_menu.addSeparator()
     models_menu.addAction(make("add_controlnet", "Add &ControlNet…", needs_document=False))
+    models_menu.addSeparator()
+    models_menu.addAction(make("comfy_servers", "ComfyUI &Servers…", needs_document=False))
 
     view_menu = menu_bar.addMenu("&View")
     view_menu.addAction(make("zoom_in", "Zoom &In", QKeySequence.StandardKey.ZoomIn))

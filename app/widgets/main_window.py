@@ -24,6 +24,7 @@ from app.engine.registry import EngineRegistry
 from app.editor.generation_session import GenerationSession
 from app.editor.model_library import ModelEntry, ModelLibrary, describe_model
 from app.editor.selection_commands import SelectionCommands, mode_for
+from app.editor.server_list import ServerList
 from app.editor.stored_settings import SettingsStore, checked_values, migrate_qt_settings
 from app.widgets.actions import build_actions
 from app.widgets.add_model_dialog import AddModelDialog
@@ -35,6 +36,7 @@ from app.widgets.help_dialogs import build_help_menu
 from app.widgets.qt_image import from_qimage
 from app.widgets.layers_panel import LayersPanel
 from app.widgets.selection_menu import build_selection_actions
+from app.widgets.servers_dialog import ServersDialog
 from app.widgets.variants_strip import VariantsStrip
 
 log = logging.getLogger(__name__)
@@ -89,10 +91,12 @@ class MainWindow(QMainWindow):
         styles = read_styles()
         self.registry = registry or EngineRegistry()
         self.library = library if library is not None else ModelLibrary(default_library_path())
-        self.startup_notes = [*settings.problems, *styles.problems, *self.library.problems]
+        self.servers = ServerList(Path(self.library.path).parent / "servers.json")
+        self.startup_notes = [*settings.problems, *styles.problems, *self.library.problems, *self.servers.problems]
         styles = styles.styles
         self.session = GenerationSession(self.state, styles, self.registry, self)
         self.session.library = self.library
+        self.session.servers = self.servers
         self.recovery = RecoveryStore(recovery_root if recovery_root is not None else default_recovery_root())
         self.files = FileCommands(self)
         self.selection = SelectionCommands(self.state, self)
@@ -177,7 +181,7 @@ class MainWindow(QMainWindow):
                 "accept": self.accept_current, "zoom_in": c.zoom_in, "zoom_out": c.zoom_out,
                 "zoom_fit": c.fit, "zoom_100": c.zoom_100,
                 "add_model": self.add_model_dialog, "remove_model": self.remove_selected_model,
-                "add_controlnet": self.controls.add_controlnet_dialog,
+                "add_controlnet": self.controls.add_controlnet_dialog, "comfy_servers": self.servers_dialog,
                 "add_control_layer": self.controls.add_control_layer}
 
     def _build_toolbar(self) -> None:
@@ -349,6 +353,14 @@ class MainWindow(QMainWindow):
         dialog.open()
         return dialog
 
+    def servers_dialog(self) -> ServersDialog:
+        """Models ▸ ComfyUI Servers… (window-modal, non-blocking); checkpoints it adds join the Model list."""
+        dialog = ServersDialog(self.servers, self.library, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.models_added.connect(lambda location: self._rebuild_models(select=location))
+        dialog.open()
+        return dialog
+
     def add_model_from_text(self, text: str, config: str = "") -> None:
         """Check a model file, diffusers folder or repo id on a background thread, then add and select it;
         `model_check_finished` carries the entry, or None after one line through show_error."""
@@ -377,7 +389,7 @@ class MainWindow(QMainWindow):
                             f"{' '.join(str(exc).split())})")
             self.model_check_finished.emit(None)
             return
-        if entry.kind != "repo":
+        if entry.kind in ("file", "folder"):        # not a repo id, not a checkpoint on a server
             self.settings.set("last_model_dir", str(Path(entry.location).parent))
         self._rebuild_models(select=entry.location)
         self._show_status(f"Added {entry.label}.", False)

@@ -65,7 +65,8 @@ class ComfyEngine(Engine):
             if not ready:
                 raise ServerError(problems[0])
             for problem in problems:
-                self.report(emit, cancel, job_id, 0, request.sampling.steps, message=f"{problem}: not used")
+                self.report(emit, cancel, job_id, 0, request.sampling.steps, message=f"{problem}: not used",
+                            notice=True)
             native = NATIVE_SIDE_XL if "xl" in self.checkpoint.lower() else NATIVE_SIDE
             plan = plan_job(request, native, MULTIPLE)
             return _Run(self, request, plan, ready, job_id, emit, cancel).variants()
@@ -193,9 +194,9 @@ class _Run:
             step = sum(self.steps.values())
             self.engine.report(self.emit, self.cancel, self.job_id, step, self.total, image, rect,
                                message=f"step {step}/{self.total}")
-        elif kind == "message":
+        elif kind == "notice":
             self.engine.report(self.emit, self.cancel, self.job_id, sum(self.steps.values()), self.total,
-                               message=values[0])
+                               message=values[0], notice=True)
 
     def _cancelled(self) -> bool:
         return self.stop.is_set() or self.cancel.cancelled or self.cancel.finish_requested
@@ -254,7 +255,7 @@ class _Run:
                 self.todo.clear()
                 note = str(exc)
             self.lock.notify_all()
-        self.events.put(("message", note))
+        self.events.put(("notice", note))
         log.warning("%s", note)
 
     def _variant(self, client: ComfyClient, inputs: PassInputs, seed: int) -> np.ndarray:
