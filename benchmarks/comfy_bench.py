@@ -2,6 +2,7 @@
 
     python benchmarks/comfy_bench.py --start ../shared/comfyui/start.sh      # starts its own servers
     python benchmarks/comfy_bench.py --url http://127.0.0.1:8188 [--second-url ...]
+    python benchmarks/comfy_bench.py --start ... --only servers --threads-per-server 1   # two "machines"
 
   11  overhead   a Fill through the engine (planning, upload, graph, progress and previews, result checks,
                  composite) against the same workflow submitted to the same server directly with httpx and

@@ -2,6 +2,7 @@
 protocol, not image quality). Crops run at 256² so a job takes seconds on a CPU server."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -160,6 +161,9 @@ def test_two_servers_share_the_variants_and_a_killed_one_is_retried_on_the_other
     assert result.kind == EventKind.RESULT, result.message
     assert sorted(variant.seed for variant in result.variants) == [41, 42]
     assert any(event.notice and "runs again on another server" in event.message for event in events)
+    survivor = comfy_url.split("//")[1]
+    assert any(re.fullmatch(rf"step \d/6 · .*{re.escape(survivor)} variant [12] \d/3.*", event.message)
+               for event in events)                                 # the queue view: who runs what
     far = _far(request)
     for variant in result.variants:
         np.testing.assert_array_equal(variant.image[far], request.image[far])

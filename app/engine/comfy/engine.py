@@ -150,6 +150,7 @@ class _Run:
         self.events: queue.Queue = queue.Queue()
         self.results: dict[int, Variant] = {}
         self.steps: dict[int, int] = {}                 # seed -> steps done (all its passes)
+        self.running: dict[str, tuple[int, int]] = {}   # server -> (variant number, its steps done): the queue view
         self.total = s.steps * len(plan.passes) * len(self.seeds)
         self.stop = threading.Event()
         self.failure: ServerError | None = None
@@ -186,17 +187,26 @@ class _Run:
         if kind == "step":
             seed, done, server = values
             self.steps[seed] = done
-            step = sum(self.steps.values())
-            self.engine.report(self.emit, self.cancel, self.job_id, step, self.total,
-                               message=f"step {step}/{self.total} on {server}")
+            self.running[server] = (self.seeds.index(seed) + 1, done)
+            self.engine.report(self.emit, self.cancel, self.job_id, sum(self.steps.values()), self.total,
+                               message=self._line())
         elif kind == "preview":
             image, rect = values
-            step = sum(self.steps.values())
-            self.engine.report(self.emit, self.cancel, self.job_id, step, self.total, image, rect,
-                               message=f"step {step}/{self.total}")
+            self.engine.report(self.emit, self.cancel, self.job_id, sum(self.steps.values()), self.total, image,
+                               rect, message=self._line())
         elif kind == "notice":
+            text, server = values
+            self.running.pop(server, None)
             self.engine.report(self.emit, self.cancel, self.job_id, sum(self.steps.values()), self.total,
-                               message=values[0], notice=True)
+                               message=text, notice=True)
+
+    def _line(self) -> str:
+        """The progress line, with what each server runs: "step 5/16 · a:8188 variant 1 3/4 · b:8188 variant 2 2/4"."""
+        per_variant = self.total // len(self.seeds)
+        where = " · ".join(f"{server} variant {number} {done}/{per_variant}"
+                           for server, (number, done) in self.running.items())
+        return f"step {sum(self.steps.values())}/{self.total} · {where}" if where else \
+            f"step {sum(self.steps.values())}/{self.total}"
 
     def _cancelled(self) -> bool:
         return self.stop.is_set() or self.cancel.cancelled or self.cancel.finish_requested
@@ -255,7 +265,7 @@ class _Run:
                 self.todo.clear()
                 note = str(exc)
             self.lock.notify_all()
-        self.events.put(("notice", note))
+        self.events.put(("notice", note, client.server.name))
         log.warning("%s", note)
 
     def _variant(self, client: ComfyClient, inputs: PassInputs, seed: int) -> np.ndarray:
