@@ -311,3 +311,36 @@ def test_the_command_line_prints_notices_mid_job(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "connecting to a:1, b:2", "step 1/6",
         "note: b:2 dropped the connection during the job: its variant runs again on another server", "step 2/6"]
+
+
+def test_a_server_lacking_a_node_a_lora_or_a_controlnet_is_one_line_each(stand_in):
+    from app.engine.comfy.engine import ComfyEngine
+    from app.engine.comfy.workflow import NEEDED_NODES
+
+    routes, client = stand_in
+    for node in NEEDED_NODES:
+        routes[f"/object_info/{node}"] = _json({node: {"input": {"required": {}}}})
+    routes["/object_info/CheckpointLoaderSimple"] = _json({"CheckpointLoaderSimple": {"input": {"required": {
+        "ckpt_name": [["sd15-inpainting.safetensors"], {}]}}}})
+    routes["/object_info/LoraLoader"] = _json({"LoraLoader": {"input": {"required": {"lora_name": [["ink.safetensors"]]}}}})
+    routes["/object_info/ControlNetLoader"] = _json({"ControlNetLoader": {"input": {"required": {
+        "control_net_name": [["canny.safetensors"]]}}}})
+    engine = ComfyEngine(f"sd15-inpainting.safetensors@{client.server.url}")
+    ink = StyleOptions("Ink", lora="/loras/ink.safetensors")
+    inputs = engine._inputs(client, _request(style=ink, controls=(ControlInput("canny", "/n/canny.safetensors"),)))
+    assert (inputs.lora, inputs.controls, inputs.inpaint_model) == ("ink.safetensors", (("canny.safetensors", ""),),
+                                                                    True)
+
+    def refused(request, message):
+        with pytest.raises(ServerError, match=message) as caught:
+            engine._inputs(client, request)
+        assert "\n" not in str(caught.value)
+
+    refused(_request(style=StyleOptions("Oil", lora="/loras/oil.safetensors")),
+            r"has no LoRA oil.safetensors \(the style Oil\): copy it into its models/loras")
+    refused(_request(controls=(ControlInput("depth", "/n/depth.safetensors"),)),
+            "has no ControlNet depth.safetensors: copy the file into its models/controlnet")
+    routes["/object_info/KSampler"] = _json({})
+    refused(_request(), "lacks the node KSampler: update ComfyUI there")
+    with pytest.raises(ServerError, match=r"has no checkpoint other.safetensors \(it has: sd15-inpainting"):
+        ComfyEngine(f"other.safetensors@{client.server.url}")._inputs(client, _request())

@@ -152,3 +152,27 @@ def test_a_job_on_a_server_model_carries_every_server_with_its_token(qtbot, wind
     assert request.model == location
     assert [(s.url, s.token) for s in request.servers] == [("http://127.0.0.1:8188", "t1"), ("http://gpu:8188", "")]
     assert "t1" not in window.session.variants[0].parameters
+
+
+def test_stop_and_keep_on_a_server_model_says_what_it_keeps(qtbot, tmp_path, photo):
+    import threading
+
+    from app import MainWindow
+    from app.editor.model_library import ModelEntry
+
+    gate = threading.Event()
+    engine = ScriptedEngine(gate)
+    library = ModelLibrary(tmp_path / "models.json")
+    window = MainWindow(settings=tmp_path / "settings.json", registry=AnyModelRegistry(engine), library=library)
+    qtbot.addWidget(window)
+    location = "sd15.safetensors@http://127.0.0.1:8188"
+    library.add_checked(ModelEntry(location, "sd15.safetensors @ 127.0.0.1:8188", "server"))
+    window._rebuild_models(select=location)
+    window.open_image(photo[0])
+    window.state.set_mask(np.full((48, 64), 255, np.uint8), "Paint")
+    statuses = []
+    window.session.status.connect(lambda text, error: statuses.append(text))
+    qtbot.mouseClick(window.panel.fill_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(window.session.variants_ready, timeout=5000, check_params_cb=lambda v: len(v) > 0):
+        qtbot.mouseClick(window.panel.finish_button, Qt.MouseButton.LeftButton)
+    assert any(text.startswith("Stopping: a server returns nothing of an interrupted variant") for text in statuses)

@@ -148,7 +148,11 @@ class GenerationSession(QObject):
         """Stop after the current step and keep what it predicts as the result (Stop & keep)."""
         if self._busy:
             self.controller.finish()
-            self.status.emit("Stopping after this step…", False)
+            if self.request is not None and server_model(self.request.model):
+                self.status.emit("Stopping: a server returns nothing of an interrupted variant, so the variants "
+                                 "already finished are kept and the running ones stop.", False)
+            else:
+                self.status.emit("Stopping after this step…", False)
 
     def select(self, index: int) -> None:
         if self.request is not None and 0 <= index < len(self.variants):

@@ -187,7 +187,8 @@ class GeneratePanel(QWidget):
         self.cancel_button = _named(QPushButton("Cancel"), "cancelButton", "Cancel")
         self.cancel_button.setToolTip("Stop and throw the job away (Esc)")
         self.finish_button = _named(QPushButton("Stop && keep"), "finishButton", "Stop and keep")
-        self.finish_button.setToolTip("Stop now and keep the current preview as the result")
+        self.finish_button.setToolTip("Stop now and keep the current preview as the result (on a ComfyUI server: "
+                                      "keep the variants already finished)")
         self.progress_bar = _named(QProgressBar(), "progressBar", "Progress")
         self.progress_bar.setValue(0)
         self.status_label = _named(QLabel(""), "statusLabel", "Status")
