@@ -316,6 +316,7 @@ class GeneratePanel(QWidget):
         self.restyle_button.setEnabled(self._can_restyle and not self._busy and not classic)
         self.restyle_button.setToolTip(RESTYLE_NEEDS_DIFFUSION if classic else self._tooltips[self.restyle_button])
         self.prompt_edit.setPlaceholderText(CLASSIC_PROMPT if classic else PROMPT_HINT)
+        self.prompt_edit.viewport().update()          # Qt repaints a changed placeholder only on the next event
         self.prompt_edit.setToolTip(CLASSIC_PROMPT if classic else self._tooltips[self.prompt_edit])
         self.capabilities_changed.emit()
 
