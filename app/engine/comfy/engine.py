@@ -203,10 +203,9 @@ class _Run:
     def _line(self) -> str:
         """The progress line, with what each server runs: "step 5/16 · a:8188 variant 1 3/4 · b:8188 variant 2 2/4"."""
         per_variant = self.total // len(self.seeds)
-        where = " · ".join(f"{server} variant {number} {done}/{per_variant}"
-                           for server, (number, done) in self.running.items())
-        return f"step {sum(self.steps.values())}/{self.total} · {where}" if where else \
-            f"step {sum(self.steps.values())}/{self.total}"
+        return " · ".join([f"step {sum(self.steps.values())}/{self.total}",
+                           *(f"{server} variant {number} {done}/{per_variant}"
+                             for server, (number, done) in self.running.items())])
 
     def _cancelled(self) -> bool:
         return self.stop.is_set() or self.cancel.cancelled or self.cancel.finish_requested
