@@ -24,6 +24,7 @@ import torch
 from app.engine.diffusion.control import control_residuals, embeddings_made_once
 from app.engine.diffusion.samplers import find_sampler, make_scheduler
 from app.engine.diffusion.text_encoding import TextConditioning, blend, encode_prompts, invalid_values, zeros_like
+from app.engine.events import EngineError
 
 StepCallback = Callable[[int, int, torch.Tensor], bool]   # (step, total, x0) -> True to stop early
 
@@ -85,6 +86,14 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
     keep = None if job.strength_map is None else job.strength_map.to(device=device, dtype=torch.float32)
 
     embeddings = _batched(cond, uncond, batch, guided)
+    class_labels = None
+    if cond.class_labels is not None:
+        if job.controls or job.image_embeds:
+            raise EngineError(f"{model.name} is a class-conditioned model, which takes no ControlNet or reference "
+                              "images")
+        class_labels = cond.class_labels.expand(batch)
+        if guided:
+            class_labels = torch.cat([uncond.class_labels.expand(batch), class_labels])
     added = None
     if model.is_xl:
         width, height = job.pixel_size
@@ -118,6 +127,7 @@ def run_denoise(model, job: DenoiseJob, on_step: StepCallback) -> tuple[torch.Te
             if condition is not None:
                 model_input = torch.cat([model_input, condition], dim=1)
             prediction = model.unet(model_input.to(dtype), t, encoder_hidden_states=embeddings,
+                                    class_labels=class_labels,
                                     added_cond_kwargs=unet_added, down_block_additional_residuals=down,
                                     mid_block_additional_residual=mid, return_dict=False)[0].float()
             finite = torch.isfinite(prediction).all()

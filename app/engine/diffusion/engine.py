@@ -56,6 +56,10 @@ class DiffusionEngine(Engine):
         def loading(message: str, fraction: float) -> None:
             self.report(emit, cancel, job_id, 0, request.sampling.steps, message=message)
         model = self.manager.get(source, plan, loading)
+        if "class_labels" in model.extra and (request.controls or request.references
+                                              or (request.style.lora and request.style.effective_lora_weight)):
+            raise EngineError(f"{model.name} is a class-conditioned model: it takes no ControlNet, reference image "
+                              "or style LoRA (its prompt is one of its labels)")
         nets = load_controlnets(model, request.controls, loading)
         work = self._plan(request, model)
         sizes = sorted({p.size for p in work.passes})

@@ -85,9 +85,14 @@ def _identity(file: Path) -> tuple[str, int, int]:
     return str(file.resolve()), stat.st_size, stat.st_mtime_ns
 
 
-def _read_keys(file: Path) -> list[str]:
-    """The LoRA's tensor names, from its header through the bounded reader, before diffusers reads it."""
-    return list(read_safetensors_header(file, f"LoRA {file.name}").tensors)
+def _read_keys(file: Path) -> tuple[list[str], str]:
+    """The LoRA's tensor names and the family its kohya metadata names ("" if none), from its header through
+    the bounded reader, before diffusers reads it."""
+    header = read_safetensors_header(file, f"LoRA {file.name}")
+    version = header.metadata.get("ss_base_model_version", "").lower()
+    family = "sdxl" if version.startswith("sdxl") else "sd2" if version.startswith("sd_v2") else \
+        "sd1" if version.startswith("sd_v1") else ""
+    return list(header.tensors), family
 
 
 def _load(model, host, file: Path) -> None:
@@ -97,10 +102,12 @@ def _load(model, host, file: Path) -> None:
         import peft  # noqa: F401 - diffusers' LoRA loading runs on it
     except ImportError:
         raise EngineError(f"LoRA {file.name} needs the peft package: pip install 'peft>=0.13'") from None
-    keys = _read_keys(file)
+    keys, made_for = _read_keys(file)
     if not keys or not any("lora" in key for key in keys):
         raise EngineError(f"{file.name} is not a LoRA (it holds no LoRA weights)")
     family = _FAMILIES.get(model.family, model.family)
+    if made_for and (made_for == "sdxl") != model.is_xl:
+        raise EngineError(f"LoRA {file.name} is an {_FAMILIES[made_for]} LoRA; {model.name} is an {family} model")
     try:
         with _quiet():
             host.load_lora_weights(str(file), adapter_name=ADAPTER, use_safetensors=True, local_files_only=True)

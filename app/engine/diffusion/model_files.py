@@ -40,6 +40,7 @@ INTEGER_BUFFERS = ("position_ids", "num_batches_tracked")
 SINGLE_FILE_PARTS = (("model.diffusion_model.", "UNet"), ("first_stage_model.loss.", ""),
                      ("first_stage_model.", "VAE"), ("cond_stage_model.", "text encoder"),
                      ("conditioner.embedders.", "text encoder"))
+CLASS_LABELS = "class_labels.json"       # a class-conditioned model's labels (it has no text encoder)
 FOLDER_PARTS = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder",
                 "text_encoder_2": "second text encoder"}
 # What a file may make the loader read (from_single_file reads a checkpoint whole). The largest real tensor is
@@ -303,7 +304,8 @@ def inspect_folder(folder: Path) -> tuple[str, bool]:
     component config that is not within bounds (config_folder.check_part_config)."""
     from app.engine.diffusion.config_folder import part_config
 
-    for part in ("unet", "vae", "text_encoder"):
+    class_model = (folder / CLASS_LABELS).is_file()
+    for part in ("unet", "vae") + (() if class_model else ("text_encoder",)):
         if not (folder / part / "config.json").is_file():
             raise EngineError(f"{folder.name} is not a complete diffusers model: its {part}/config.json "
                               "is missing")
@@ -320,12 +322,36 @@ def inspect_folder(folder: Path) -> tuple[str, bool]:
         family = "sdxl"
     else:
         family = "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
-    for part in ("unet", "vae", "text_encoder") + (("text_encoder_2",) if family == "sdxl" else ()):
+    text_parts = () if class_model else ("text_encoder",) + (("text_encoder_2",) if family == "sdxl" else ())
+    for part in ("unet", "vae") + text_parts:
         part_config(folder / part / "config.json", part, f"{folder.name}/{part}/config.json")
     if (folder / "scheduler" / "scheduler_config.json").is_file():
         part_config(folder / "scheduler" / "scheduler_config.json", "scheduler",
                     f"{folder.name}/scheduler/scheduler_config.json")
+    folder_class_labels(folder, unet)
     return family, channels == 9
+
+
+def folder_class_labels(folder: Path, unet: dict | None = None) -> list[str] | None:
+    """The labels of a class-conditioned model (made by `latent-canvas train-model` without a text encoder),
+    in class order, from its CLASS_LABELS; None for a text-conditioned model. Its UNet has one class
+    embedding per label and one more, the unconditional class; EngineError in one line otherwise."""
+    unet = read_json(folder / "unet" / "config.json") if unet is None else unet
+    classes = unet.get("num_class_embeds")
+    if not (folder / CLASS_LABELS).is_file():
+        if classes is not None:
+            raise EngineError(f"{folder.name}: its UNet is class-conditioned but it has no {CLASS_LABELS} (the "
+                              "prompts that pick its classes)")
+        return None
+    labels = read_json(folder / CLASS_LABELS).get("labels")
+    if not isinstance(labels, list) or not all(isinstance(label, str) and label.strip() and len(label) <= 100
+                                               for label in labels):
+        raise EngineError(f"{folder.name}/{CLASS_LABELS} has no list of labels (one line of text each)")
+    if type(classes) is not int or classes != len(labels) + 1:
+        raise EngineError(f"{folder.name}/{CLASS_LABELS} gives {len(labels)} labels, but its UNet has "
+                          f"{classes if type(classes) is int else 'no'} class embeddings; it needs one per label "
+                          "and one more (the unconditional class)")
+    return labels
 
 
 def check_folder_weights(folder: Path, part: str) -> bool:

@@ -21,7 +21,7 @@ from app.engine.diffusion.config_folder import CheckedConfig, check_config_folde
 from app.engine.diffusion.devices import DevicePlan
 from app.engine.events import EngineError
 from app.engine.diffusion.model_files import (CONFIG_ROOT, FOLDER_PARTS, TOKENIZER_DIR, CheckpointInfo, ModelSource,
-                                    check_folder_weights, inspect_folder, inspect_tensors,
+                                    check_folder_weights, folder_class_labels, inspect_folder, inspect_tensors,
                                     read_checkpoint_tensors, refused_pickle, short_error)
 from app.engine.diffusion.safetensors_header import TensorInfo
 
@@ -76,7 +76,8 @@ class DiffusionModel:
 
     def describe(self) -> str:
         names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-        return f"{self.name} ({names[self.family]}{' inpainting' if self.inpaint else ''}, {self.plan.describe()})"
+        kind = "class-conditioned" if "class_labels" in self.extra else names[self.family]
+        return f"{self.name} ({kind}{' inpainting' if self.inpaint else ''}, {self.plan.describe()})"
 
 
 def load_model(source: ModelSource, plan: DevicePlan, progress: Progress | None = None) -> DiffusionModel:
@@ -282,13 +283,15 @@ def _load_folder(folder: Path, name: str, plan: DevicePlan, progress: Progress) 
     import transformers
 
     family, inpaint = inspect_folder(folder)            # every part's config checked among the rest
-    parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    labels = folder_class_labels(folder)                # a class-conditioned model has no text encoder
+    parts = ["unet", "vae"] if labels is not None else \
+        ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_path.is_file():
         scheduler_path = CONFIG_ROOT / ("sdxl" if family == "sdxl" else "sd15") / "scheduler" / scheduler_path.name
     scheduler_config = part_config(scheduler_path, "scheduler",
                                    f"{scheduler_path.parent.parent.name}/scheduler/{scheduler_path.name}")
-    tokenizers = tokenizers_for(folder, family, f"{folder.name}/")
+    tokenizers = tokenizers_for(folder, family, f"{folder.name}/") if labels is None else []
     safetensors = {part: check_folder_weights(folder, part) for part in parts}
 
     def options(part: str) -> dict:
@@ -298,6 +301,9 @@ def _load_folder(folder: Path, name: str, plan: DevicePlan, progress: Progress) 
     unet = diffusers.UNet2DConditionModel.from_pretrained(folder, **options("unet"))
     progress(f"loading {name}: VAE", 0.6)
     vae = diffusers.AutoencoderKL.from_pretrained(folder, **options("vae"))
+    if labels is not None:
+        return _finish(DiffusionModel(name, family, inpaint, unet, vae, [], [], scheduler_config, plan,
+                                      extra={"class_labels": labels}))
     progress(f"loading {name}: text encoder", 0.7)
     encoders = [transformers.CLIPTextModel.from_pretrained(folder, **options("text_encoder"))]
     if family == "sdxl":

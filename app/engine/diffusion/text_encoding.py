@@ -24,11 +24,17 @@ MAX_CHUNKS = 4
 class TextConditioning:
     embeddings: torch.Tensor           # (batch, tokens, dim)
     pooled: torch.Tensor | None        # SDXL only: (batch, dim)
+    class_labels: torch.Tensor | None = None   # class-conditioned models only: (batch,) class numbers
 
 
 def encode_prompts(model, prompts: list[str], device) -> list[TextConditioning]:
     """The conditioning of each prompt (batch 1 each, all the same length) on `device`, in the UNet's dtype.
-    All prompts go through each encoder together, one batched call per 77-token window."""
+    All prompts go through each encoder together, one batched call per 77-token window. A class-conditioned
+    model's prompts are its labels instead (`class_conditioning`)."""
+    labels = model.extra.get("class_labels")
+    if labels is not None:
+        return [class_conditioning(model, prompt, labels, device, index % 2 == 1)
+                for index, prompt in enumerate(prompts)]
     tokenized = [[_token_chunks(tok, prompt) for prompt in prompts] for tok in model.tokenizers]
     chunks = max(len(c) for per_encoder in tokenized for c in per_encoder)
     hidden, pooled = [], None
@@ -55,6 +61,23 @@ def encode_prompts(model, prompts: list[str], device) -> list[TextConditioning]:
             for i in range(len(prompts))]
 
 
+def class_conditioning(model, prompt: str, labels: list[str], device, negative: bool = False) -> TextConditioning:
+    """A class-conditioned model's input for `prompt`: the class whose label it is (case and runs of spaces
+    aside), or the unconditional class (the last) for an empty prompt; EngineError in one line for any other
+    prompt. Such a UNet has no cross-attention: its text embeddings are a placeholder it does not read."""
+    wanted = " ".join(prompt.casefold().split())
+    index = len(labels) if not wanted else \
+        next((i for i, label in enumerate(labels) if " ".join(label.casefold().split()) == wanted), None)
+    if index is None:
+        shown = ", ".join(labels[:12]) + (f" and {len(labels) - 12} more" if len(labels) > 12 else "")
+        which = "negative prompt" if negative else "prompt"
+        raise EngineError(f"{model.name} is a class-conditioned model: the {which} must be one of its labels "
+                          f"({shown}) or empty, not {' '.join(prompt.split())[:60]!r}")
+    width = model.unet.config.cross_attention_dim
+    placeholder = torch.zeros((1, 1, width if isinstance(width, int) else 1), device=device, dtype=model.unet.dtype)
+    return TextConditioning(placeholder, None, torch.tensor([index], device=device))
+
+
 def invalid_values(part: str, model, when: str = "") -> EngineError:
     """The one-line error for NaN or infinity out of `part` ("the UNet", "the text encoder", ...) of `model`,
     naming the LoRA applied to it, if any."""
@@ -79,7 +102,7 @@ def blend(unstyled: TextConditioning, styled: TextConditioning, strength: float)
     def lerp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.lerp(a.float(), b.float(), strength).to(a.dtype)
     pooled = None if unstyled.pooled is None else lerp(unstyled.pooled, styled.pooled)
-    return TextConditioning(lerp(unstyled.embeddings, styled.embeddings), pooled)
+    return TextConditioning(lerp(unstyled.embeddings, styled.embeddings), pooled, styled.class_labels)
 
 
 def zeros_like(cond: TextConditioning) -> TextConditioning:
