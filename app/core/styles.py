@@ -221,3 +221,58 @@ def find_style(styles: list[Style], name: str) -> Style:
             return style
     choices = ", ".join(style.name for style in styles)
     raise StyleError(f"unknown style '{name}'; choose one of: {choices}")
+
+
+# -- the user's own styles (learned with Styles ▸ Learn a style…) --------------------------------------------
+
+def read_all_styles(user_path: str | os.PathLike | None, path: str | os.PathLike | None = None) -> StyleSet:
+    """The shipped styles, then the user's own from `user_path` (if it exists). A user style named like a
+    shipped one is left out and said so; a damaged user file leaves the shipped styles usable."""
+    shipped = read_styles(path)
+    if user_path is None or not Path(user_path).exists():
+        return shipped
+    own = read_styles(user_path)
+    taken = {style.name.casefold() for style in shipped.styles}
+    problems = list(shipped.problems) + [p.replace("; only the style None is available.", "; your own styles "
+                                                   "are left out.") for p in own.problems]
+    styles = list(shipped.styles)
+    for style in own.styles[1:] if own.styles[0] is NONE else own.styles:
+        if style.name.casefold() in taken:
+            if style.name.casefold() != NONE.name.casefold():
+                problems.append(f"{Path(user_path).name}: style '{style.name}' has the name of a built-in style "
+                                "(left out).")
+            continue
+        taken.add(style.name.casefold())
+        styles.append(style)
+    return StyleSet(styles, tuple(problems))
+
+
+def learned_style_entry(name: str, trigger: str, lora: str | os.PathLike, weight: float = 1.0) -> dict:
+    """The styles-file entry of a learned style: the trigger word leads the prompt, the LoRA at `weight`."""
+    trigger = _tidy(trigger or "")
+    template = f"{trigger}, {PLACEHOLDER}" if trigger else PLACEHOLDER
+    return {"name": name.strip(), "prompt": template, "lora": str(lora), "lora_weight": weight}
+
+
+def save_user_style(user_path: str | os.PathLike, entry: dict, shipped: list[Style] | None = None) -> Style:
+    """Add `entry` to the user's styles file (replacing a style of the same name), written atomically; the
+    parsed Style. StyleError (one line) if the entry is wrong, the name is a built-in style's, or the file
+    cannot be used (a damaged file is never overwritten)."""
+    from app.core.safe_files import write_text_atomically
+
+    path = Path(user_path)
+    fail = _failure(path)
+    style = _parse_entry(entry, 1, fail, path.resolve().parent)
+    shipped = read_styles().styles if shipped is None else shipped
+    if any(s.name.casefold() == style.name.casefold() for s in shipped):
+        raise fail(f"'{style.name}' is the name of a built-in style; choose another name")
+    entries = _entries(path) if path.exists() else []
+    entries = [e for e in entries if not (isinstance(e, dict) and isinstance(e.get("name"), str)
+                                          and e["name"].strip().casefold() == style.name.casefold())]
+    entries.append(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_text_atomically(path, json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise fail(f"cannot write the file ({exc.strerror or exc})") from None
+    return style

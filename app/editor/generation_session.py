@@ -42,6 +42,7 @@ class GenerationSession(QObject):
         self._notices: list[str] = []          # the running job's notices (EngineEvent.notice)
         self.library = None                # a ModelLibrary: its ControlNets (Keep structure, inpaint ControlNet)
         self.servers = None                # a ServerList: the servers a server model's variants spread over
+        self.blocked = None                # request -> why it may not start now ("" = it may): a training's GPU
 
     @property
     def busy(self) -> bool:
@@ -114,6 +115,11 @@ class GenerationSession(QObject):
         except ValueError as exc:   # includes StyleError and bad settings
             self._release()
             self.status.emit(str(exc), True)
+            return False
+        reason = self.blocked(request) if self.blocked is not None else ""
+        if reason:
+            self._release()
+            self.status.emit(reason, True)
             return False
         self.request = request
         self._notices = []

@@ -144,11 +144,14 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     models_menu.addSeparator()
     models_menu.addAction(make("comfy_servers", "ComfyUI &Servers…", needs_document=False))
 
+    styles_menu = menu_bar.addMenu("St&yles")
+    styles_menu.addAction(make("learn_style", "&Learn a Style…", needs_document=False))
+
     view_menu = menu_bar.addMenu("&View")
     view_menu.addAction(make("zoom_in", "Zoom &In", QKeySequence.StandardKey.ZoomIn))
     view_menu.addAction(make("zoom_out", "Zoom &Out", QKeySequence.StandardKey.ZoomOut))
     view_menu.addAction(make("zoom_fit", "&Fit to Window", "Ctrl+0"))
     view_menu.addAction(make("zoom_100", "&Actual Pixels (100%)", "Ctrl+1"))
     actions.menus.update(file=file_menu, edit=edit_menu, mask=mask_menu, layer=layer_menu, canvas=canvas_menu,
-                         generate=generate_menu, models=models_menu, view=view_menu, control=control_menu)
+                         generate=generate_menu, models=models_menu, styles=styles_menu, view=view_menu, control=control_menu)
     return actions

@@ -109,13 +109,8 @@ class GeneratePanel(QWidget):
         self.negative_edit.setTabChangesFocus(True)
         self.negative_edit.setFixedHeight(50)
         self.style_combo = _named(ElidingCombo(), "styleCombo", "Style")
-        self._styles = {style.name: style for style in styles}
-        for style in styles:
-            self.style_combo.addItem(style.name)
-            if style.lora:
-                self.style_combo.setItemData(self.style_combo.count() - 1,
-                                             f"Uses the LoRA {Path(style.lora).name} at {style.lora_weight:g}",
-                                             Qt.ItemDataRole.ToolTipRole)
+        self._styles: dict[str, Style] = {}
+        self._fill_styles(styles)
         self.style_strength_slider = _named(ValueSlider("{} %", *value_range("panel/style_strength")),
                                             "styleStrengthSlider", "Style strength")
         self.style_strength_slider.setSingleStep(5)
@@ -285,6 +280,26 @@ class GeneratePanel(QWidget):
             if busy:
                 self._job_classic = bool(self._classic)
             self._update_progress_format()
+
+    def _fill_styles(self, styles: list[Style]) -> None:
+        self._styles = {style.name: style for style in styles}
+        for style in styles:
+            self.style_combo.addItem(style.name)
+            if style.lora:
+                self.style_combo.setItemData(self.style_combo.count() - 1,
+                                             f"Uses the LoRA {Path(style.lora).name} at {style.lora_weight:g}",
+                                             Qt.ItemDataRole.ToolTipRole)
+
+    def set_styles(self, styles: list[Style], select: str = "") -> None:
+        """A new style list (a style was learned): `select` is chosen, else the current style stays."""
+        current = select or self.style_combo.currentText()
+        self.style_combo.blockSignals(True)
+        self.style_combo.clear()
+        self._fill_styles(styles)
+        index = self.style_combo.findText(current)
+        self.style_combo.setCurrentIndex(max(0, index))
+        self.style_combo.blockSignals(False)
+        self._style_chosen(self.style_combo.currentText())
 
     def _style_chosen(self, name: str) -> None:
         """The strength slider means nothing for a style that changes nothing (such as "None")."""

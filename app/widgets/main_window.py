@@ -16,7 +16,7 @@ from app.editor.background import BackgroundCall
 from app.core.recovery import RecoveryError, RecoveryStore
 from app.core.recovery import load as recovery_load
 from app.core.geometry import expand_by_fraction, expand_to_aspect
-from app.core.styles import read_styles
+from app.core.styles import read_all_styles
 from app.editor.editor_state import EditorState
 from app.engine import preload
 from app.engine.events import EngineError
@@ -36,17 +36,13 @@ from app.widgets.help_dialogs import build_help_menu
 from app.widgets.qt_image import from_qimage
 from app.widgets.layers_panel import LayersPanel
 from app.widgets.selection_menu import build_selection_actions
+from app.editor.user_folders import config_folder, user_styles_path
 from app.widgets.servers_dialog import ServersDialog
+from app.widgets.training_commands import TrainingCommands
 from app.widgets.variants_strip import VariantsStrip
 
 log = logging.getLogger(__name__)
 
-
-
-def config_folder() -> Path:
-    """The per-user config folder: the model list and the remembered settings."""
-    folder = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppConfigLocation)
-    return Path(folder or Path.home() / ".config" / "latent-canvas")
 
 
 def default_library_path() -> Path:
@@ -88,7 +84,7 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self.last_error = ""
         self.state = EditorState(self)
-        styles = read_styles()
+        styles = read_all_styles(user_styles_path())
         self.registry = registry or EngineRegistry()
         self.library = library if library is not None else ModelLibrary(default_library_path())
         self.servers = ServerList(Path(self.library.path).parent / "servers.json")
@@ -126,6 +122,7 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, layers_dock)
         self.layers_dock = layers_dock
         self.controls = install_control_layers(self)       # the Control panel, Add control layer, Add ControlNet
+        self.training = TrainingCommands(self)              # Styles ▸ Learn a Style…
         self.action_set = build_actions(
             self, self._handlers(), self.state.history.stack.createUndoAction(self, "&Undo"),
             self.state.history.stack.createRedoAction(self, "&Redo"), self.state.set_tool,
@@ -182,6 +179,7 @@ class MainWindow(QMainWindow):
                 "zoom_fit": c.fit, "zoom_100": c.zoom_100,
                 "add_model": self.add_model_dialog, "remove_model": self.remove_selected_model,
                 "add_controlnet": self.controls.add_controlnet_dialog, "comfy_servers": self.servers_dialog,
+                "learn_style": self.training.learn_style,
                 "add_control_layer": self.controls.add_control_layer}
 
     def _build_toolbar(self) -> None:
@@ -518,6 +516,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._save_settings()
+        self.training.shutdown()
         self.session.shutdown()
         self.autosave.close()          # saved or knowingly discarded: nothing to recover
         event.accept()
