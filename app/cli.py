@@ -5,6 +5,8 @@
     latent-canvas expand IMAGE -o OUT [--left PX] [--top PX] [--right PX] [--bottom PX] [options]
     latent-canvas restyle IMAGE -o OUT --style NAME [--strength 0.55] --model MODEL [options]
     latent-canvas styles
+    latent-canvas train-style IMAGES... --name NAME --model MODEL [--trigger WORD] [--preset fast|balanced|best]
+    latent-canvas train-model FOLDER --out DIR --config tiny|small|base
 
 Fill, expand and restyle take ControlNets (--control KIND[:IMAGE][:WEIGHT[:START:END]] with one --controlnet
 MODEL each) and reference images (--reference IMAGE[:SCALE[:KIND]] with --ip-adapter FILE): app/cli_controls.py.
@@ -21,11 +23,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from app.cli_training import add_training_commands, run_training_command
 from app.cli_controls import (ControlUsageError, add_control_options, controls_from_args, parse_control,
                               parse_reference, references_from_args)
 from app.core.geometry import Rect, canvas_from_margins
 from app.core.imageio import ImageLoadError, ImageSaveError, load_image, load_mask, save_images
-from app.core.styles import StyleError, read_styles
+from app.core.styles import StyleError, read_all_styles
+from app.editor.user_folders import user_styles_path
 from app.engine.events import CancelToken, EngineError, EngineEvent, EventKind
 from app.engine.registry import EngineRegistry
 from app.engine.model_ids import path_exists, server_model
@@ -35,7 +39,7 @@ from app.editor.job_builder import (DEVICES, RESTYLE_STRENGTH, JobSettings, buil
                              build_restyle_request)
 from app.editor.model_library import describe_model
 
-COMMANDS = ("fill", "expand", "restyle", "styles")
+COMMANDS = ("fill", "expand", "restyle", "styles", "train-style", "train-model")
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     restyle.add_argument("image", type=Path)
     _add_generation_options(restyle, strength=RESTYLE_STRENGTH, masked=False)
     sub.add_parser("styles", help="list the styles")
+    add_training_commands(sub)
     return parser
 
 
@@ -203,7 +208,7 @@ def _check_model(registry: EngineRegistry, model: str, config: str) -> None:
 
 def _styles() -> list:
     """The styles; a damaged styles file leaves out what it cannot use and says so, as the editor does."""
-    found = read_styles()
+    found = read_all_styles(user_styles_path())
     for problem in found.problems:
         print(f"note: {problem}", file=sys.stderr)
     return found.styles
@@ -286,6 +291,8 @@ def run(argv: list[str]) -> int:
             for style in _styles():
                 print(style.name)
             return 0
+        if args.command in ("train-style", "train-model"):
+            return run_training_command(args, UsageError)
         return _generate(args)
     except (UsageError, ControlUsageError) as exc:
         print(f"latent-canvas: error: {exc}", file=sys.stderr)
