@@ -63,7 +63,7 @@ class _StyleRun:
         lora = self._save_lora()
         minutes = (time.perf_counter() - started) / 60
         return str(lora), (f"Learned the style '{self.s.name}' in {minutes:.1f} min ({self.plan_values.steps} "
-                           f"steps, loss {np.mean(self.losses[-20:]):.4f}): {lora.name}")
+                           f"steps, loss {np.mean(self.losses[-20:]):.4f}): {lora}")
 
     def prepare(self) -> int:
         """Read the images, load the model, encode the data, add the LoRA layers; the number of images."""
