@@ -23,6 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from app.cli_models import add_model_commands, run_model_command
 from app.cli_training import add_training_commands, run_training_command
 from app.cli_controls import (ControlUsageError, add_control_options, controls_from_args, parse_control,
                               parse_reference, references_from_args)
@@ -39,7 +40,7 @@ from app.editor.job_builder import (DEVICES, RESTYLE_STRENGTH, JobSettings, buil
                              build_restyle_request)
 from app.editor.model_library import describe_model
 
-COMMANDS = ("fill", "expand", "restyle", "styles", "train-style", "train-model")
+COMMANDS = ("fill", "expand", "restyle", "styles", "train-style", "train-model", "models")
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(restyle, strength=RESTYLE_STRENGTH, masked=False)
     sub.add_parser("styles", help="list the styles")
     add_training_commands(sub)
+    add_model_commands(sub)
     return parser
 
 
@@ -291,6 +293,8 @@ def run(argv: list[str]) -> int:
             for style in _styles():
                 print(style.name)
             return 0
+        if args.command == "models":
+            return run_model_command(args, UsageError)
         if args.command in ("train-style", "train-model"):
             return run_training_command(args, UsageError)
         return _generate(args)

@@ -29,6 +29,8 @@ def run_editor(argv: list[str]) -> int:
     window.show()
     QTimer.singleShot(PRELOAD_AFTER_MS, preload)     # torch & co. load while the user looks at the window
     images = [a for a in argv if not a.startswith("-")]
-    if not window.offer_recovery() and images:
-        window.open_image(Path(images[0]))
+    if not window.offer_recovery():
+        if images:
+            window.open_image(Path(images[0]))
+        window.models.welcome_if_first_launch()
     return exit_code_after_shutdown(app.exec())

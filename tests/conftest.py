@@ -45,3 +45,35 @@ def tiny_controlnets(tmp_path_factory):
     from tests.control_factory import tiny_controlnets_fixture
 
     return tiny_controlnets_fixture(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    """A stand-in of the Hugging Face Hub on 127.0.0.1 serving tiny models (tests/hub_standin.py)."""
+    from tests.hub_standin import standin_with_tiny_models
+
+    server = standin_with_tiny_models(tmp_path_factory.mktemp("standin"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def online(hub, tmp_path, monkeypatch):
+    """The stand-in is the Hub, with no faults set and nothing served yet; the Hugging Face cache is empty."""
+    from huggingface_hub import constants
+
+    from tests.test_diffusion_engine import MANAGER
+
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    hub.served.clear()
+    hub.bytes_sent = 0
+    hub.faults.drop_after.clear()
+    hub.faults.wrong_bytes.clear()
+    hub.faults.short.clear()
+    MANAGER.free()
+    yield cache
+    MANAGER.free()

@@ -1,7 +1,6 @@
 """Models by Hugging Face repo id (from the standard HF cache when offline) and TAESD previews."""
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
@@ -86,15 +85,3 @@ def test_cached_taesd_gives_full_size_previews(tmp_path, tiny_models, offline_hu
     assert previews[0].shape[:2] == (linear_size[0] * scale, linear_size[1] * scale)
     assert previews[0].shape[2] == 4
     np.testing.assert_array_equal(result.variants[0].image, linear.variants[0].image)   # previews only
-
-
-def test_download_progress_is_reported_in_megabytes_and_files():
-    from app.engine.diffusion.model_loader import progress_tqdm
-
-    seen = []
-    bar_class = progress_tqdm(lambda message, fraction: seen.append((message, fraction)), "owner/model")
-    with bar_class(total=4 * 2**20, unit="B", disable=False, file=io.StringIO()) as bar:
-        bar.update(2**20)
-    with bar_class(total=3, disable=False, file=io.StringIO()) as bar:
-        bar.update(3)
-    assert seen == [("downloading owner/model: 1 of 4 MB", 0.25), ("downloading owner/model: 3 of 3 files", 1.0)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from app.core.safe_files import read_json_file, set_aside, writable_text, write_text_atomically
@@ -152,6 +152,33 @@ class ModelLibrary:
             return False
         self._commit([e for e in self._stored.entries if e is not entry])
         return True
+
+    def rename(self, location: str, label: str) -> ModelEntry:
+        """Give a listed model the name the picker shows; EngineError (one line) when the name cannot be used
+        or the model is not listed. The model itself is left as it is."""
+        text = " ".join(label.split())
+        if not text:
+            raise EngineError("a model's name cannot be empty")
+        if len(text) > MAX_TEXT // 16 or not writable_text(text):
+            raise EngineError(f"a model's name must be plain text of at most {MAX_TEXT // 16} characters")
+        return self._replace(location, label=text)
+
+    def set_config(self, location: str, config: str) -> ModelEntry:
+        """Remember the config folder a listed single file loads with ("" = the one shipped for its family)."""
+        entry = self.find(location)
+        if entry is not None and entry.kind != "file":
+            raise EngineError(f"{entry.label}: a config folder only applies to a single model file")
+        if len(config) > MAX_TEXT or "\0" in config or not writable_text(config):
+            raise EngineError("a config folder must be a path of plain text")
+        return self._replace(location, config=config.strip())
+
+    def _replace(self, location: str, **changes: str) -> ModelEntry:
+        entry = self.find(location)
+        if entry is None:
+            raise EngineError(f"{location} is not in the model list")
+        changed = replace(entry, **changes)
+        self._commit([changed if e is entry else e for e in self._stored.entries])
+        return changed
 
     # -- storage -----------------------------------------------------------------------------------------
 

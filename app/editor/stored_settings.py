@@ -69,6 +69,7 @@ SCHEMA: dict[str, Setting] = {s.key: s for s in (
     Setting("last_model_dir", str, "", max_length=4096, label="last model folder"),
     Setting("export/quality", int, 95, 1, 100, label="export quality"),
     Setting("editor/keep_mask", bool, True, label="keep the mask after Accept"),
+    Setting("welcome/shown", bool, False, label="welcome page shown"),
 )}
 
 

@@ -24,3 +24,8 @@ def user_styles_path() -> Path:
 def learned_styles_folder() -> Path:
     """Where learned styles' runs go by default: one folder per style (its LoRA, samples, checkpoint)."""
     return config_folder() / "learned-styles"
+
+
+def model_list_path() -> Path:
+    """The user's model list (app.editor.model_library)."""
+    return config_folder() / "models.json"

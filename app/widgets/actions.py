@@ -137,6 +137,9 @@ def build_actions(window: QMainWindow, handlers: dict[str, Callable], undo: QAct
     generate_menu.addAction(make("discard", "&Discard Variants"))
 
     models_menu = menu_bar.addMenu("M&odels")
+    models_menu.addAction(make("get_models", "&Get Models…", needs_document=False))
+    models_menu.addAction(make("manage_models", "&Manage Models…", needs_document=False))
+    models_menu.addSeparator()
     models_menu.addAction(make("add_model", "&Add Model…", needs_document=False))
     models_menu.addAction(make("remove_model", "&Remove Selected Model", needs_document=False))
     models_menu.addSeparator()

@@ -36,8 +36,9 @@ from app.widgets.help_dialogs import build_help_menu
 from app.widgets.qt_image import from_qimage
 from app.widgets.layers_panel import LayersPanel
 from app.widgets.selection_menu import build_selection_actions
-from app.editor.user_folders import config_folder, user_styles_path
+from app.editor.user_folders import config_folder, model_list_path, user_styles_path
 from app.widgets.servers_dialog import ServersDialog
+from app.widgets.model_commands import ModelCommands
 from app.widgets.training_commands import TrainingCommands
 from app.widgets.variants_strip import VariantsStrip
 
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def default_library_path() -> Path:
-    return config_folder() / "models.json"
+    return model_list_path()
 
 
 def default_settings_path() -> Path:
@@ -123,6 +124,7 @@ class MainWindow(QMainWindow):
         self.layers_dock = layers_dock
         self.controls = install_control_layers(self)       # the Control panel, Add control layer, Add ControlNet
         self.training = TrainingCommands(self)              # Styles ▸ Learn a Style…
+        self.models = ModelCommands(self)                   # Models ▸ Get Models…, Manage Models…
         self.action_set = build_actions(
             self, self._handlers(), self.state.history.stack.createUndoAction(self, "&Undo"),
             self.state.history.stack.createRedoAction(self, "&Redo"), self.state.set_tool,
@@ -179,7 +181,8 @@ class MainWindow(QMainWindow):
                 "zoom_fit": c.fit, "zoom_100": c.zoom_100,
                 "add_model": self.add_model_dialog, "remove_model": self.remove_selected_model,
                 "add_controlnet": self.controls.add_controlnet_dialog, "comfy_servers": self.servers_dialog,
-                "learn_style": self.training.learn_style,
+                "learn_style": self.training.learn_style, "get_models": self.models.get_models,
+                "manage_models": self.models.manage,
                 "add_control_layer": self.controls.add_control_layer}
 
     def _build_toolbar(self) -> None:
@@ -517,6 +520,7 @@ class MainWindow(QMainWindow):
             return
         self._save_settings()
         self.training.shutdown()
+        self.models.shutdown()
         self.session.shutdown()
         self.autosave.close()          # saved or knowingly discarded: nothing to recover
         event.accept()

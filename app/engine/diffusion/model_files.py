@@ -354,41 +354,65 @@ def folder_class_labels(folder: Path, unet: dict | None = None) -> list[str] | N
     return labels
 
 
+WEIGHT_VARIANTS = ("", "fp16", "bf16")       # a folder's full-precision weights first, else a variant's
+
+
+def with_variant(name: str, variant: str) -> str:
+    """A weight file's name in `variant` as diffusers and transformers write it: "model.fp16.safetensors",
+    "model.safetensors.index.fp16.json"."""
+    if not variant:
+        return name
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem}.{variant}.{suffix}"
+
+
 def check_folder_weights(folder: Path, part: str) -> bool:
     """Check the weights diffusers or transformers will load for `part` of a diffusers folder: a
     .safetensors header through the bounded reader, a pickle through torch.load(weights_only=True); every
     weight floating point. True when they are .safetensors: load with use_safetensors=True, so that no
     pickle beside them is read instead."""
+    return folder_weights(folder, part)[0]
+
+
+def folder_weights(folder: Path, part: str) -> tuple[bool, str]:
+    """check_folder_weights, and the weight variant to load ("" for the plain files, "fp16" for a folder that
+    holds only *.fp16.safetensors, as a one-variant download does)."""
     where = folder / part
     stem = "diffusion_pytorch_model" if part in ("unet", "vae") else "model"
     candidates = ((f"{stem}.safetensors", True), (f"{'pytorch_model' if stem == 'model' else stem}.bin", False))
     shown, limit = FOLDER_PARTS.get(part, part), MAX_PART_BYTES[part]
     for weights, safe in candidates:
-        files = _weight_files(where, weights, f"{folder.name}/{part}")
-        every: dict[str, TensorInfo] = {}
-        for file in files:
-            label = f"{folder.name}/{part}/{file.name}"
-            tensors = read_safetensors_header(file, label).tensors if safe else \
-                tensor_table(load_pickled_state_dict(file, label, limit, f"Stable Diffusion {shown}"))
-            check_weight_dtypes(tensors, label, lambda key: shown)
-            every.update({key if key not in every else f"{file.name}:{key}": info for key, info in tensors.items()})
-        if files:
-            check_weight_sizes(every, f"{folder.name}/{part}", lambda key: shown, (limit, limit),
-                               f"Stable Diffusion {shown}")
-            if part.startswith("text_encoder"):
-                from app.engine.diffusion.config_folder import part_config
-
-                config = part_config(where / "config.json", part, f"{folder.name}/{part}/config.json")
-                check_text_encoder_fits_weights(config, every, f"{folder.name}/{part}")
-            return safe
+        for variant in WEIGHT_VARIANTS:
+            files = _weight_files(where, weights, f"{folder.name}/{part}", variant)
+            if files:
+                _check_part_files(folder, part, files, safe, shown, limit)
+                return safe, variant
     raise EngineError(f"{folder.name}/{part} holds no weights ({candidates[0][0]} or {candidates[1][0]})")
 
 
-def _weight_files(where: Path, weights: str, shown: str) -> list[Path]:
-    """`weights` itself, or the shards its .index.json names (plain file names beside it)."""
-    if (where / weights).is_file():
-        return [where / weights]
-    index = where / f"{weights}.index.json"
+def _check_part_files(folder: Path, part: str, files: list[Path], safe: bool, shown: str, limit: int) -> None:
+    where = folder / part
+    every: dict[str, TensorInfo] = {}
+    for file in files:
+        label = f"{folder.name}/{part}/{file.name}"
+        tensors = read_safetensors_header(file, label).tensors if safe else \
+            tensor_table(load_pickled_state_dict(file, label, limit, f"Stable Diffusion {shown}"))
+        check_weight_dtypes(tensors, label, lambda key: shown)
+        every.update({key if key not in every else f"{file.name}:{key}": info for key, info in tensors.items()})
+    check_weight_sizes(every, f"{folder.name}/{part}", lambda key: shown, (limit, limit),
+                       f"Stable Diffusion {shown}")
+    if part.startswith("text_encoder"):
+        from app.engine.diffusion.config_folder import part_config
+
+        config = part_config(where / "config.json", part, f"{folder.name}/{part}/config.json")
+        check_text_encoder_fits_weights(config, every, f"{folder.name}/{part}")
+
+
+def _weight_files(where: Path, weights: str, shown: str, variant: str = "") -> list[Path]:
+    """`weights` (in `variant`) itself, or the shards its .index.json names (plain file names beside it)."""
+    if (where / with_variant(weights, variant)).is_file():
+        return [where / with_variant(weights, variant)]
+    index = where / with_variant(f"{weights}.index.json", variant)
     if not index.is_file():
         return []
     weight_map = read_json(index).get("weight_map")

@@ -21,7 +21,7 @@ from app.engine.diffusion.config_folder import CheckedConfig, check_config_folde
 from app.engine.diffusion.devices import DevicePlan
 from app.engine.events import EngineError
 from app.engine.diffusion.model_files import (CONFIG_ROOT, FOLDER_PARTS, TOKENIZER_DIR, CheckpointInfo, ModelSource,
-                                    check_folder_weights, folder_class_labels, inspect_folder, inspect_tensors,
+                                    folder_class_labels, folder_weights, inspect_folder, inspect_tensors,
                                     read_checkpoint_tensors, refused_pickle, short_error)
 from app.engine.diffusion.safetensors_header import TensorInfo
 
@@ -292,11 +292,12 @@ def _load_folder(folder: Path, name: str, plan: DevicePlan, progress: Progress) 
     scheduler_config = part_config(scheduler_path, "scheduler",
                                    f"{scheduler_path.parent.parent.name}/scheduler/{scheduler_path.name}")
     tokenizers = tokenizers_for(folder, family, f"{folder.name}/") if labels is None else []
-    safetensors = {part: check_folder_weights(folder, part) for part in parts}
+    weights = {part: folder_weights(folder, part) for part in parts}
 
     def options(part: str) -> dict:
-        return dict(torch_dtype=plan.dtype, local_files_only=True, subfolder=part,
-                    use_safetensors=safetensors[part])
+        safe, variant = weights[part]
+        return dict(torch_dtype=plan.dtype, local_files_only=True, subfolder=part, use_safetensors=safe,
+                    variant=variant or None)
     progress(f"loading {name}: UNet", 0.1)
     unet = diffusers.UNet2DConditionModel.from_pretrained(folder, **options("unet"))
     progress(f"loading {name}: VAE", 0.6)
@@ -463,41 +464,27 @@ def download_repo(repo_id: str, progress: Progress) -> Path:
 
 
 def fetch_snapshot(repo_id: str, patterns: list[str], progress: Progress, what: str) -> Path:
-    """The files of `repo_id` matching `patterns`, from the HF cache or downloaded into it; `what` ("model",
-    "ControlNet") names it in the one line a failure gives."""
+    """The files of `repo_id` matching `patterns` from the HF cache, or else downloaded into it in one weight
+    variant (app.engine.hub_download); `what` ("model", "ControlNet") names it in the one line a failure gives."""
     import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        path = huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns,
-                                                 tqdm_class=progress_tqdm(progress, repo_id))
-    except RepositoryNotFoundError:
-        raise EngineError(f"no {what} {repo_id} on the Hugging Face hub (or it is private: log in with "
-                          "`hf auth login`)") from None
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except LocalEntryNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"the Hugging Face cache's copy of {repo_id} cannot be read ({short_error(exc)})") from None
+    if constants.HF_HUB_OFFLINE:
         raise EngineError(f"{'' if what == 'model' else f'the {what} '}{repo_id} is not downloaded yet and the "
-                          "Hugging Face hub cannot be reached (offline?)") from None
-    except HfHubHTTPError as exc:
-        raise EngineError(f"downloading {repo_id} failed: {short_error(exc)}") from None
-    return Path(path)
+                          "Hugging Face hub cannot be reached (offline?)")
+    from app.engine.hub_download import DownloadProgress, download_model, describe_bytes
 
-
-def progress_tqdm(progress: Progress, repo_id: str):
-    from tqdm.auto import tqdm
-
-    class ReportingTqdm(tqdm):
-        """huggingface_hub's progress bars (bytes, and files), reported as one status line each update."""
-
-        def update(self, n=1):
-            result = super().update(n)
-            if self.total:
-                if self.unit == "B":
-                    done = f"{self.n / 2**20:.0f} of {self.total / 2**20:.0f} MB"
-                else:
-                    done = f"{self.n:.0f} of {self.total:.0f} files"
-                progress(f"downloading {repo_id}: {done}", min(1.0, self.n / self.total))
-            return result
-    return ReportingTqdm
+    def report(step: DownloadProgress) -> None:
+        progress(f"downloading {repo_id}: {describe_bytes(step.done)} of {describe_bytes(step.total)}",
+                 step.done / step.total if step.total else -1)
+    return download_model(repo_id, progress=report)
 
 
 # -- placing on the device ---------------------------------------------------------------------------------
