@@ -9,6 +9,7 @@ import sys
 import time
 
 from app.engine.events import EngineError
+from app.engine.hub_download import describe_bytes as describe
 
 
 def add_model_commands(sub) -> None:
@@ -122,12 +123,6 @@ def _remove(name: str, delete: bool, library, usage_error: type[Exception]) -> i
     delete_from_disk(model, library)
     print(f"removed {model.name} and deleted {describe(plan.size)} from the Hugging Face cache")
     return 0
-
-
-def describe(count: int) -> str:
-    from app.engine.hub_download import describe_bytes
-
-    return describe_bytes(count)
 
 
 class _ConsoleProgress:

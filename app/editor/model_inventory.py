@@ -163,7 +163,9 @@ def _cache_root(cache_dir) -> Path:
 
 
 def _repo_folder(root: Path, repo_id: str) -> Path:
-    return root / ("models--" + repo_id.replace("/", "--"))
+    from app.engine.hub_download import repo_folder
+
+    return repo_folder(root, repo_id)
 
 
 def repo_of_path(path: Path, root: Path) -> str:
