@@ -74,6 +74,7 @@ def online(hub, tmp_path, monkeypatch):
     hub.faults.drop_after.clear()
     hub.faults.wrong_bytes.clear()
     hub.faults.short.clear()
+    hub.faults.rate = 0
     MANAGER.free()
     yield cache
     MANAGER.free()

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -58,6 +59,7 @@ class Faults:
     drop_after: dict[str, int] = field(default_factory=dict)    # "repo/path": bytes sent before dropping, once
     wrong_bytes: set[str] = field(default_factory=set)          # "repo/path": other bytes, same size
     short: set[str] = field(default_factory=set)                # "repo/path": the last bytes never sent
+    rate: int = 0                                               # bytes per second for every file; 0: at once
 
 
 class StandInHub:
@@ -202,8 +204,17 @@ def _handler(hub: StandInHub):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            self.wfile.write(payload)
-            hub.bytes_sent += len(payload)
+            self._write(payload)
+
+        def _write(self, payload: bytes) -> None:
+            rate = hub.faults.rate
+            chunk = max(rate // 10, 1) if rate else len(payload) or 1
+            for start in range(0, len(payload), chunk):
+                self.wfile.write(payload[start:start + chunk])
+                hub.bytes_sent += len(payload[start:start + chunk])
+                if rate:
+                    self.wfile.flush()
+                    time.sleep(0.1)
 
     return Handler
 
@@ -256,3 +267,26 @@ def standin_with_tiny_models(work: Path) -> StandInHub:
     _tiny_taesd(work / "taesd")
     server.add(TAESD, folder_files(work / "taesd"))
     return server.start()
+
+
+def main() -> None:
+    """Serve the tests' tiny models (as the recommended entries' repo ids too) until Ctrl+C, for trying the
+    welcome page and `latent-canvas models download` by hand: HF_ENDPOINT=<the printed address>."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rate", type=int, default=0, help="bytes per second per file (0: as fast as it can)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        server = standin_with_tiny_models(Path(work))
+        server.faults.rate = args.rate
+        print(server.endpoint, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

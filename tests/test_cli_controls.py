@@ -7,7 +7,7 @@ from PIL import Image
 
 from app.cli_controls import ControlUsageError, parse_control, parse_reference
 from tests.reference_factory import save_reference_models
-from tests.test_cli import mask, photo, run  # noqa: F401 - fixtures
+from tests.test_cli import mask, photo, run, run_here  # noqa: F401 - fixtures
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -45,9 +45,9 @@ def lines(tmp_path):
 def test_fill_and_expand_with_controlnets(tiny_models, tiny_controlnets, photo, mask, lines, tmp_path):  # noqa: F811
     net = tiny_controlnets.path("sd15")
     out = tmp_path / "fill.png"
-    result = run("fill", photo[0], "--mask", mask[0], "-o", out, "--model", tiny_models.path("sd15"),
-                 "--steps", "2", "--seed", "3", "--device", "cpu", "--control", f"scribble:{lines}:0.9",
-                 "--controlnet", net, "--control", "canny:0.5:0:0.5", "--controlnet", net)
+    result = run_here("fill", photo[0], "--mask", mask[0], "-o", out, "--model", tiny_models.path("sd15"),
+                      "--steps", "2", "--seed", "3", "--device", "cpu", "--control", f"scribble:{lines}:0.9",
+                      "--controlnet", net, "--control", "canny:0.5:0:0.5", "--controlnet", net)
     assert result.returncode == 0, result.stderr
     filled = np.asarray(Image.open(out))
     assert filled.shape == photo[1].shape
@@ -56,9 +56,9 @@ def test_fill_and_expand_with_controlnets(tiny_models, tiny_controlnets, photo, 
     np.testing.assert_array_equal(filled[far], photo[1][far])
 
     out = tmp_path / "expand.png"
-    result = run("expand", photo[0], "--right", "32", "-o", out, "--model", tiny_models.path("sd15"),
-                 "--steps", "2", "--seed", "3", "--device", "cpu", "--control", f"scribble:{lines}",
-                 "--controlnet", net)
+    result = run_here("expand", photo[0], "--right", "32", "-o", out, "--model", tiny_models.path("sd15"),
+                      "--steps", "2", "--seed", "3", "--device", "cpu", "--control", f"scribble:{lines}",
+                      "--controlnet", net)
     assert result.returncode == 0, result.stderr
     expanded = np.asarray(Image.open(out))
     assert expanded.shape == (96, 160, 3)
@@ -73,14 +73,14 @@ def test_a_pose_made_from_the_input_with_a_pose_model_and_a_person_detector(  # 
     out = tmp_path / "posed.png"
     common = ("fill", photo[0], "--mask", mask[0], "-o", out, "--model", tiny_models.path("sd15"), "--steps", "2",
               "--device", "cpu", "--control", "pose:0.8", "--controlnet", tiny_controlnets.path("sd15"))
-    result = run(*common, "--pose-model", pose, "--pose-detector", people)
+    result = run_here(*common, "--pose-model", pose, "--pose-detector", people)
     assert result.returncode == 0, result.stderr
     filled = np.asarray(Image.open(out))
     far = np.ones(mask[1].shape, bool)
     far[30:70, 40:90] = False
     np.testing.assert_array_equal(filled[far], photo[1][far])
     out.unlink()
-    result = run(*common)                      # refused before any model loads
+    result = run_here(*common)                 # refused before any model loads
     assert result.returncode == 2 and not out.exists()
     assert result.stderr.strip() == ("latent-canvas: error: --control pose: made from the input, it needs a pose "
                                      "model (VitPose): pass --pose-model MODEL, or give the pose image as "
@@ -137,9 +137,9 @@ def test_restyle_with_a_reference_image(tiny_models, photo, tmp_path):  # noqa: 
     reference = tmp_path / "reference.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(reference)
     out = tmp_path / "styled.png"
-    result = run("restyle", photo[0], "-o", out, "--model", tiny_models.path("sd15"), "--steps", "2", "--seed", "1",
-                 "--device", "cpu", "--reference", f"{reference}:0.8:style", "--ip-adapter", adapter)
+    result = run_here("restyle", photo[0], "-o", out, "--model", tiny_models.path("sd15"), "--steps", "2",
+                      "--seed", "1", "--device", "cpu", "--reference", f"{reference}:0.8:style", "--ip-adapter", adapter)
     assert result.returncode == 0, result.stderr
     assert np.asarray(Image.open(out)).shape == photo[1].shape
-    result = run("restyle", photo[0], "-o", out, "--model", tiny_models.path("sd15"), "--reference", reference)
+    result = run_here("restyle", photo[0], "-o", out, "--model", tiny_models.path("sd15"), "--reference", reference)
     assert result.returncode == 2 and "--reference needs --ip-adapter" in result.stderr

@@ -14,7 +14,7 @@ from app.engine.events import CancelToken, EventKind
 from app.engine.request import GenerationRequest, JobKind, SamplingOptions
 from app.engine.runner import run_job
 from app.editor.job_builder import RESTYLE_STRENGTH, JobSettings, build_restyle_request
-from tests.test_cli import run as run_cli
+from tests.test_cli import run as run_cli, run_here
 from tests.test_main_window import ScriptedEngine, make_window, settings  # noqa: F401 - fixture
 
 pytest.importorskip("diffusers")
@@ -175,9 +175,9 @@ def picture(tmp_path):
 
 def test_cli_restyle_writes_an_image_of_the_same_size(tiny_models, picture, tmp_path):
     out = tmp_path / "restyled.png"
-    result = run_cli("restyle", picture, "-o", out, "--style", "Watercolor", "--strength", "0.5",
-                     "--style-strength", "0.5", "--model", tiny_models.path("sd15"), "--steps", "4",
-                     "--seed", "9", "--device", "cpu")
+    result = run_here("restyle", picture, "-o", out, "--style", "Watercolor", "--strength", "0.5",
+                      "--style-strength", "0.5", "--model", tiny_models.path("sd15"), "--steps", "4",
+                      "--seed", "9", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("step ")] == ["step 1/2", "step 2/2"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from app.editor.model_library import ModelEntry
-from app.engine.diffusion.model_files import RESOURCES, UNET_IN, read_json
+from app.engine.diffusion.model_files import UNET_IN, read_json
 from app.engine.diffusion.safetensors_header import read_safetensors_header
 from app.engine.events import EngineError
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}      # a UNet's cross-attention width
-RECOMMENDED_PATH = RESOURCES / "recommended_models.json"
 RECOMMENDED_KINDS = {"inpainting": "inpainting", "preview": "preview decoder", "controlnet": "ControlNet",
                      "annotator": "annotator", "base": "base", "vae": "VAE"}
 TAESD_FAMILIES = {"madebyollin/taesd": "sd1", "madebyollin/taesdxl": "sdxl"}     # latent_codec.TAESD_REPOS
@@ -118,17 +117,13 @@ def inventory(entries: list[ModelEntry], styles: Iterable = (), cache_dir=None) 
 
 
 def recommended_kinds() -> dict[str, tuple[str, str]]:
-    """repo id -> (kind, family) of resources/recommended_models.json; {} when it cannot be read."""
+    """repo id -> (kind, family) of the recommended models list; {} when it cannot be read."""
+    from app.editor.recommended_models import read_recommended
+
     try:
-        models = read_json(RECOMMENDED_PATH).get("models")
+        return {item.repo: (RECOMMENDED_KINDS.get(item.kind, ""), item.family) for item in read_recommended()}
     except EngineError:
         return {}
-    found = {}
-    for item in models if isinstance(models, list) else []:
-        if isinstance(item, dict) and isinstance(item.get("repo"), str):
-            kind = RECOMMENDED_KINDS.get(str(item.get("kind")), "")
-            found[item["repo"]] = (kind, str(item.get("family") or ""))
-    return found
 
 
 class _HubCache:
@@ -153,9 +148,9 @@ class _HubCache:
 
 
 def _cache_root(cache_dir) -> Path:
-    from huggingface_hub import constants
+    from app.engine.hub_download import cache_root
 
-    root = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
+    root = cache_root(cache_dir)
     try:
         return root.resolve()
     except (OSError, RuntimeError):
@@ -338,12 +333,10 @@ def folder_size(folder: Path) -> int:
 
 
 def format_size(size: int | None) -> str:
-    if size is None:
-        return "—"
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
+    """Decimal units, as the Hub and the welcome page give sizes; "—" for an unknown size."""
+    from app.engine.hub_download import describe_bytes
+
+    return "—" if size is None else describe_bytes(size)
 
 
 # -- deleting ----------------------------------------------------------------------------------------------
