@@ -50,7 +50,8 @@ def _list(library) -> int:
         print("Installed:")
         for model in found:
             family = f", {model.family}" if model.family else ""
-            print(f"  {model.name}  ({model.kind}{family}, {format_size(model.size_on_disk)}, {model.source})")
+            where = f": {model.location}" if model.location != model.name else ""     # what --model takes
+            print(f"  {model.name}{where}  ({model.kind}{family}, {format_size(model.size_on_disk)}, {model.source})")
     else:
         print("No models installed yet.")
     missing = [m for m in read_recommended() if not is_installed(m)]

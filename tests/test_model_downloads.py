@@ -266,12 +266,14 @@ def test_models_download_list_and_remove_from_the_command_line(hub, tmp_path):
     listed = cli(hub, tmp_path, "models", "list")
     assert listed.returncode == 0, listed.stderr
     line = next(x for x in listed.stdout.splitlines() if SD15 in x)
+    assert line.startswith(f"  Stable Diffusion 1.5 Inpainting: {SD15}  (")       # the name, what --model takes
     assert "inpainting" in line and "SD 1.x" in line and "Hugging Face cache" in line
     assert "sd15-inpainting" not in listed.stdout.split("Recommended")[-1]
     assert "taesd" in listed.stdout.split("Recommended")[-1]
     removed = cli(hub, tmp_path, "models", "remove", "sd15-inpainting", "--delete")
     assert removed.returncode == 0, removed.stderr
-    assert removed.stdout.startswith(f"removed {SD15}") and "deleted" in removed.stdout
+    assert removed.stdout.startswith("removed Stable Diffusion 1.5 Inpainting and deleted ")
+    assert removed.stdout.rstrip().endswith("MB from the Hugging Face cache")
     assert not (tmp_path / "cli-cache" / "models--stable-diffusion-v1-5--stable-diffusion-inpainting").exists()
     again = cli(hub, tmp_path, "models", "list")
     assert SD15 not in again.stdout.split("Recommended")[0]

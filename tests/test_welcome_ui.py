@@ -36,17 +36,19 @@ def test_first_launch_one_click_downloads_and_the_model_fills(qtbot, tmp_path, h
     assert "no GPU the editor can use" in dialog.machine_label.text()
     assert [m.name for m in dialog.chosen()] == ["sd15-inpainting", "taesd"]        # what a CPU machine gets
     assert dialog.row("sd15-inpainting").check.text() == "Stable Diffusion 1.5 Inpainting  —  2.1 GB"
+    assert dialog.row("controlnet-canny-sd15").details.text().startswith("ControlNet: Keeps the edges")
     assert dialog.server_button.isVisible()
     assert dialog.total_label.text().startswith("2 to download: 2.1 GB;")
 
     with qtbot.waitSignal(window.models.downloads_finished, timeout=60_000) as finished:
         qtbot.mouseClick(dialog.download_button, Qt.MouseButton.LeftButton)
         assert dialog.progress.isVisible() and dialog.cancel_button.isVisible()
+        assert dialog.total_label.text() == "Downloading 2: about 2.1 GB."
     assert finished.args == ["done", f"Downloaded {SD15}, {TAESD}."]
     assert dialog.progress.value() == 1000
     assert dialog.later_button.text() == "Start"
     assert dialog.row("sd15-inpainting").check.text().endswith("installed")
-    assert [e.location for e in window.library.entries()] == [SD15]
+    assert [(e.location, e.label) for e in window.library.entries()] == [(SD15, "Stable Diffusion 1.5 Inpainting")]
     assert window.panel.selected_model() == SD15
     assert all(".fp16." in p for p in hub.fetched(SD15) if p.endswith(".safetensors"))
 
@@ -75,6 +77,7 @@ def test_pause_and_cancel_from_the_welcome_page_leave_nothing_listed(qtbot, tmp_
     window = new_window(qtbot, tmp_path)
     dialog = window.models.get_models()
     dialog.row("taesd").check.setChecked(False)
+    hub.faults.rate = 3_000_000            # a second or two for the model, so the click lands mid-download
 
     def pause_in_the_unet(step):
         if step.file == UNET16 and dialog.pause_button.text() == "Pause":

@@ -80,8 +80,18 @@ def _checked_entry(repo_id: str, folder: Path) -> ModelEntry:
     family, inpaint = inspect_folder(folder)
     for part in ("unet", "vae", "text_encoder") + (("text_encoder_2",) if family == "sdxl" else ()):
         folder_weights(folder, part)
-    label = f"{repo_id} — {CheckpointInfo(family, inpaint, None).label}"
+    label = _recommended_title(repo_id) or f"{repo_id} — {CheckpointInfo(family, inpaint, None).label}"
     return ModelEntry(repo_id, label, "repo")
+
+
+def _recommended_title(repo_id: str) -> str:
+    """The title the welcome page gave this repo (what the Model picker then shows); "" for other repos."""
+    from app.editor.recommended_models import read_recommended
+
+    try:
+        return next((m.title for m in read_recommended() if m.repo == repo_id), "")
+    except EngineError:
+        return ""
 
 
 class DownloadJob(QObject):

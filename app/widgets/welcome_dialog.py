@@ -38,9 +38,11 @@ class ModelRow(QFrame):
         font.setBold(True)
         self.check.setFont(font)
         layout.addWidget(self.check)
-        details = QLabel(f"{KINDS[model.kind].capitalize()}: {model.good_for}.<br>"
+        kind = KINDS[model.kind]
+        details = QLabel(f"{kind[:1].upper()}{kind[1:]}: {model.good_for}.<br>"
                          f"Needs {model.needs}. {describe_bytes(model.disk_bytes)} on disk. "
                          f"Licence: <a href=\"{model.licence_url}\">{model.licence}</a>.")
+        self.details = details
         details.setWordWrap(True)
         details.setOpenExternalLinks(True)
         details.setContentsMargins(24, 0, 0, 0)
@@ -130,6 +132,7 @@ class WelcomeDialog(QDialog):
             buttons.addWidget(button)
         layout.addLayout(buttons)
         self._downloading = False
+        self._batch: list[Recommended] = []
         self._paused = False
         self._set_downloading(False)
         self._update_total()
@@ -146,7 +149,10 @@ class WelcomeDialog(QDialog):
         chosen = self.chosen()
         total = sum(m.download_bytes for m in chosen)
         left = self.machine.free_disk_bytes - sum(m.disk_bytes for m in chosen)
-        if not chosen:
+        if self._downloading:
+            size = describe_bytes(sum(m.download_bytes for m in self._batch))
+            self.total_label.setText(f"Downloading {len(self._batch)}: about {size}.")
+        elif not chosen:
             self.total_label.setText("Nothing ticked.")
         elif left < DISK_MARGIN:
             self.total_label.setText(f"<b>Not enough disk space:</b> {describe_bytes(total)} to download, "
@@ -171,6 +177,7 @@ class WelcomeDialog(QDialog):
         chosen = self.chosen()
         if chosen:
             self._paused = False
+            self._batch = chosen
             self.pause_button.setText("Pause")
             self._set_downloading(True)
             self.status.setText(f"Asking the Hugging Face hub for {chosen[0].title}…")
