@@ -3,6 +3,7 @@ resumed partial files, sizes and hashes checked, gated repos, a full disk, cance
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,6 +235,14 @@ def test_the_recommended_list_reads_and_fits_the_machine():
     assert all(m.download_bytes > 0 and m.licence and m.good_for for m in models)
 
 
+def test_the_machine_line_writes_the_home_folder_as_a_tilde(monkeypatch, tmp_path):
+    monkeypatch.setattr(Path, "home", lambda: tmp_path / "ana")
+    cache = tmp_path / "ana" / ".cache" / "huggingface" / "hub"
+    line = Machine("", 0, 57_500_000_000, str(cache)).describe()
+    assert line.endswith(f"57.5 GB free for models in {Path('~', '.cache', 'huggingface', 'hub')}")
+    assert Machine("", 0, 1, "/srv/models").describe().endswith("in /srv/models")
+
+
 def test_a_damaged_recommended_list_is_one_line(tmp_path):
     bad = tmp_path / "recommended_models.json"
     bad.write_text('{"models": [{"name": "x"}]}')
@@ -248,7 +257,6 @@ def cli(hub, tmp_path, *args):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(tmp_path / "cli-cache"),
                XDG_CONFIG_HOME=str(tmp_path / "config"), HF_HUB_DISABLE_TELEMETRY="1")

@@ -57,7 +57,16 @@ class Machine:
 
         gpu = (f"{self.gpu_name} with {self.gpu_memory_gb:.0f} GB" if self.gpu_name
                else "no GPU the editor can use (models run on the CPU, slowly)")
-        return f"{gpu}; {describe_bytes(self.free_disk_bytes)} free for models in {self.cache_dir}"
+        return f"{gpu}; {describe_bytes(self.free_disk_bytes)} free for models in {home_short(self.cache_dir)}"
+
+
+def home_short(path: str | Path) -> str:
+    """`path` with the home folder written as ~ (what a user reads more easily than /home/NAME/...)."""
+    try:
+        rest = Path(path).relative_to(Path.home())
+    except ValueError:
+        return str(path)
+    return str(Path("~") / rest) if rest.parts else "~"
 
 
 def read_recommended(path: Path = LIST_PATH) -> list[Recommended]:
