@@ -141,12 +141,8 @@ class _ConsoleProgress:
               file=sys.stderr)
 
     def show(self, step) -> None:
-        from app.training.progress import describe_seconds
-
         fraction = step.done / step.total if step.total else 1.0
-        eta = f" · {describe_seconds(step.eta)} left" if step.eta is not None else ""
-        line = (f"{fraction:6.1%} · {describe(step.done)} of {describe(step.total)} · "
-                f"{describe(step.speed)}/s{eta}")
+        line = f"{fraction:6.1%} · {describe(step.done)} of {describe(step.total)}{step.pace}"
         if self.tty:
             now = time.monotonic()
             if now - self.last >= 0.2 or fraction >= 1:

@@ -221,6 +221,17 @@ def test_the_job_pauses_resumes_and_reports_bytes_speed_and_eta(online, hub, tmp
     assert any(s.speed > 0 and s.eta is not None for s in steps)
 
 
+@pytest.mark.parametrize("speed, paused, pace", [
+    (0.0, False, ""),                                   # nothing measured yet: no "0 bytes/s"
+    (2_000_000.0, False, " · 2.0 MB/s · 3 s left"),
+    (2_000_000.0, True, ""),
+])
+def test_the_pace_is_said_only_once_it_is_measured(speed, paused, pace):
+    from app.engine.hub_download import DownloadProgress
+
+    assert DownloadProgress("a/b", 1_000_000, 7_000_000, speed, "unet", paused).pace == pace
+
+
 # -- the curated list -----------------------------------------------------------------------------------
 
 def test_the_recommended_list_reads_and_fits_the_machine():

@@ -86,6 +86,15 @@ class DownloadProgress:
     def eta(self) -> float | None:
         return (self.total - self.done) / self.speed if self.speed > 0 else None
 
+    @property
+    def pace(self) -> str:
+        """" · 19.3 MB/s · 12 s left", or "" while paused or before a speed is measured."""
+        from app.training.progress import describe_seconds
+
+        if self.paused or self.speed <= 0:
+            return ""
+        return f" · {describe_bytes(self.speed)}/s · {describe_seconds(self.eta)} left"
+
 
 def repo_folder(cache_dir: Path, repo_id: str) -> Path:
     return cache_dir / ("models--" + repo_id.replace("/", "--"))

@@ -12,12 +12,6 @@ from app.editor.recommended_models import KINDS, Machine, Recommended
 from app.engine.hub_download import DISK_MARGIN, DownloadProgress, describe_bytes
 
 
-def eta_text(seconds: float | None) -> str:
-    from app.training.progress import describe_seconds
-
-    return f" · {describe_seconds(seconds)} left" if seconds is not None else ""
-
-
 class ModelRow(QFrame):
     """One recommended model: a tick box with its title, then size, use, needs and licence."""
 
@@ -194,9 +188,8 @@ class WelcomeDialog(QDialog):
         fraction = step.done / step.total if step.total else 0.0
         self.progress.setValue(int(fraction * 1000))
         state = "Paused" if step.paused else "Downloading"
-        speed = "" if step.paused else f" · {describe_bytes(step.speed)}/s{eta_text(step.eta)}"
         self.status.setText(f"{state} {step.repo_id} ({index} of {count}): {describe_bytes(step.done)} of "
-                            f"{describe_bytes(step.total)}{speed}")
+                            f"{describe_bytes(step.total)}{step.pace}")
 
     def show_installed(self, name: str) -> None:
         row = self.row(name)
