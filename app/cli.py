@@ -283,21 +283,29 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "styles":
+        for style in _styles():
+            print(style.name)
+        return 0
+    if args.command == "models":
+        return run_model_command(args, UsageError)
+    if args.command in ("train-style", "train-model"):
+        return run_training_command(args, UsageError)
+    return _generate(args)
+
+
 def run(argv: list[str]) -> int:
     # Library warnings (with their tracebacks) would bury the one-line error; internal errors still log.
     logging.basicConfig(level=logging.ERROR, format="latent-canvas: %(levelname)s: %(name)s: %(message)s")
     logging.getLogger("PIL").setLevel(logging.CRITICAL)     # what it logs about a bad file, ImageLoadError says
     try:
-        args = build_parser().parse_args(argv)
-        if args.command == "styles":
-            for style in _styles():
-                print(style.name)
-            return 0
-        if args.command == "models":
-            return run_model_command(args, UsageError)
-        if args.command in ("train-style", "train-model"):
-            return run_training_command(args, UsageError)
-        return _generate(args)
+        status = _command(build_parser().parse_args(argv))
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:             # `latent-canvas models list | head`: the reader has gone, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (UsageError, ControlUsageError) as exc:
         print(f"latent-canvas: error: {exc}", file=sys.stderr)
         return 2

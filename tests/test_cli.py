@@ -60,6 +60,15 @@ def test_styles_lists_none_and_real_styles():
     assert names[0] == "None" and len([n for n in names if n]) >= 13
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`latent-canvas styles | head -1`: the pipe closes before the list is written."""
+    child = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "styles"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    child.stdout.close()
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 1 and err == ""
+
+
 def test_fill_writes_result_keeping_pixels_far_from_mask(photo, mask, tmp_path):
     out = tmp_path / "out.png"
     result = run("fill", photo[0], "--mask", mask[0], "-o", out, "--seed", "5", "--prompt", "grass")
