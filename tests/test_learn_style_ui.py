@@ -15,6 +15,7 @@ from app.editor.training_jobs import TrainingJob, gpu_conflict
 from app.editor.user_folders import user_styles_path
 from app.training.progress import TrainingEvent
 from tests.test_style_training import style_images
+from tests.window_fill import assert_kept_far_from_the_mask, fill_a_mask
 
 pytest.importorskip("peft")
 
@@ -67,22 +68,12 @@ def test_learn_a_style_watch_it_and_fill_with_it_at_half_strength(qtbot, tmp_pat
     qtbot.mouseClick(dialog.use_button, Qt.MouseButton.LeftButton)
     assert window.panel.style_strength_slider.value() == 50
     assert window.panel.selected_model() == model              # the model the style was learned on
-    window.open_image(photo[0])
-    mask = np.zeros((48, 64), np.uint8)
-    mask[10:30, 10:40] = 255
-    window.state.set_mask(mask, "Paint")
-    window.panel.steps_spin.setValue(2)
-    window.panel.variants_spin.setValue(1)
-    with qtbot.waitSignal(window.session.variants_ready, timeout=60_000, check_params_cb=lambda v: len(v) > 0):
-        window.fill()
+    variant = fill_a_mask(qtbot, window, photo)
     request = window.session.request
     assert request.style.name == "Ink Wash Mine" and request.style.strength == 0.5
     assert request.style.lora == done.path and request.style.effective_lora_weight == 0.5
     assert "zkx" in request.prompt
-    variant = window.session.variants[0].image
-    far = np.ones((48, 64), bool)
-    far[0:40, 0:50] = False                                    # the mask, its feather and the blend margin
-    np.testing.assert_array_equal(variant[far], photo[1][far])
+    assert_kept_far_from_the_mask(variant, photo[1])
 
 
 def test_a_built_in_name_is_refused_and_nothing_starts(qtbot, tmp_path, tiny_models, config):

@@ -11,6 +11,7 @@ from app import MainWindow
 from app.editor.model_library import ModelLibrary
 from app.editor.recommended_models import Machine
 from tests.hub_standin import SD15, TAESD, UNET16
+from tests.window_fill import assert_kept_far_from_the_mask, fill_a_mask
 
 BIG_DISK = 500 << 30
 
@@ -54,18 +55,8 @@ def test_first_launch_one_click_downloads_and_the_model_fills(qtbot, tmp_path, h
 
     from huggingface_hub import constants
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    window.open_image(photo[0])
-    mask = np.zeros((48, 64), np.uint8)
-    mask[10:30, 10:40] = 255
-    window.state.set_mask(mask, "Paint")
-    window.panel.steps_spin.setValue(2)
-    window.panel.variants_spin.setValue(1)
-    with qtbot.waitSignal(window.session.variants_ready, timeout=60_000, check_params_cb=lambda v: len(v) > 0):
-        window.fill()
-    variant = window.session.variants[0].image
-    far = np.ones((48, 64), bool)
-    far[0:40, 0:50] = False
-    np.testing.assert_array_equal(variant[far], photo[1][far])
+    variant = fill_a_mask(qtbot, window, photo)
+    assert_kept_far_from_the_mask(variant, photo[1])
     assert not np.array_equal(variant[12:28, 12:38], photo[1][12:28, 12:38])
 
     again = new_window(qtbot, tmp_path)                  # the second launch: no welcome, the model listed
