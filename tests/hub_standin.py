@@ -209,12 +209,15 @@ def _handler(hub: StandInHub):
         def _write(self, payload: bytes) -> None:
             rate = hub.faults.rate
             chunk = max(rate // 10, 1) if rate else len(payload) or 1
-            for start in range(0, len(payload), chunk):
-                self.wfile.write(payload[start:start + chunk])
-                hub.bytes_sent += len(payload[start:start + chunk])
-                if rate:
-                    self.wfile.flush()
-                    time.sleep(0.1)
+            try:
+                for start in range(0, len(payload), chunk):
+                    self.wfile.write(payload[start:start + chunk])
+                    hub.bytes_sent += len(payload[start:start + chunk])
+                    if rate:
+                        self.wfile.flush()
+                        time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):     # the client stopped reading: a pause, a cancel
+                self.close_connection = True
 
     return Handler
 

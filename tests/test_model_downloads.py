@@ -108,6 +108,38 @@ def test_an_fp16_only_repo_id_typed_as_a_model_downloads_and_fills(online, hub):
     assert all(".fp16." in p for p in hub.fetched(FP16_ONLY) if p.endswith(".safetensors"))
 
 
+def test_cancelling_a_fill_that_is_downloading_its_model_stops_it_and_the_next_fill_goes_on(online, hub):
+    from app.engine.events import CancelToken
+
+    hub.faults.rate = 2_000_000                         # the download takes a few seconds: Cancel lands inside it
+    cancel = CancelToken()
+
+    def cancel_mid_download(event):
+        if "downloading stand-in/tiny-fp16" in (event.message or "") and 0.2 < event_fraction(event) < 0.9:
+            cancel.cancel()
+    result, _ = run(fill_request(None, model=FP16_ONLY, device="cpu", steps=2), cancel, cancel_mid_download)
+    assert result.kind == EventKind.CANCELLED, result.message
+    folder = online / "models--stand-in--tiny-fp16"
+    assert not (folder / "refs" / "main").exists()      # not installed: a later load does not take it as whole
+    hub.faults.rate = 0
+    result, _ = run(fill_request(None, model=FP16_ONLY, device="cpu", steps=2))
+    assert result.kind == EventKind.RESULT, result.message
+    whole = [path for _, path, wanted in hub.served if not wanted]
+    resumed = [wanted for _, _, wanted in hub.served if wanted]
+    assert len(whole) == len(set(whole)) and len(resumed) == 1          # went on from the partial file:
+    assert int(resumed[0].removeprefix("bytes=").rstrip("-")) > 0      # no file asked for from its start twice
+
+
+def event_fraction(event) -> float:
+    done, total = (event.message or "").split(": ", 1)[1].split(" of ")
+    return parse_bytes(done) / parse_bytes(total)
+
+
+def parse_bytes(text: str) -> float:
+    number, unit = text.split()
+    return float(number) * {"bytes": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+
+
 def test_a_connection_dropped_mid_file_goes_on_from_where_it_stopped(online, hub, tmp_path):
     hub.faults.drop_after[f"{REPO}/{UNET16}"] = 100_000
     done = install_repo(REPO, library(tmp_path))
