@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable
 
 from app.training.checkpoints import CheckpointError
 from app.training.dataset import DatasetError
-from app.training.progress import Cancelled, Report, TrainingEvent
+from app.training.progress import Cancelled, Control, Report, TrainingEvent
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,27 @@ def settings_from(cls, data: object, tuples: tuple[str, ...] = ()):
         return cls(**values)
     except TypeError as exc:
         raise TypeError(" ".join(str(exc).split())) from None
+
+
+class TrainingRun:
+    """What every run holds: its settings (`s`) and their plan of steps, where it reports, the user's Pause
+    and Cancel, its output folder and the losses so far. `run` returns (path, what was made)."""
+
+    def __init__(self, settings, report: Report, control: Control) -> None:
+        self.s = settings
+        self.plan = settings.plan
+        self.report = report
+        self.control = control
+        self.out = Path(settings.out).expanduser()
+        self.losses: list[float] = []
+
+    def run(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    @classmethod
+    def guarded(cls, settings, report: Report, control: Control | None = None) -> None:
+        """Run it; ends with one "done", "cancelled" or "error" event."""
+        guarded(lambda: cls(settings, report, control or Control()).run(), report)
 
 
 class TrainingError(Exception):

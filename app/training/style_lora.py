@@ -24,7 +24,7 @@ from app.training.checkpoints import load_checkpoint, optimizer_state, restore_o
 from app.training.memory import MemoryFallback
 from app.training.loop import StepLoop
 from app.training.progress import Control, Report, TrainingEvent
-from app.training.runs import TrainingError, guarded
+from app.training.runs import TrainingError, TrainingRun
 from app.training.style_settings import MAX_IMAGES, MIN_IMAGES, StyleTrainingSettings, file_stem
 from app.training.style_settings import settings_from_dict  # noqa: F401 - the training process reads it here
 
@@ -38,17 +38,10 @@ ADAPTER = "style"
 
 def train_style(settings: StyleTrainingSettings, report: Report, control: Control | None = None) -> None:
     """Train; ends with one "done" (path: the LoRA file), "cancelled" or "error" event."""
-    guarded(lambda: _StyleRun(settings, report, control or Control()).run(), report)
+    _StyleRun.guarded(settings, report, control)
 
 
-class _StyleRun:
-    def __init__(self, settings: StyleTrainingSettings, report: Report, control: Control) -> None:
-        self.s = settings
-        self.plan_values = settings.plan
-        self.report = report
-        self.control = control
-        self.out = Path(settings.out).expanduser()
-        self.losses: list[float] = []
+class _StyleRun(TrainingRun):
 
     # -- setting up -------------------------------------------------------------------------------------
 
@@ -56,13 +49,13 @@ class _StyleRun:
         started = time.perf_counter()
         count = self.prepare()
         start = self._resume()
-        self.report(TrainingEvent("started", step=start, total=self.plan_values.steps, losses=list(self.losses),
+        self.report(TrainingEvent("started", step=start, total=self.plan.steps, losses=list(self.losses),
                                   message=f"Learning '{self.s.name}' from {count} images on "
                                           f"{self.model.describe()}"))
         self._loop(start)
         lora = self._save_lora()
         minutes = (time.perf_counter() - started) / 60
-        return str(lora), (f"Learned the style '{self.s.name}' in {minutes:.1f} min ({self.plan_values.steps} "
+        return str(lora), (f"Learned the style '{self.s.name}' in {minutes:.1f} min ({self.plan.steps} "
                            f"steps, loss {np.mean(self.losses[-20:]):.4f}): {lora}")
 
     def prepare(self) -> int:
@@ -111,7 +104,7 @@ class _StyleRun:
     def _add_adapters(self) -> None:
         from diffusers.training_utils import cast_training_params
 
-        rank = self.plan_values.rank
+        rank = self.plan.rank
         with torch.random.fork_rng(devices=[]):              # the LoRA's first weights follow the run's seed
             torch.manual_seed(self.s.seed)
             trained = self._inject(rank)
@@ -133,7 +126,7 @@ class _StyleRun:
         inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                            target_modules=UNET_TARGETS), self.model.unet, ADAPTER)
         trained = [self.model.unet]
-        if self.plan_values.text_encoder:
+        if self.plan.text_encoder:
             for encoder in self.model.text_encoders:
                 inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                                    target_modules=TEXT_TARGETS), encoder, ADAPTER)
@@ -142,7 +135,7 @@ class _StyleRun:
 
     def _checkpointing(self) -> None:
         self.model.unet.enable_gradient_checkpointing()
-        if self.plan_values.text_encoder:
+        if self.plan.text_encoder:
             for encoder in self.model.text_encoders:
                 encoder.gradient_checkpointing_enable()
 
@@ -155,17 +148,17 @@ class _StyleRun:
             try:
                 import bitsandbytes
 
-                return bitsandbytes.optim.AdamW8bit(params, lr=self.plan_values.learning_rate, weight_decay=1e-2)
+                return bitsandbytes.optim.AdamW8bit(params, lr=self.plan.learning_rate, weight_decay=1e-2)
             except ImportError:
                 pass
-        return torch.optim.AdamW(params, lr=self.plan_values.learning_rate, weight_decay=1e-2)
+        return torch.optim.AdamW(params, lr=self.plan.learning_rate, weight_decay=1e-2)
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
     def _fingerprint(self) -> dict:
         """What a checkpoint must have been made with to be resumed here."""
-        return {"model": self.s.model, "rank": self.plan_values.rank, "steps": self.plan_values.steps,
-                "text_encoder": self.plan_values.text_encoder, "images": self.data.names,
+        return {"model": self.s.model, "rank": self.plan.rank, "steps": self.plan.steps,
+                "text_encoder": self.plan.text_encoder, "images": self.data.names,
                 "resolution": self.data.resolution, "crop": self.s.crop, "prior": self.s.class_count,
                 "seed": self.s.seed, "batch": self.s.batch}
 
@@ -219,13 +212,13 @@ class _StyleRun:
     # -- the loop ---------------------------------------------------------------------------------------
 
     def _loop(self, start: int) -> None:
-        StepLoop(self.control, self.report, self.plan_values.steps, self.losses, self._save_checkpoint, self._sample,
+        StepLoop(self.control, self.report, self.plan.steps, self.losses, self._save_checkpoint, self._sample,
                  self.s.sample_every, self.s.checkpoint_every).run(
-            start, self.plan_values.steps, self._step, self.memory, lambda: self.optimizer.zero_grad(set_to_none=True))
+            start, self.plan.steps, self._step, self.memory, lambda: self.optimizer.zero_grad(set_to_none=True))
 
     def _learning_rate(self, step: int) -> float:
-        warmup = max(1, int(self.plan_values.steps * WARMUP_FRACTION))
-        return self.plan_values.learning_rate * min(1.0, step / warmup)
+        warmup = max(1, int(self.plan.steps * WARMUP_FRACTION))
+        return self.plan.learning_rate * min(1.0, step / warmup)
 
     def _step(self, step: int) -> float:
         generator = torch.Generator().manual_seed(self.s.seed * 1_000_003 + step)
@@ -259,7 +252,7 @@ class _StyleRun:
         target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
         if model.inpaint:
             noisy = torch.cat([noisy, style_data.inpaint_condition(model, batch, generator).to(device)], dim=1)
-        embeddings, added = self.data.conditioning(batch, self.plan_values.text_encoder)
+        embeddings, added = self.data.conditioning(batch, self.plan.text_encoder)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             prediction = model.unet(noisy.to(dtype), t, encoder_hidden_states=embeddings.to(dtype),
                                     added_cond_kwargs=added, return_dict=False)[0]
@@ -276,7 +269,7 @@ class _StyleRun:
         from app.core.imageio import save_image
 
         save_image(path, image)
-        self.report(TrainingEvent("sample", step=step, total=self.plan_values.steps, path=str(path),
+        self.report(TrainingEvent("sample", step=step, total=self.plan.steps, path=str(path),
                                   message=self.data.sample_prompt))
 
     def _save_lora(self) -> Path:
@@ -285,10 +278,10 @@ class _StyleRun:
         from app.core.safe_files import write_atomically
 
         state = kohya_state_dict(self._lora_state(), self.model.family)
-        metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.plan_values.rank),
-                    "ss_network_alpha": str(self.plan_values.rank),
+        metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.plan.rank),
+                    "ss_network_alpha": str(self.plan.rank),
                     "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-                    [self.model.family], "ss_steps": str(self.plan_values.steps),
+                    [self.model.family], "ss_steps": str(self.plan.steps),
                     "latent_canvas_style": self.s.name, "latent_canvas_trigger": self.s.trigger,
                     "latent_canvas_base_model": Path(self.s.model).name}
         data = save({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items()}, metadata)

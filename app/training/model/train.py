@@ -35,7 +35,7 @@ from app.training.model.settings import MIN_IMAGES, ModelTrainingSettings
 from app.training.model.settings import settings_from_dict  # noqa: F401 - the training process reads it here
 from app.training.loop import StepLoop
 from app.training.progress import Control, Report, TrainingEvent
-from app.training.runs import TrainingError, guarded
+from app.training.runs import TrainingError, TrainingRun
 
 CHECKPOINT = "checkpoint"
 SAMPLES = "samples"
@@ -48,17 +48,10 @@ OLD = ".export-old"
 
 def train_model(settings: ModelTrainingSettings, report: Report, control: Control | None = None) -> None:
     """Train; ends with one "done" (path: the model folder), "cancelled" or "error" event."""
-    guarded(lambda: _ModelRun(settings, report, control or Control()).run(), report)
+    _ModelRun.guarded(settings, report, control)
 
 
-class _ModelRun:
-    def __init__(self, settings: ModelTrainingSettings, report: Report, control: Control) -> None:
-        self.s = settings
-        self.plan = settings.plan
-        self.report = report
-        self.control = control
-        self.out = Path(settings.out).expanduser()
-        self.losses: list[float] = []
+class _ModelRun(TrainingRun):
 
     # -- setting up -------------------------------------------------------------------------------------
 
