@@ -117,8 +117,9 @@ def test_cancelling_a_fill_that_is_downloading_its_model_stops_it_and_the_next_f
     def cancel_mid_download(event):
         if "downloading stand-in/tiny-fp16" in (event.message or "") and 0.2 < event_fraction(event) < 0.9:
             cancel.cancel()
-    result, _ = run(fill_request(None, model=FP16_ONLY, device="cpu", steps=2), cancel, cancel_mid_download)
+    result, progress = run(fill_request(None, model=FP16_ONLY, device="cpu", steps=2), cancel, cancel_mid_download)
     assert result.kind == EventKind.CANCELLED, result.message
+    assert any(e.message.endswith(" s left") and "/s · " in e.message for e in progress if e.message)
     folder = online / "models--stand-in--tiny-fp16"
     assert not (folder / "refs" / "main").exists()      # not installed: a later load does not take it as whole
     hub.faults.rate = 0
@@ -131,7 +132,7 @@ def test_cancelling_a_fill_that_is_downloading_its_model_stops_it_and_the_next_f
 
 
 def event_fraction(event) -> float:
-    done, total = (event.message or "").split(": ", 1)[1].split(" of ")
+    done, total = (event.message or "").split(": ", 1)[1].split(" · ")[0].split(" of ")
     return parse_bytes(done) / parse_bytes(total)
 
 

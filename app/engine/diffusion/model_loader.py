@@ -482,7 +482,7 @@ def fetch_snapshot(repo_id: str, patterns: list[str], progress: Progress, what: 
     from app.engine.hub_download import DownloadProgress, download_model, describe_bytes
 
     def report(step: DownloadProgress) -> None:
-        progress(f"downloading {repo_id}: {describe_bytes(step.done)} of {describe_bytes(step.total)}",
+        progress(f"downloading {repo_id}: {describe_bytes(step.done)} of {describe_bytes(step.total)}{step.pace}",
                  step.done / step.total if step.total else -1)
     return download_model(repo_id, progress=report)
 
