@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
+from app.core.pause_control import PauseControl
 from app.engine.hub_files import DownloadError, DownloadPlan, HubFile, endpoint_now, hub_error
 
 CHUNK = 1 << 20
@@ -35,35 +35,24 @@ class DownloadStopped(Exception):
     """Stopped to go on later (the app closing, Ctrl+C): partial files are kept and resume next time."""
 
 
-class DownloadControl:
-    """Pause, resume and cancel from another thread; the download checks it between chunks."""
+class DownloadControl(PauseControl):
+    """Pause, resume, cancel (partial files removed) and stop (partial files kept) from another thread; the
+    download checks it between chunks."""
 
     def __init__(self) -> None:
-        self._running = threading.Event()
-        self._running.set()
-        self.cancelled = False
+        super().__init__()
         self.stopped = False
 
     @property
     def paused(self) -> bool:
-        return not self._running.is_set() and not (self.cancelled or self.stopped)
-
-    def pause(self) -> None:
-        self._running.clear()
-
-    def resume(self) -> None:
-        self._running.set()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._running.set()
+        return super().paused and not (self.cancelled or self.stopped)
 
     def stop(self) -> None:
         self.stopped = True
         self._running.set()
 
-    def wait_while_paused(self) -> None:
-        self._running.wait()
+    def wait_while_paused(self, poll_s: float = 0.2) -> None:
+        super().wait_while_paused(poll_s)
         self.check()
 
     def check(self) -> None:

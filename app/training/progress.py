@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
+
+from app.core.pause_control import PauseControl
 
 KINDS = ("started", "step", "sample", "checkpoint", "note", "paused", "resumed", "done", "cancelled", "error")
 MAX_LINE = 1 << 16
@@ -77,36 +78,8 @@ class Cancelled(Exception):
     """The run was cancelled; the last checkpoint stays so it can be resumed."""
 
 
-class Control:
+class Control(PauseControl):
     """Pause, resume and cancel, set from another thread (the command reader, a signal handler)."""
-
-    def __init__(self) -> None:
-        self._running = threading.Event()
-        self._running.set()
-        self._cancelled = threading.Event()
-        self._lock = threading.Lock()
-
-    def pause(self) -> None:
-        self._running.clear()
-
-    def resume(self) -> None:
-        self._running.set()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        self._running.set()
-
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def wait_while_paused(self, poll_s: float = 0.2) -> None:
-        while not self._running.wait(poll_s):
-            pass
 
     def apply(self, command: str) -> bool:
         """Obey one command line ("pause", "resume", "cancel"); False for anything else."""
