@@ -279,6 +279,25 @@ def test_the_recommended_list_reads_and_fits_the_machine():
     assert all(m.download_bytes > 0 and m.licence and m.good_for for m in models)
 
 
+def test_looking_at_the_machine_waits_for_a_preload_under_way(monkeypatch, tmp_path):
+    """Models ▸ Get Models… while the engine is still being imported: torch is not imported on two threads."""
+    import threading
+
+    from app.editor.recommended_models import look_at_machine
+    from app.engine import preload
+
+    monkeypatch.setattr(preload, "_thread", threading.current_thread())        # a preload under way
+    monkeypatch.setattr(preload, "_done", threading.Event())
+    seen = []
+    looker = threading.Thread(target=lambda: seen.append(look_at_machine(tmp_path)))
+    looker.start()
+    looker.join(0.5)
+    assert seen == []
+    preload._done.set()
+    looker.join(10)
+    assert len(seen) == 1 and seen[0].free_disk_bytes > 0
+
+
 def test_the_machine_line_writes_the_home_folder_as_a_tilde(monkeypatch, tmp_path):
     monkeypatch.setattr(Path, "home", lambda: tmp_path / "ana")
     cache = tmp_path / "ana" / ".cache" / "huggingface" / "hub"

@@ -112,8 +112,10 @@ def find_recommended(name: str, models: list[Recommended] | None = None) -> Reco
 def look_at_machine(cache_dir: str | Path | None = None) -> Machine:
     """The GPU (CUDA or Apple's MPS) and its memory, and the free disk where the Hugging Face cache is."""
     from app.engine.hub_download import cache_root, free_bytes
+    from app.engine.preload import wait_if_started
 
     name, memory = "", 0.0
+    wait_if_started()                   # torch imported on two threads at once can fail
     try:
         import torch
 
