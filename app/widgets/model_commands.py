@@ -25,7 +25,6 @@ class ModelCommands(QObject):
         self.welcome: WelcomeDialog | None = None
         self.manager = None
         self.job: DownloadJob | None = None
-        self._names: list[str] = []
 
     @property
     def window(self):
@@ -73,7 +72,6 @@ class ModelCommands(QObject):
         if self.job is not None and self.job.running:
             self.window._show_status("A download is running already; one at a time.", True)
             return None
-        self._names = [m.name for m in chosen]
         job = DownloadJob([m.repo for m in chosen], self.window.library, self.cache_dir, self.endpoint, self)
         job.progressed.connect(self._progressed)
         job.one_done.connect(self._one_done)
@@ -84,8 +82,8 @@ class ModelCommands(QObject):
 
     def _progressed(self, step) -> None:
         if self.welcome is not None and self.job is not None:
-            index = len(self.job.installed) + 1
-            self.welcome.show_progress(step, min(index, len(self._names)), len(self._names))
+            count = len(self.job.repos)
+            self.welcome.show_progress(step, min(len(self.job.installed) + 1, count), count)
 
     def _one_done(self, done: Installed) -> None:
         model = find_recommended(done.repo_id)
