@@ -65,7 +65,6 @@ def _list(library) -> int:
 def _download(name: str, library, usage_error: type[Exception]) -> int:
     from app.editor.model_downloads import install_repo
     from app.editor.recommended_models import find_recommended
-    from app.engine.hub_download import DownloadCancelled, DownloadControl
     from app.engine.model_ids import looks_like_repo_id
 
     chosen = find_recommended(name)
@@ -74,16 +73,12 @@ def _download(name: str, library, usage_error: type[Exception]) -> int:
         raise usage_error(f"{name!r} is neither a recommended model (see `latent-canvas models list`) nor a Hugging "
                           "Face repo id (owner/name)")
     bar = _ConsoleProgress()
-    control = DownloadControl()
     try:
-        done = install_repo(repo, library, bar.show, control, on_plan=bar.planned)
+        done = install_repo(repo, library, bar.show, on_plan=bar.planned)
     except KeyboardInterrupt:
         bar.end()
         print(f"stopped: what arrived is kept; run `latent-canvas models download {name}` again to go on",
               file=sys.stderr)
-        return 130
-    except DownloadCancelled:
-        bar.end()
         return 130
     bar.end()
     what = {"model": f"added {repo} to the model list: use it with --model {repo}",
